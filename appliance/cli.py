@@ -1,0 +1,224 @@
+"""The `appliance` command: validate, schema, hash-password, plan, serve, status, check-auth."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+import time
+from pathlib import Path
+
+from appliance.manifest import ManifestError, load_manifest
+from appliance.manifest.schema import schema_json
+
+DEFAULT_MANIFEST = "appliance.toml"
+
+
+def _add_manifest_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--manifest",
+        default=DEFAULT_MANIFEST,
+        metavar="PATH",
+        help=f"the manifest to use (default: ./{DEFAULT_MANIFEST})",
+    )
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    path = args.path or args.manifest
+    try:
+        loaded = load_manifest(path)
+    except ManifestError as error:
+        if args.format == "json":
+            print(
+                json.dumps(
+                    {"valid": False, "problems": [p.as_dict(error.filename) for p in error.problems]},
+                    indent=2,
+                )
+            )
+        else:
+            for line in error.lines():
+                print(line, file=sys.stderr)
+            count = len(error.problems)
+            print(f"{path}: {count} problem{'s' if count != 1 else ''}; nothing was changed", file=sys.stderr)
+        return 1
+    manifest = loaded.manifest
+    accounts = sum(len(d.accounts) for d in manifest.domains.values())
+    if args.format == "json":
+        print(
+            json.dumps(
+                {
+                    "valid": True,
+                    "problems": [],
+                    "sha256": loaded.sha256,
+                    "domains": len(manifest.domains),
+                    "accounts": accounts,
+                    "directories": len(manifest.directories),
+                },
+                indent=2,
+            )
+        )
+    elif not args.quiet:
+        print(
+            f"{path}: valid ({len(manifest.domains)} domains, {accounts} accounts, "
+            f"{len(manifest.directories)} directories; sha256 {loaded.sha256[:12]})"
+        )
+    return 0
+
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    sys.stdout.write(schema_json())
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    from appliance.auth.passwords import hash_password
+
+    if sys.stdin.isatty() and not args.stdin:
+        password = getpass.getpass("Password: ")
+        if password != getpass.getpass("Again: "):
+            print("the two passwords differ; nothing was hashed", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("an empty password cannot be used", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from appliance.manifest.diff import plan
+
+    try:
+        old = load_manifest(args.old)
+        new = load_manifest(args.new)
+    except ManifestError as error:
+        for line in error.lines():
+            print(line, file=sys.stderr)
+        return 1
+    changes = plan(old.manifest, new.manifest)
+    for change in changes:
+        print(change.format())
+    counts = {action: sum(1 for c in changes if c.action == action) for action in "+~-"}
+    if not changes:
+        print("No changes.")
+    else:
+        print(f"Plan: {counts['+']} to add, {counts['~']} to change, {counts['-']} to remove.")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from appliance.serve import main as serve_main
+
+    return serve_main(Path(args.manifest))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        loaded = load_manifest(args.manifest)
+        data_dir = (loaded.base_dir / loaded.manifest.server.data_dir).resolve()
+    except ManifestError:
+        # The file on disk may be broken while the server keeps serving the last good one:
+        # find the data directory from the raw text if we can, else the default.
+        data_dir = Path(args.manifest).absolute().parent / "var"
+    status_file = data_dir / "state" / "status.json"
+    try:
+        status = json.loads(status_file.read_text())
+    except (OSError, ValueError):
+        print(
+            f"no status at {status_file}: is `appliance serve` running with this manifest?", file=sys.stderr
+        )
+        return 3
+    alive = status.get("state") == "serving"
+    if alive:
+        try:
+            os.kill(int(status["pid"]), 0)
+        except (OSError, ValueError, KeyError):
+            alive = False
+    if args.format == "json":
+        print(json.dumps({**status, "running": alive}, indent=2))
+        return 0 if alive else 3
+    loaded_at = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(status.get("loaded_at", 0)))
+    print(f"state:      {'serving' if alive else 'not running'} (pid {status.get('pid')})")
+    print(f"manifest:   {status.get('manifest')}")
+    print(f"revision:   sha256 {status.get('revision')}")
+    print(f"git commit: {status.get('git_commit') or '-'}")
+    print(f"loaded at:  {loaded_at}")
+    print(f"content:    {status.get('domains')} domains, {status.get('accounts')} accounts")
+    for name, listener in status.get("listeners", {}).items():
+        print(f"listener:   {name:<12} {listener['address']} ({listener['tls']})")
+    for name, error in status.get("listener_errors", {}).items():
+        print(f"listener:   {name:<12} NOT LISTENING: {error}")
+    sessions = status.get("sessions") or {}
+    print("sessions:   " + (", ".join(f"{k} {v}" for k, v in sorted(sessions.items())) or "none"))
+    errors = status.get("last_reload_error") or []
+    if errors:
+        print("last reload REJECTED (still serving the revision above):")
+        for line in errors:
+            print(f"  {line}")
+    return 0 if alive else 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="appliance", description="A mail server configured from one manifest, appliance.toml."
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    validate = commands.add_parser("validate", help="check a manifest; exit 0 valid, 1 invalid, 2 usage")
+    validate.add_argument("path", nargs="?", help="the manifest (default: --manifest, ./appliance.toml)")
+    _add_manifest_option(validate)
+    validate.add_argument("--format", choices=("text", "json"), default="text")
+    validate.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
+    validate.set_defaults(func=cmd_validate)
+
+    schema = commands.add_parser("schema", help="print the manifest's JSON Schema")
+    schema.set_defaults(func=cmd_schema)
+
+    hasher = commands.add_parser(
+        "hash-password", help="read a password (stdin or prompt), print its argon2id hash"
+    )
+    hasher.add_argument("--stdin", action="store_true", help="read from standard input even on a terminal")
+    hasher.set_defaults(func=cmd_hash_password)
+
+    planner = commands.add_parser("plan", help="show what would change from manifest OLD to NEW")
+    planner.add_argument("old")
+    planner.add_argument("new")
+    planner.set_defaults(func=cmd_plan)
+
+    serve = commands.add_parser("serve", help="run every listener of the manifest, reloading it live")
+    _add_manifest_option(serve)
+    serve.set_defaults(func=cmd_serve)
+
+    status = commands.add_parser("status", help="what the running server serves, from its status file")
+    _add_manifest_option(status)
+    status.add_argument("--format", choices=("text", "json"), default="text")
+    status.set_defaults(func=cmd_status)
+
+    try:
+        from appliance.auth.cli import add_check_auth_parser
+    except ImportError:
+        pass
+    else:
+        check = add_check_auth_parser(commands)
+        _add_manifest_option(check) if not any(a.dest == "manifest" for a in check._actions) else None
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,364 @@
+"""The manifest as typed, frozen models.
+
+These models check what one value or one table can check on its own: types, units, syntax of
+names and addresses. Checks that look across tables (an alias target exists, a directory that an
+account names is declared, no address is declared twice) live in `checks.py`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal, Union
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from appliance.auth.passwords import HASH_PATTERN
+from appliance.manifest.units import Duration, Size
+
+# RFC 5322 §3.2.3 atext, minus "+" (the recipient delimiter for plus-addressing).
+_ATEXT = r"A-Za-z0-9!#$%&'*/=?^_`{|}~-"
+LOCAL_PART_RE = re.compile(rf"^[{_ATEXT}]+(\.[{_ATEXT}]+)*$")
+# RFC 1035 §2.3.1 / RFC 1123 §2.1: letters, digits and hyphens, labels of 1-63 characters.
+_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def check_domain_name(value: str) -> str:
+    name = value.lower()
+    if name.endswith("."):
+        raise ValueError(f'"{value}" ends with a dot (write the domain without it)')
+    if len(name) > 253:
+        raise ValueError(f'"{value}" is longer than 253 characters')
+    labels = name.split(".")
+    if len(labels) < 2:
+        raise ValueError(f'"{value}" is not a fully qualified domain name (e.g. "example.test")')
+    for label in labels:
+        if not _LABEL_RE.match(label):
+            raise ValueError(
+                f'"{value}" is not a valid domain name (label "{label}": use letters, digits '
+                "and inner hyphens, 1 to 63 characters)"
+            )
+    return name
+
+
+def check_local_part(value: str) -> str:
+    if "+" in value:
+        raise ValueError(
+            f'"{value}" contains "+", which is reserved for plus-addressing (john+news@ reaches john)'
+        )
+    if "@" in value:
+        raise ValueError(f'"{value}" is a full address; write only the part before the "@"')
+    if len(value) > 64:
+        raise ValueError(f'"{value}" is longer than 64 characters (RFC 5321 §4.5.3.1.1)')
+    if not LOCAL_PART_RE.match(value):
+        raise ValueError(
+            f'"{value}" is not a valid local part (letters, digits, and !#$%&\'*/=?^_`{{|}}~- '
+            "with single inner dots)"
+        )
+    return value.lower()
+
+
+def check_address_or_local_part(value: str) -> str:
+    """A full address, or a bare local part that means "in this domain"."""
+    if "@" not in value:
+        return check_local_part(value)
+    local, _, domain = value.rpartition("@")
+    if not local:
+        raise ValueError(f'"{value}" has no local part before the "@"')
+    if len(local) > 64 or not LOCAL_PART_RE.match(local.replace("+", "-")):
+        raise ValueError(f'"{value}" is not a valid mail address')
+    return f"{local.lower()}@{check_domain_name(domain)}"
+
+
+def check_host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f'"{value}" is not an address; write "host:port", e.g. "127.0.0.1:2525"')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f'"{value}": "{host}" is not an IPv6 address') from None
+    elif ":" in host:
+        raise ValueError(f'"{value}": write an IPv6 address in brackets, e.g. "[::1]:2525"')
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'"{value}": the port must be a number from 1 to 65535')
+    return value
+
+
+DomainName = Annotated[str, AfterValidator(check_domain_name)]
+LocalPart = Annotated[str, AfterValidator(check_local_part)]
+AddressOrLocalPart = Annotated[str, AfterValidator(check_address_or_local_part)]
+HostPort = Annotated[str, AfterValidator(check_host_port)]
+
+
+PasswordHash = Annotated[str, StringConstraints(pattern=HASH_PATTERN)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, strict=True, validate_default=True
+    )
+
+
+# --- [server] -------------------------------------------------------------------------------
+
+
+class TLS(Model):
+    """Certificate and key. Both are created, self-signed, on first start when missing."""
+
+    certificate: str = Field(
+        "var/tls/cert.pem", description="PEM certificate chain, relative to the manifest."
+    )
+    key: str = Field("var/tls/key.pem", description="PEM private key, relative to the manifest.")
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = Field(
+        "TLSv1.2", description="Oldest TLS version a client may use."
+    )
+    ciphers: str | None = Field(
+        None, description="OpenSSL cipher list for TLS 1.2; the default is a modern AEAD-only list."
+    )
+
+
+class Listeners(Model):
+    """Where each daemon listens, as "host:port". Leave one out to disable it."""
+
+    smtp: HostPort | None = Field(None, description="Inbound mail (MX), port 25 in production.")
+    submission: HostPort | None = Field(None, description="Submission with STARTTLS and AUTH (587).")
+    submissions: HostPort | None = Field(None, description="Submission over implicit TLS (465).")
+    pop3: HostPort | None = Field(None, description="POP3 with STLS (110).")
+    pop3s: HostPort | None = Field(None, description="POP3 over implicit TLS (995).")
+    imap: HostPort | None = Field(None, description="IMAP with STARTTLS (143).")
+    imaps: HostPort | None = Field(None, description="IMAP over implicit TLS (993).")
+
+
+class Limits(Model):
+    """Limits against abuse and mistakes. Each refusal comes with its own reply code."""
+
+    max_message_size: Size = Field(25_000_000, description="Largest message any domain accepts.")
+    max_recipients: int = Field(100, ge=1, description="Recipients per message (RFC 5321 §4.5.3.1.8).")
+    max_connections: int = Field(1000, ge=1, description="Open connections, all clients together.")
+    max_connections_per_client: int = Field(20, ge=1, description="Open connections per client address.")
+    command_timeout: Duration = Field(300.0, description="Idle time allowed between commands.")
+    data_timeout: Duration = Field(600.0, description="Time allowed for one message's DATA.")
+    pop3_idle_timeout: Duration = Field(600.0, description="RFC 1939 §3: at least 10 minutes.")
+    imap_idle_timeout: Duration = Field(1800.0, description="RFC 3501 §5.4: at least 30 minutes.")
+    max_line_length: int = Field(
+        8192, ge=1000, description="Longest command line accepted (RFC 5321 asks for at least 512)."
+    )
+
+
+class Server(Model):
+    hostname: DomainName = Field(description="This server's name, used in greetings and Received headers.")
+    data_dir: str = Field("var", description="Mail store, queue and state; relative to the manifest.")
+    tls: TLS = Field(default_factory=lambda: TLS())
+    listeners: Listeners = Field(default_factory=lambda: Listeners())
+    limits: Limits = Field(default_factory=lambda: Limits())
+    allow_plaintext_auth: bool = Field(
+        False,
+        description="Allow logins before TLS. Off by default: passwords never cross the wire in clear.",
+    )
+    trusted_networks: list[str] = Field(
+        default_factory=list,
+        description="Client networks that may relay without AUTH (e.g. a web application host).",
+    )
+    recipient_delimiter: Literal["+", "-", ""] = Field(
+        "+", description='Plus-addressing: john+news@ reaches john. "" turns it off.'
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f'"{item}" is not a network (write e.g. "192.0.2.0/24")') from None
+        return value
+
+
+# --- [directories] --------------------------------------------------------------------------
+
+_SERVER_URL_RE = re.compile(r"^(ldaps?)://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?/?$")
+
+
+def check_server_url(value: str) -> str:
+    if not _SERVER_URL_RE.match(value):
+        raise ValueError(
+            f'"{value}" is not a directory server URL (write "ldaps://dc1.example.com" or '
+            '"ldap://dc1.example.com:389")'
+        )
+    return value
+
+
+ServerURL = Annotated[str, AfterValidator(check_server_url)]
+
+
+class _LDAPConnection(Model):
+    servers: list[ServerURL] = Field(
+        min_length=1, description="Servers in the order they are tried: ldaps:// or ldap:// (StartTLS)."
+    )
+    ca_file: str | None = Field(
+        None, description="CA certificate(s) that signed the servers' certificates; default: system store."
+    )
+    tls_server_name: str | None = Field(
+        None,
+        description="Name to verify in the server certificate when it differs from the URL's host.",
+    )
+    allow_plaintext: bool = Field(
+        False,
+        description="Allow ldap:// without StartTLS. Only for a directory on this host or a trusted link.",
+    )
+    connect_timeout: Duration = Field(3.0, description="Time to open a connection to one server.")
+    response_timeout: Duration = Field(5.0, description="Time to wait for one answer.")
+    pool_size: int = Field(4, ge=1, le=64, description="Open connections kept per server.")
+    require_group: str | None = Field(
+        None,
+        description="Only members of this group (nested membership counts) may log in. Name or DN.",
+    )
+
+
+class ActiveDirectory(_LDAPConnection):
+    """An Active Directory domain, keyed by its DNS name. Users log in with their AD password."""
+
+    type: Literal["active-directory"]
+    netbios_name: str | None = Field(
+        None, description='Down-level domain name (e.g. "CLOUDTECH"), needed for login_format = "down-level".'
+    )
+    login_format: Literal["upn", "down-level"] = Field(
+        "upn", description='How the bind names the user: "upn" (user@domain) or "down-level" (DOMAIN\\user).'
+    )
+    upn_suffix: DomainName | None = Field(
+        None, description="UPN suffix when it differs from the directory's key (its DNS name)."
+    )
+    base_dn: str | None = Field(
+        None, description="Where to look users up for require_group; default: from the DNS name."
+    )
+
+    @model_validator(mode="after")
+    def _down_level_needs_netbios(self) -> ActiveDirectory:
+        if self.login_format == "down-level" and not self.netbios_name:
+            raise ValueError('login_format = "down-level" needs netbios_name (e.g. "CLOUDTECH")')
+        return self
+
+
+class LDAPDirectory(_LDAPConnection):
+    """A generic LDAP directory such as OpenLDAP: bind with a DN template, or search then bind."""
+
+    type: Literal["ldap"]
+    base_dn: str | None = Field(
+        None, description='Search base for users, e.g. "ou=people,dc=example,dc=test".'
+    )
+    bind_dn_template: str | None = Field(
+        None,
+        description=(
+            'DN to bind as, "{user}" replaced (escaped per RFC 4514): '
+            '"uid={user},ou=people,dc=example,dc=test".'
+        ),
+    )
+    user_filter: str = Field(
+        "(uid={user})", description="Search filter for search-then-bind; {user} is escaped per RFC 4515."
+    )
+    bind_dn: str | None = Field(None, description="Service account that searches for the user.")
+    bind_password_file: str | None = Field(
+        None, description="File holding the service account's password (never inline)."
+    )
+    bind_password_env: str | None = Field(
+        None, description="Environment variable holding the service account's password."
+    )
+    group_member_attribute: str = Field(
+        "member", description="Attribute of require_group that lists members (member or uniqueMember)."
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_find_users(self) -> LDAPDirectory:
+        if self.bind_dn_template is None and self.base_dn is None:
+            raise ValueError("set bind_dn_template, or base_dn (with user_filter) for search-then-bind")
+        if self.bind_dn_template is not None and "{user}" not in self.bind_dn_template:
+            raise ValueError('bind_dn_template must contain "{user}"')
+        if "{user}" not in self.user_filter:
+            raise ValueError('user_filter must contain "{user}"')
+        if self.bind_dn and not (self.bind_password_file or self.bind_password_env):
+            raise ValueError("bind_dn needs bind_password_file or bind_password_env")
+        return self
+
+
+class LocalSystem(Model):
+    """This machine's own accounts, checked through PAM (a WORKGROUP, no domain).
+
+    The daemon needs root, or membership of group `shadow`, to check local passwords.
+    """
+
+    type: Literal["local-system"]
+    pam_service: str = Field(
+        "appliance", description="PAM service (file in /etc/pam.d) used to check passwords."
+    )
+
+
+Directory = Annotated[Union[ActiveDirectory, LDAPDirectory, LocalSystem], Field(discriminator="type")]
+
+
+# --- [domains] ------------------------------------------------------------------------------
+
+
+class DirectoryLink(Model):
+    """hMailServer's "Active Directory" tab: log in with this directory user's password."""
+
+    domain: str = Field(description="A directory declared under [directories] (its key).")
+    user: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[^\x00-\x20\x7f](?:[^\x00-\x1f\x7f]*[^\x00-\x20\x7f])?$",
+        description="The user name in that directory.",
+    )
+
+
+class Account(Model):
+    active_directory: DirectoryLink | None = Field(
+        None, description="Link to a directory user; the account then has no password of its own."
+    )
+    password_hash: PasswordHash | None = Field(
+        None,
+        description="argon2id hash from `appliance hash-password` (bcrypt and SHA-512-crypt also verify).",
+    )
+    enabled: bool = Field(True, description="A disabled account receives no mail and cannot log in.")
+    quota: Size | None = Field(None, description='Mailbox size limit, e.g. "2 GB"; none by default.')
+    addresses: list[AddressOrLocalPart] = Field(
+        default_factory=list, description="Extra addresses delivered to this account."
+    )
+    forward_to: list[AddressOrLocalPart] = Field(
+        default_factory=list, description="Forward incoming mail to these addresses."
+    )
+    keep_copy: bool = Field(True, description="With forward_to, also keep a copy in this mailbox.")
+    send_as_any: bool = Field(
+        False, description="May send with any sender address in the local domains (e.g. a helpdesk tool)."
+    )
+    display_name: str | None = None
+
+
+class Domain(Model):
+    enabled: bool = Field(True, description="A disabled domain receives no mail and nobody in it can log in.")
+    catch_all: AddressOrLocalPart | None = Field(
+        None,
+        description="Where mail to unknown addresses of this domain goes; unknown mail is refused otherwise.",
+    )
+    max_message_size: Size | None = Field(None, description="Largest message this domain accepts.")
+    accounts: dict[str, Account] = Field(default_factory=dict)
+    aliases: dict[str, list[AddressOrLocalPart]] = Field(default_factory=dict)
+
+
+class Manifest(Model):
+    """The whole appliance.toml."""
+
+    server: Server
+    directories: dict[str, Directory] = Field(default_factory=dict)
+    domains: dict[str, Domain] = Field(default_factory=dict)

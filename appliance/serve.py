@@ -1,0 +1,402 @@
+"""The composition root: one asyncio process running every listener, reloading the manifest live.
+
+A reload reads the file, validates it, builds a new snapshot and swaps one reference. A manifest
+with any problem is never applied: the last good snapshot keeps serving and the problems go to the
+log and to the status file. Listener changes apply live: new ones open, removed ones stop
+accepting while their sessions finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from appliance.context import ListenerSpec, Services, SessionCounter, listener_specs
+from appliance.manifest import LoadedManifest, ManifestError, load_manifest
+from appliance.snapshot import Snapshot, SnapshotHolder, build_snapshot
+from appliance.tls import TLSProvider
+
+log = logging.getLogger("appliance.serve")
+
+Factory = Callable[[Services, ListenerSpec], Awaitable[asyncio.Server]]
+
+# listener name → (module, factory function)
+_FACTORIES = {
+    "smtp": ("appliance.smtp", "start_smtp"),
+    "submission": ("appliance.smtp", "start_smtp"),
+    "submissions": ("appliance.smtp", "start_smtp"),
+    "pop3": ("appliance.pop3", "start_pop3"),
+    "pop3s": ("appliance.pop3", "start_pop3"),
+    "imap": ("appliance.imap", "start_imap"),
+    "imaps": ("appliance.imap", "start_imap"),
+}
+
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+def _factory(name: str) -> Factory | None:
+    module_name, function = _FACTORIES[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        return None
+    factory: Factory | None = getattr(module, function, None)
+    return factory
+
+
+def git_revision(path: Path) -> str | None:
+    """The commit of the Git work tree holding the manifest, if any (no network, read-only)."""
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(path.parent), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+class SystemdNotifier:
+    """sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET, when there is one."""
+
+    def __init__(self) -> None:
+        self._address = os.environ.get("NOTIFY_SOCKET")
+
+    def notify(self, *fields: str) -> None:
+        if not self._address:
+            return
+        address = self._address
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto("\n".join(fields).encode(), address)
+        except OSError as error:
+            log.warning("sd_notify failed error=%s", error)
+
+
+class Server:
+    def __init__(self, loaded: LoadedManifest, manifest_path: Path) -> None:
+        self.manifest_path = manifest_path
+        snapshot = build_snapshot(loaded)
+        self.holder = SnapshotHolder(snapshot)
+        self.data_dir = snapshot.data_dir
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="disk")
+        self.tls = TLSProvider(self.holder)
+        self.listeners: dict[str, tuple[ListenerSpec, asyncio.Server]] = {}
+        self.listener_errors: dict[str, str] = {}
+        self.last_error: list[str] = []
+        self.last_error_at: float | None = None
+        self.git_commit = git_revision(manifest_path)
+        self.notifier = SystemdNotifier()
+        self.stopping = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self.services: Services | None = None
+
+    # -- start and stop ----------------------------------------------------------------------
+    async def start(self) -> None:
+        from appliance.auth.service import AuthService
+        from appliance.store.maildir import MailStore
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        (self.data_dir / "state").mkdir(exist_ok=True)
+        self.tls.ensure_files()
+        self.tls.server_context()  # fail now, not at the first client, when the files are unusable
+        self.services = Services(
+            holder=self.holder,
+            auth=AuthService(self.holder),
+            store=MailStore(self.data_dir, self.executor),
+            tls=self.tls,
+            executor=self.executor,
+            sessions=SessionCounter(),
+        )
+        await self.apply_listeners(self.holder.current)
+        self.log_loaded(self.holder.current, "started")
+        self.write_status()
+        self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+
+    async def stop(self) -> None:
+        log.info("stopping listeners=%d sessions=%d", len(self.listeners), self._sessions_total())
+        self.notifier.notify("STOPPING=1")
+        for _spec, server in self.listeners.values():
+            server.close()
+        deadline = time.monotonic() + SHUTDOWN_GRACE_SECONDS
+        while self._sessions_total() > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for _spec, server in self.listeners.values():
+            with contextlib.suppress(Exception):
+                server.close_clients()  # type: ignore[attr-defined]  # Python 3.13+
+        self.listeners.clear()
+        if self.services is not None:
+            await self.services.auth.close()
+        self.executor.shutdown(wait=True)
+        self.write_status(stopped=True)
+        log.info("stopped")
+
+    def _sessions_total(self) -> int:
+        return self.services.sessions.total() if self.services else 0
+
+    # -- listeners ---------------------------------------------------------------------------
+    async def apply_listeners(self, snapshot: Snapshot) -> None:
+        assert self.services is not None
+        wanted = listener_specs(snapshot.manifest.server.listeners)
+        for name, (spec, server) in list(self.listeners.items()):
+            if wanted.get(name) != spec:
+                server.close()  # stop accepting; sessions in progress go on to their end
+                del self.listeners[name]
+                log.info("listener closed name=%s address=%s", name, spec.address)
+        self.listener_errors = {k: v for k, v in self.listener_errors.items() if k in wanted}
+        for name, spec in wanted.items():
+            if name in self.listeners:
+                continue
+            factory = _factory(name)
+            if factory is None:
+                self.listener_errors[name] = "not available in this version"
+                log.warning("listener unavailable name=%s reason=not-implemented-in-this-version", name)
+                continue
+            try:
+                server = await factory(self.services, spec)
+            except OSError as error:
+                self.listener_errors[name] = f"cannot listen on {spec.address}: {error.strerror}"
+                log.error("listener failed name=%s address=%s error=%r", name, spec.address, error.strerror)
+                continue
+            self.listeners[name] = (spec, server)
+            self.listener_errors.pop(name, None)
+            log.info("listening name=%s address=%s tls=%s", name, spec.address, spec.implicit_tls)
+
+    # -- reload ------------------------------------------------------------------------------
+    async def reload(self, trigger: str) -> bool:
+        """Load the manifest again; apply it only when it is valid. True when applied."""
+        async with self._reload_lock:
+            started = time.monotonic()
+            self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            try:
+                raw = await _read_settled(self.manifest_path)
+                loop = asyncio.get_running_loop()
+                current = self.holder.current
+                if raw is not None and _sha256(raw) == current.revision:
+                    self.last_error, self.last_error_at = [], None
+                    return False
+                loaded = await loop.run_in_executor(self.executor, self._load)
+                snapshot = await loop.run_in_executor(self.executor, build_snapshot, loaded)
+            except ManifestError as error:
+                self.last_error, self.last_error_at = error.lines(), time.time()
+                for line in error.lines():
+                    log.error("reload rejected trigger=%s problem=%s", trigger, line)
+                log.error(
+                    "reload rejected trigger=%s problems=%d serving=%s",
+                    trigger,
+                    len(error.problems),
+                    self.holder.current.revision[:12],
+                )
+                self.write_status()
+                return False
+            finally:
+                self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+            if snapshot.data_dir != self.data_dir:
+                log.warning(
+                    "reload data_dir changed from=%s to=%s: it applies at the next restart",
+                    self.data_dir,
+                    snapshot.data_dir,
+                )
+            self.holder.swap(snapshot)
+            self.git_commit = git_revision(self.manifest_path)
+            self.last_error, self.last_error_at = [], None
+            await self.apply_listeners(snapshot)
+            self.log_loaded(
+                snapshot, f"reloaded trigger={trigger} ms={(time.monotonic() - started) * 1000:.0f}"
+            )
+            self.write_status()
+            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+            return True
+
+    def _load(self) -> LoadedManifest:
+        return load_manifest(self.manifest_path)
+
+    def log_loaded(self, snapshot: Snapshot, event: str) -> None:
+        log.info(
+            "manifest %s revision=%s git=%s domains=%d accounts=%d",
+            event,
+            snapshot.revision[:12],
+            (self.git_commit or "-")[:12],
+            snapshot.domain_count,
+            snapshot.account_count,
+        )
+
+    async def watch(self) -> None:
+        """Reload when the manifest file changes: in place, by rename, or by a symlink swap."""
+        import watchfiles
+
+        path = self.manifest_path.absolute()
+        watched = {path.parent}
+        if path.is_symlink():
+            watched.add(path.resolve().parent)
+
+        def relevant(change: watchfiles.Change, changed: str) -> bool:
+            changed_path = Path(changed)
+            if changed_path.name == path.name and changed_path.parent == path.parent:
+                return True
+            try:
+                return changed_path == path.resolve()
+            except OSError:
+                return False
+
+        async for _changes in watchfiles.awatch(
+            *watched,
+            watch_filter=relevant,
+            debounce=100,
+            step=20,
+            stop_event=self.stopping,
+            recursive=False,
+            force_polling=False,
+        ):
+            await self.reload("file-change")
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self, stopped: bool = False) -> dict[str, Any]:
+        snapshot = self.holder.current
+        return {
+            "pid": os.getpid(),
+            "state": "stopped" if stopped else "serving",
+            "manifest": str(self.manifest_path.absolute()),
+            "revision": snapshot.revision,
+            "git_commit": self.git_commit,
+            "loaded_at": snapshot.loaded_at,
+            "last_reload_error": self.last_error,
+            "last_reload_error_at": self.last_error_at,
+            "listeners": {
+                name: {"address": spec.address, "tls": "implicit" if spec.implicit_tls else "starttls"}
+                for name, (spec, _server) in sorted(self.listeners.items())
+            },
+            "listener_errors": self.listener_errors,
+            "domains": snapshot.domain_count,
+            "accounts": snapshot.account_count,
+            "sessions": self.services.sessions.counts() if self.services else {},
+            "written_at": time.time(),
+        }
+
+    def status_line(self) -> str:
+        snapshot = self.holder.current
+        error = " (last reload rejected)" if self.last_error else ""
+        return (
+            f"serving {snapshot.revision[:12]}: {snapshot.domain_count} domains, "
+            f"{snapshot.account_count} accounts, {len(self.listeners)} listeners{error}"
+        )
+
+    def write_status(self, stopped: bool = False) -> None:
+        state_dir = self.data_dir / "state"
+        state_dir.mkdir(parents=True, exist_ok=True)
+        target = state_dir / "status.json"
+        temporary = state_dir / f".status.json.{os.getpid()}"
+        temporary.write_text(json.dumps(self.status(stopped), indent=2) + "\n")
+        os.replace(temporary, target)
+
+    async def status_loop(self) -> None:
+        """Keep live counters in the status file fresh (sessions come and go between reloads)."""
+        while not self.stopping.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=2.0)
+            if not self.stopping.is_set():
+                self.write_status()
+
+
+def _sha256(raw: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(raw).hexdigest()
+
+
+async def _read_settled(path: Path, settle: float = 0.05, limit: float = 2.0) -> bytes | None:
+    """Wait until the file stops changing (size and mtime stable), so a writer that is still
+    writing in place is not read half-way. A torn read would fail validation anyway; this avoids
+    logging a spurious error for it."""
+    deadline = time.monotonic() + limit
+    previous: tuple[int, int] | None = None
+    while time.monotonic() < deadline:
+        try:
+            info = path.stat()
+        except OSError:
+            return None
+        current = (info.st_size, info.st_mtime_ns)
+        if current == previous:
+            break
+        previous = current
+        await asyncio.sleep(settle)
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s.%(msecs)03d %(levelname)s %(name)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    logging.getLogger("asyncio").setLevel(logging.WARNING)
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)
+
+
+async def run(manifest_path: Path) -> int:
+    try:
+        loaded = load_manifest(manifest_path)
+    except ManifestError as error:
+        for line in error.lines():
+            log.error("manifest rejected problem=%s", line)
+        return 1
+    configure_logging(loaded.manifest.server.log_level)
+    server = Server(loaded, manifest_path)
+    try:
+        await server.start()
+    except (OSError, ValueError) as error:
+        log.error("start failed error=%s", error)
+        return 1
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, server.stopping.set)
+    loop.add_signal_handler(signal.SIGINT, server.stopping.set)
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def on_sighup() -> None:
+        task = loop.create_task(server.reload("SIGHUP"))
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    watcher = loop.create_task(server.watch())
+    status = loop.create_task(server.status_loop())
+    await server.stopping.wait()
+    for task in (watcher, status):
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await server.stop()
+    return 0
+
+
+def main(manifest_path: Path) -> int:
+    configure_logging("info")
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(run(manifest_path))
+    return uvloop.run(run(manifest_path))

@@ -1,0 +1,253 @@
+"""The immutable runtime view of one manifest: lookup tables built once per (re)load.
+
+Protocols ask the current snapshot (`holder.current`) at the start of each command. A reload
+builds a new snapshot and swaps one reference; nothing ever mutates a live snapshot.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from appliance.manifest import LoadedManifest
+from appliance.manifest.models import Account, ActiveDirectory, LDAPDirectory, LocalSystem, Manifest
+
+DirectoryModel = ActiveDirectory | LDAPDirectory | LocalSystem
+
+
+@dataclass(frozen=True)
+class AccountEntry:
+    address: str  # primary address, lower-case
+    local_part: str
+    domain: str
+    account: Account
+    enabled: bool  # the account and its domain are both enabled
+    mailbox: str  # Maildir path relative to <data_dir>/mail
+    addresses: frozenset[str]  # every address delivered to it, primary included
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """What RCPT TO <address> means: local mailboxes and addresses to relay to."""
+
+    mailboxes: tuple[AccountEntry, ...]
+    forwards: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Domain:
+    name: str
+    enabled: bool
+    catch_all: str | None
+    max_message_size: int | None
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    manifest: Manifest
+    revision: str
+    loaded_at: float
+    base_dir: Path
+    path: Path
+    data_dir: Path
+    hostname: str
+    _domains: dict[str, _Domain] = field(repr=False)
+    _accounts: dict[str, AccountEntry] = field(repr=False)  # every address of an account → entry
+    _aliases: dict[str, tuple[str, ...]] = field(repr=False)  # full alias address → full targets
+    _alias_members: dict[str, frozenset[str]] = field(repr=False)  # account address → aliases it is in
+    _trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(repr=False)
+
+    # -- lookups -------------------------------------------------------------------------------
+    @property
+    def account_count(self) -> int:
+        return sum(len(d.accounts) for d in self.manifest.domains.values())
+
+    @property
+    def domain_count(self) -> int:
+        return len(self.manifest.domains)
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain.lower().rstrip(".") in self._domains
+
+    def account_by_address(self, address: str) -> AccountEntry | None:
+        """The account that logs in with `address` (any of its addresses; no plus-addressing)."""
+        return self._accounts.get(address.lower())
+
+    def directory(self, name: str) -> DirectoryModel | None:
+        return self.manifest.directories.get(name)
+
+    def max_message_size(self, domain: str | None = None) -> int:
+        limit = self.manifest.server.limits.max_message_size
+        if domain is not None:
+            entry = self._domains.get(domain.lower())
+            if entry is not None and entry.max_message_size is not None:
+                return min(limit, entry.max_message_size)
+        return limit
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._trusted)
+
+    def may_send_as(self, account: AccountEntry, address: str) -> bool:
+        """Own addresses, aliases the account is in, or any local address with send_as_any."""
+        address = address.lower()
+        if address in account.addresses or address in self._alias_members.get(account.address, ()):
+            return True
+        if account.account.send_as_any:
+            _, _, domain = address.rpartition("@")
+            return domain in self._domains
+        return False
+
+    def resolve_recipient(self, address: str) -> Resolution | None:
+        """Local mailboxes and remote forwards for RCPT TO <address>; None when it is unknown here."""
+        local, at, domain = address.lower().rpartition("@")
+        if not at or not local:
+            return None
+        entry = self._domains.get(domain)
+        if entry is None or not entry.enabled:
+            return None
+        full = f"{local}@{domain}"
+        if full not in self._accounts and full not in self._aliases:
+            delimiter = self.manifest.server.recipient_delimiter
+            if delimiter and delimiter in local:
+                base = local.split(delimiter, 1)[0]
+                if base:
+                    full = f"{base}@{domain}"
+        if full not in self._accounts and full not in self._aliases:
+            if entry.catch_all is None:
+                return None
+            full = entry.catch_all
+        mailboxes: dict[str, AccountEntry] = {}
+        forwards: dict[str, None] = {}
+        self._expand(full, mailboxes, forwards, depth=0)
+        if not mailboxes and not forwards:
+            return None
+        return Resolution(tuple(mailboxes.values()), tuple(forwards))
+
+    def _expand(
+        self, address: str, mailboxes: dict[str, AccountEntry], forwards: dict[str, None], depth: int
+    ) -> None:
+        if depth > 20:  # the loader refuses loops; this bounds a pathological chain anyway
+            return
+        account = self._accounts.get(address)
+        if account is not None:
+            if not account.enabled:
+                return
+            model = account.account
+            if model.forward_to:
+                for target in model.forward_to:
+                    if target != address:
+                        self._expand(target, mailboxes, forwards, depth + 1)
+                if not model.keep_copy:
+                    return
+            mailboxes.setdefault(account.address, account)
+            return
+        targets = self._aliases.get(address)
+        if targets is not None:
+            for target in targets:
+                self._expand(target, mailboxes, forwards, depth + 1)
+            return
+        _, _, domain = address.rpartition("@")
+        if domain not in self._domains:
+            forwards.setdefault(address, None)
+
+
+class SnapshotHolder:
+    """The one reference to the snapshot in force. Swapping it is the whole of a reload."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.current = snapshot
+
+    def swap(self, snapshot: Snapshot) -> Snapshot:
+        old, self.current = self.current, snapshot
+        return old
+
+
+def _qualify(target: str, domain: str) -> str:
+    return target if "@" in target else f"{target}@{domain}"
+
+
+def build_snapshot(loaded: LoadedManifest) -> Snapshot:
+    manifest = loaded.manifest
+    server = manifest.server
+    data_dir = (loaded.base_dir / server.data_dir).resolve()
+    domains: dict[str, _Domain] = {}
+    accounts: dict[str, AccountEntry] = {}
+    aliases: dict[str, tuple[str, ...]] = {}
+    for name, domain in manifest.domains.items():
+        domains[name] = _Domain(
+            name=name,
+            enabled=domain.enabled,
+            catch_all=_qualify(domain.catch_all, name) if domain.catch_all else None,
+            max_message_size=domain.max_message_size,
+        )
+        for written, account in domain.accounts.items():
+            local = written.lower()
+            primary = f"{local}@{name}"
+            extra = (_qualify(a, name) for a in account.addresses)
+            entry = AccountEntry(
+                address=primary,
+                local_part=local,
+                domain=name,
+                account=account,
+                enabled=account.enabled and domain.enabled,
+                mailbox=f"{name}/{local}",
+                addresses=frozenset((primary, *extra)),
+            )
+            for address in entry.addresses:
+                accounts[address] = entry
+        for local, targets in domain.aliases.items():
+            aliases[f"{local.lower()}@{name}"] = tuple(_qualify(t, name) for t in targets)
+    # Normalise the forward_to targets once, so resolution never has to qualify names.
+    for address, entry in list(accounts.items()):
+        if entry.account.forward_to and any("@" not in t for t in entry.account.forward_to):
+            qualified = [_qualify(t, entry.domain) for t in entry.account.forward_to]
+            entry = AccountEntry(
+                **{**entry.__dict__, "account": entry.account.model_copy(update={"forward_to": qualified})}
+            )
+            accounts[address] = entry
+    members: dict[str, set[str]] = {}
+    for alias in aliases:
+        for account_address in _alias_accounts(alias, aliases, accounts):
+            members.setdefault(account_address, set()).add(alias)
+    return Snapshot(
+        manifest=manifest,
+        revision=loaded.sha256,
+        loaded_at=time.time(),
+        base_dir=loaded.base_dir,
+        path=loaded.path,
+        data_dir=data_dir,
+        hostname=server.hostname,
+        _domains=domains,
+        _accounts=accounts,
+        _aliases=aliases,
+        _alias_members={k: frozenset(v) for k, v in members.items()},
+        _trusted=tuple(ipaddress.ip_network(n, strict=False) for n in server.trusted_networks),
+    )
+
+
+def _alias_accounts(
+    alias: str, aliases: dict[str, tuple[str, ...]], accounts: dict[str, AccountEntry]
+) -> Iterable[str]:
+    """Primary addresses of the accounts an alias reaches (for "may send as this alias")."""
+    seen: set[str] = set()
+    stack = [alias]
+    found: list[str] = []
+    while stack and len(seen) < 10_000:
+        address = stack.pop()
+        if address in seen:
+            continue
+        seen.add(address)
+        if address in accounts:
+            found.append(accounts[address].address)
+        else:
+            stack.extend(aliases.get(address, ()))
+    return found
