@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import importlib
 import json
 import logging
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.context import ListenerSpec, Services, SessionCounter, listener_specs
-from appliance.manifest import LoadedManifest, ManifestError, load_manifest
+from appliance.manifest import LoadedManifest, ManifestError, Problem, load_manifest, parse_manifest
 from appliance.snapshot import Snapshot, SnapshotHolder, build_snapshot
 from appliance.tls import TLSProvider
 
@@ -109,6 +110,8 @@ class Server:
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.services: Services | None = None
+        self.reloads_applied = 0
+        self.reloads_rejected = 0
 
     # -- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -191,12 +194,21 @@ class Server:
                 raw = await _read_settled(self.manifest_path)
                 loop = asyncio.get_running_loop()
                 current = self.holder.current
-                if raw is not None and _sha256(raw) == current.revision:
+                if raw is None:
+                    raise ManifestError(
+                        str(self.manifest_path),
+                        [Problem((), "cannot read the manifest (missing or unreadable)")],
+                    )
+                if _sha256(raw) == current.revision:
                     self.last_error, self.last_error_at = [], None
                     return False
-                loaded = await loop.run_in_executor(self.executor, self._load)
+                loaded = await loop.run_in_executor(
+                    self.executor,
+                    functools.partial(parse_manifest, raw, str(self.manifest_path), file=self.manifest_path),
+                )
                 snapshot = await loop.run_in_executor(self.executor, build_snapshot, loaded)
             except ManifestError as error:
+                self.reloads_rejected += 1
                 self.last_error, self.last_error_at = error.lines(), time.time()
                 for line in error.lines():
                     log.error("reload rejected trigger=%s problem=%s", trigger, line)
@@ -217,6 +229,7 @@ class Server:
                     snapshot.data_dir,
                 )
             self.holder.swap(snapshot)
+            self.reloads_applied += 1
             self.git_commit = git_revision(self.manifest_path)
             self.last_error, self.last_error_at = [], None
             await self.apply_listeners(snapshot)
@@ -226,9 +239,6 @@ class Server:
             self.write_status()
             self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
             return True
-
-    def _load(self) -> LoadedManifest:
-        return load_manifest(self.manifest_path)
 
     def log_loaded(self, snapshot: Snapshot, event: str) -> None:
         log.info(
@@ -289,6 +299,8 @@ class Server:
             "domains": snapshot.domain_count,
             "accounts": snapshot.account_count,
             "sessions": self.services.sessions.counts() if self.services else {},
+            "process": _process_figures(),
+            "reloads": {"applied": self.reloads_applied, "rejected": self.reloads_rejected},
             "written_at": time.time(),
         }
 
@@ -315,6 +327,29 @@ class Server:
                 await asyncio.wait_for(self.stopping.wait(), timeout=2.0)
             if not self.stopping.is_set():
                 self.write_status()
+
+
+def _process_figures() -> dict[str, float]:
+    """Open file descriptors, asyncio tasks and memory: what a leak would show in."""
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        fds = -1
+    try:
+        tasks = len(asyncio.all_tasks())
+    except RuntimeError:
+        tasks = 0
+    rss_mb = peak = 0.0
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    rss_mb = int(line.split()[1]) / 1024
+                elif line.startswith("VmHWM:"):
+                    peak = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return {"fds": fds, "tasks": tasks, "rss_mb": round(rss_mb, 1), "peak_rss_mb": round(peak, 1)}
 
 
 def _sha256(raw: bytes) -> str:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.manifest import LoadedManifest
+from appliance.manifest.loader import gc_paused
 from appliance.manifest.models import Account, ActiveDirectory, LDAPDirectory, LocalSystem, Manifest
 
 DirectoryModel = ActiveDirectory | LDAPDirectory | LocalSystem
@@ -176,6 +177,11 @@ def _qualify(target: str, domain: str) -> str:
 
 
 def build_snapshot(loaded: LoadedManifest) -> Snapshot:
+    with gc_paused():
+        return _build(loaded)
+
+
+def _build(loaded: LoadedManifest) -> Snapshot:
     manifest = loaded.manifest
     server = manifest.server
     data_dir = (loaded.base_dir / server.data_dir).resolve()

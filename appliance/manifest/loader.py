@@ -6,12 +6,14 @@ table does not hide the errors of the others; the cross-checks then run on what 
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+import gc
 import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,22 @@ class LoadedManifest:
     text: str
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building many objects at once.
+
+    A 100k-account manifest creates about a million objects; each allocation burst sets off
+    collections that walk every object built so far, which doubled load time. Reference counting
+    still frees everything as usual; only cycle collection waits until the block ends."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
@@ -112,8 +130,9 @@ def parse_manifest(raw: bytes, name: str, *, file: Path | None = None) -> Loaded
         line = raw[: error.start].count(b"\n") + 1
         column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
         raise ManifestError(name, [Problem((), "the file is not valid UTF-8", line, column)]) from None
-    data = _parse_toml(text, name)
-    manifest, problems = validate_data(data)
+    with gc_paused():
+        data = _parse_toml(text, name)
+        manifest, problems = validate_data(data)
     if problems or manifest is None:
         locations = Locations(text)
         raise ManifestError(name, [_place(p, locations) for p in problems])
