@@ -12,6 +12,7 @@ from appliance.tls import TLSProvider
 
 if TYPE_CHECKING:
     from appliance.auth.service import AuthService
+    from appliance.security import AutoBan
     from appliance.store.maildir import MailStore
 
 
@@ -43,6 +44,7 @@ class Services:
     executor: concurrent.futures.ThreadPoolExecutor
     sessions: SessionCounter = field(default_factory=SessionCounter)
     queue: Any = None  # the outbound queue, once there is one
+    autoban: AutoBan | None = None  # refuse clients (and stop asking directories) after failed logins
 
 
 @dataclass(frozen=True)

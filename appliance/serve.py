@@ -116,6 +116,7 @@ class Server:
     # -- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
         from appliance.auth.service import AuthService
+        from appliance.security import AutoBan
         from appliance.store.maildir import MailStore
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -129,6 +130,7 @@ class Server:
             tls=self.tls,
             executor=self.executor,
             sessions=SessionCounter(),
+            autoban=AutoBan(self.holder),
         )
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")

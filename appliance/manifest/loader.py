@@ -22,7 +22,15 @@ import toml_rs
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from appliance.manifest.locate import Locations
-from appliance.manifest.models import Account, AddressOrLocalPart, Directory, Domain, Manifest, Server
+from appliance.manifest.models import (
+    Account,
+    AddressOrLocalPart,
+    Directory,
+    Domain,
+    Manifest,
+    Security,
+    Server,
+)
 
 KeyPath = tuple[str | int, ...]
 
@@ -183,7 +191,7 @@ def _place(problem: Problem, locations: Locations) -> Problem:
 
 # --- validation -------------------------------------------------------------------------------
 
-_TOP_LEVEL = ("server", "directories", "domains")
+_TOP_LEVEL = ("server", "security", "directories", "domains")
 _DIRECTORY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Directory)
 
 
@@ -206,6 +214,10 @@ def validate_data(data: Mapping[str, Any]) -> tuple[Manifest | None, list[Proble
     else:
         server = _validate(Server, data["server"], ("server",), problems)
 
+    security: Security | None = Security()
+    if "security" in data:
+        security = _validate(Security, data["security"], ("security",), problems)
+
     directories: dict[str, Any] = {}
     for name, table in _table(data, "directories", problems).items():
         path: KeyPath = ("directories", name)
@@ -225,10 +237,11 @@ def validate_data(data: Mapping[str, Any]) -> tuple[Manifest | None, list[Proble
         domains[name] = _validate_domain(table, ("domains", name), problems)
 
     problems.extend(cross_check(server, directories, domains, data))
-    if problems or server is None:
+    if problems or server is None or security is None:
         return None, problems
     manifest = Manifest.model_construct(
         server=server,
+        security=security,
         directories=directories,
         domains={name.lower(): domain for name, domain in domains.items() if domain is not None},
     )

@@ -104,6 +104,15 @@ HostPort = Annotated[str, AfterValidator(check_host_port)]
 PasswordHash = Annotated[str, StringConstraints(pattern=HASH_PATTERN)]
 
 
+def _check_networks(value: list[str]) -> list[str]:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f'"{item}" is not a network (write e.g. "192.0.2.0/24")') from None
+    return value
+
+
 class Model(BaseModel):
     model_config = ConfigDict(
         frozen=True, extra="forbid", populate_by_name=True, strict=True, validate_default=True
@@ -178,12 +187,40 @@ class Server(Model):
     @field_validator("trusted_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                raise ValueError(f'"{item}" is not a network (write e.g. "192.0.2.0/24")') from None
-        return value
+        return _check_networks(value)
+
+
+# --- [security] -----------------------------------------------------------------------------
+
+
+class AutoBan(Model):
+    """Refuse clients that keep failing to log in, before a directory locks its users out."""
+
+    enabled: bool = True
+    max_failures: int = Field(10, ge=1, description="Failed logins from one address within `window`.")
+    window: Duration = Field(600.0, description="How far back failures count.")
+    ban_time: Duration = Field(1800.0, description="How long a banned address is refused.")
+    max_failures_per_account: int = Field(
+        3,
+        ge=1,
+        description=(
+            "Failed logins to one directory-linked account, from anywhere, within `window`, after "
+            "which its logins are refused here for `ban_time` without asking the directory: keep "
+            "it below the directory's lockout threshold so a password spray cannot lock AD users out."
+        ),
+    )
+    allow_networks: list[str] = Field(
+        default_factory=list, description="Client networks that are never banned (e.g. a webmail host)."
+    )
+
+    @field_validator("allow_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
+
+
+class Security(Model):
+    auto_ban: AutoBan = Field(default_factory=lambda: AutoBan())
 
 
 # --- [directories] --------------------------------------------------------------------------
@@ -360,5 +397,6 @@ class Manifest(Model):
     """The whole appliance.toml."""
 
     server: Server
+    security: Security = Field(default_factory=lambda: Security())
     directories: dict[str, Directory] = Field(default_factory=dict)
     domains: dict[str, Domain] = Field(default_factory=dict)
