@@ -123,14 +123,15 @@ class Server:
         (self.data_dir / "state").mkdir(exist_ok=True)
         self.tls.ensure_files()
         self.tls.server_context()  # fail now, not at the first client, when the files are unusable
+        autoban = AutoBan(self.holder)
         self.services = Services(
             holder=self.holder,
-            auth=AuthService(self.holder),
+            auth=AuthService(self.holder, autoban=autoban),
             store=MailStore(self.data_dir, self.executor),
             tls=self.tls,
             executor=self.executor,
             sessions=SessionCounter(),
-            autoban=AutoBan(self.holder),
+            autoban=autoban,
         )
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.manifest_scale import write_manifest  # noqa: E402
-from tests.fixtures.appliance import free_port  # noqa: E402
+from bench.manifest_scale import write_manifest
+from tests.fixtures.appliance import free_port
 
 
 def rcpt_accepted(port: int, address: str) -> bool:
@@ -54,7 +54,9 @@ def manifest_text(base: Path, port: int, extra_accounts: int) -> str:
         f'[server]\nhostname = "mail.example.test"\ndata_dir = "var"\n\n[server.listeners]\nsmtp = "127.0.0.1:{port}"\n',
     )
     extra = "".join(f"new{i} = {{}}\n" for i in range(extra_accounts))
-    return text.replace('[domains."d0.example.test".accounts]\n', f'[domains."d0.example.test".accounts]\n{extra}')
+    return text.replace(
+        '[domains."d0.example.test".accounts]\n', f'[domains."d0.example.test".accounts]\n{extra}'
+    )
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -123,11 +125,15 @@ def bench_size(size: int, runs: int, work: Path) -> tuple[list[float], list[floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="1000,10000,100000")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    print(f"{'accounts':>9} | {'reload s (median)':>17} {'runs':>22} | {'restart s':>9} | {'peak MB':>7} | ratio")
+    print(
+        f"{'accounts':>9} | {'reload s (median)':>17} {'runs':>22} | {'restart s':>9} | {'peak MB':>7} | ratio"
+    )
     with tempfile.TemporaryDirectory() as work:
         for size in (int(s) for s in args.sizes.split(",")):
             reloads, restarts, peak = bench_size(size, args.runs, Path(work))

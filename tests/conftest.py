@@ -2,4 +2,8 @@
 
 pytest_plugins = [
     "tests.fixtures.appliance",
+    "tests.fixtures.samba",
+    "tests.fixtures.slapd",
+    "tests.fixtures.pam",
+    "tests.fixtures.auth_service",
 ]

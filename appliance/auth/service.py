@@ -1,0 +1,206 @@
+"""The auth service: (login, password, protocol, client) → accepted | rejected | unavailable.
+
+The login is one of the account's mail addresses. A directory-linked account is checked by its
+directory (Active Directory, a generic LDAP directory, or this machine's accounts through PAM);
+any other account by its own password hash. Every blocking call (ldap3, PAM, argon2) runs in a
+bounded thread pool, so a slow directory slows logins, never the event loop.
+
+Rules that hold whatever the directory:
+- an empty password, or one with a control character, is rejected before anything is asked
+  (AD counts even an empty-password bind toward its lockout threshold);
+- a disabled account or domain is rejected without asking its directory;
+- an unknown address is rejected after a dummy argon2 verification, so that it costs about what
+  a real check costs;
+- nothing positive is cached: a password changed in AD takes effect at the very next login;
+- a directory that cannot answer makes the login UNAVAILABLE (a temporary failure), never
+  REJECTED;
+- a password is never logged nor kept. One log line per attempt on logger "appliance.auth":
+  `auth result=rejected login=john@example.test protocol=imap client=192.0.2.7
+  cause=locked_out ad_code=775 directory=cloudtech.local server=ldaps://dc1... ms=3.1`
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import threading
+import time
+import unicodedata
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from appliance.auth.active_directory import ActiveDirectoryClient
+from appliance.auth.ldap_directory import LDAPDirectoryClient
+from appliance.auth.local_system import LocalSystemClient
+from appliance.auth.passwords import hash_password, verify_password
+from appliance.auth.verdict import Outcome, Verdict, accepted, rejected, unavailable
+from appliance.manifest.models import ActiveDirectory, LDAPDirectory, LocalSystem
+
+if TYPE_CHECKING:
+    from appliance.security import AutoBan
+    from appliance.snapshot import AccountEntry, DirectoryModel, Snapshot, SnapshotHolder
+
+__all__ = ["AuthResult", "AuthService", "Outcome"]
+
+log = logging.getLogger("appliance.auth")
+
+MAX_PASSWORD_LENGTH = 1024  # characters; AD's own limit is 256
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    outcome: Outcome
+    account: AccountEntry | None  # set when accepted
+    cause: str  # words for the log, never shown to the client
+
+
+class DirectoryClient(Protocol):
+    def authenticate(self, user: str, password: str) -> Verdict: ...
+    def close(self) -> None: ...
+
+
+def password_problem(password: str) -> str | None:
+    """Why a password is refused before any directory sees it, or None."""
+    if not password:
+        return "empty_password"
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return "password_too_long"
+    if any(unicodedata.category(character) == "Cc" for character in password):
+        return "control_character_in_password"  # NUL, C0, DEL, C1
+    return None
+
+
+_PLAIN_FIELD = re.compile(r"^[!#-~]{1,320}$")  # printable ASCII without space and '"'
+
+
+def log_field(value: str) -> str:
+    """A value safe for a key=value log line: as is when plain, JSON-quoted otherwise."""
+    return value if _PLAIN_FIELD.match(value) else json.dumps(value[:320])
+
+
+class AuthService:
+    def __init__(
+        self, holder: SnapshotHolder, *, max_workers: int = 8, autoban: AutoBan | None = None
+    ) -> None:
+        self._holder = holder
+        self._autoban = autoban
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="auth")
+        self._clients: dict[str, tuple[DirectoryModel, Path, DirectoryClient]] = {}
+        self._dummy_hash: str | None = None
+        self._dummy_lock = threading.Lock()
+        self._closed = False
+
+    async def authenticate(self, login: str, password: str, *, protocol: str, client: str) -> AuthResult:
+        started = time.perf_counter()
+        snapshot = self._holder.current
+        entry = snapshot.account_by_address(login) if login else None
+        directory_name: str | None = None
+        autoban = self._autoban
+        try:
+            if autoban is not None and autoban.is_banned(client):
+                verdict = rejected("client_banned")
+            elif autoban is not None and entry is not None and autoban.account_blocked(entry.address):
+                # Too many failures for this account lately: the directory is not asked, so its
+                # lockout counter does not move (a password spray cannot lock the user out of AD).
+                verdict = rejected("account_blocked_by_auto_ban")
+            else:
+                verdict, directory_name = await self._decide(snapshot, entry, password)
+        except Exception:
+            log.exception("auth internal error login=%s protocol=%s", log_field(login), protocol)
+            verdict = unavailable("internal_error")
+        if autoban is not None:
+            if verdict.outcome is Outcome.REJECTED:
+                autoban.failed(client, entry.address if entry else None, linked=directory_name is not None)
+            elif verdict.outcome is Outcome.ACCEPTED and entry is not None:
+                autoban.succeeded(client, entry.address)
+        account = entry if verdict.outcome is Outcome.ACCEPTED else None
+        milliseconds = (time.perf_counter() - started) * 1000
+        level = logging.WARNING if verdict.outcome is Outcome.UNAVAILABLE else logging.INFO
+        if log.isEnabledFor(level):
+            cause = f"{verdict.cause} {verdict.detail}" if verdict.detail else verdict.cause
+            log.log(
+                level,
+                "auth result=%s login=%s protocol=%s client=%s cause=%s directory=%s server=%s ms=%.1f",
+                verdict.outcome.value,
+                log_field(login),
+                log_field(protocol),
+                log_field(client),
+                cause,
+                directory_name or "-",
+                verdict.server or "-",
+                milliseconds,
+            )
+        return AuthResult(verdict.outcome, account, verdict.cause)
+
+    async def _decide(
+        self, snapshot: Snapshot, entry: AccountEntry | None, password: str
+    ) -> tuple[Verdict, str | None]:
+        problem = password_problem(password)
+        if problem is not None:
+            return rejected(problem), None
+        if entry is None:
+            await self._dummy_verify(password)
+            return rejected("unknown_address"), None
+        if not entry.enabled:
+            await self._dummy_verify(password)
+            return rejected("disabled_in_manifest"), None
+        loop = asyncio.get_running_loop()
+        link = entry.account.active_directory
+        if link is not None:
+            model = snapshot.directory(link.domain)
+            if model is None:
+                return unavailable("unknown_directory"), link.domain
+            directory = self._client(link.domain, model, snapshot.base_dir)
+            verdict = await loop.run_in_executor(self._executor, directory.authenticate, link.user, password)
+            return verdict, link.domain
+        if entry.account.password_hash is not None:
+            ok = await loop.run_in_executor(
+                self._executor, verify_password, entry.account.password_hash, password
+            )
+            return (accepted("local-hash") if ok else rejected("bad_credentials", "local-hash")), None
+        await self._dummy_verify(password)
+        return rejected("no_credentials"), None
+
+    def _client(self, name: str, model: DirectoryModel, base_dir: Path) -> DirectoryClient:
+        """The client (and its connection pools) for a directory, rebuilt when a reload changed it."""
+        known = self._clients.get(name)
+        if known is not None and known[0] == model and known[1] == base_dir:
+            return known[2]
+        client: DirectoryClient
+        if isinstance(model, ActiveDirectory):
+            client = ActiveDirectoryClient(name, model, base_dir)
+        elif isinstance(model, LDAPDirectory):
+            client = LDAPDirectoryClient(name, model, base_dir)
+        elif isinstance(model, LocalSystem):
+            client = LocalSystemClient(name, model)
+        else:  # pragma: no cover - the manifest's union has no other member
+            raise TypeError(f"unknown directory type {type(model).__name__}")
+        self._clients[name] = (model, base_dir, client)
+        if known is not None:
+            self._executor.submit(known[2].close)  # in-flight logins finish on it, then it is gone
+        return client
+
+    async def _dummy_verify(self, password: str) -> None:
+        """An argon2 verification whose result is thrown away: unknown addresses cost time too."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._dummy_verify_sync, password)
+
+    def _dummy_verify_sync(self, password: str) -> None:
+        with self._dummy_lock:
+            if self._dummy_hash is None:
+                self._dummy_hash = hash_password("dummy password that no login matches")
+        verify_password(self._dummy_hash, password)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        clients = [client for _, _, client in self._clients.values()]
+        self._clients.clear()
+        loop = asyncio.get_running_loop()
+        for client in clients:
+            await loop.run_in_executor(self._executor, client.close)
+        self._executor.shutdown(wait=False, cancel_futures=True)
