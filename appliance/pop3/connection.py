@@ -1,0 +1,190 @@
+"""One client connection: bounded line reads with a timeout, writes with back-pressure, STLS.
+
+An `asyncio.Protocol` rather than streams, so that the upgrade to TLS can throw away whatever the
+client sent after STLS and before the handshake (RFC 2595 §4; the STARTTLS command-injection
+flaw, CVE-2011-0411), and so that reading stays cheap: one buffer, one search per line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Callable, Coroutine
+from typing import Any, cast
+
+_PAUSE_ABOVE = 256 * 1024  # stop reading from the socket while this much is unread
+_RESUME_BELOW = 64 * 1024
+
+
+class ConnectionClosed(Exception):
+    """The client went away (or the connection was closed here)."""
+
+
+class LineTooLong(Exception):
+    """A line longer than allowed arrived; it was read to its end and thrown away."""
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, on_connect: Callable[[Connection], Coroutine[Any, Any, None]]) -> None:
+        self._on_connect = on_connect
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._searched = 0  # bytes of the buffer already known to hold no "\n"
+        self._discarding = False  # inside an over-long line: drop bytes up to its end
+        self._reading_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._closed = False
+        self._eof = False
+        # One timer for the idle timeout, re-armed only when it fires early: cheaper than a
+        # timeout context per line when a client pipelines thousands of commands.
+        self._deadline = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self.peer = "unknown"
+        self.task: asyncio.Task[None] | None = None
+
+    # -- asyncio.Protocol ------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        peer = self._transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.peer = str(peer[0])
+        self.task = asyncio.get_running_loop().create_task(self._on_connect(self))
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > _PAUSE_ABOVE and not self._reading_paused and self._transport:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False  # close the transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._eof = True
+        self._wake()
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_exception(ConnectionClosed())
+            self._drain_waiter.exception()  # retrieved: nobody may be waiting any more
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    # -- for the session -------------------------------------------------------------------------
+    @property
+    def is_tls(self) -> bool:
+        return self._transport is not None and self._transport.get_extra_info("ssl_object") is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def readline(self, limit: int, timeout: float) -> bytes:
+        """The next line without its line end (CRLF or a bare LF).
+
+        Raises LineTooLong for a line over `limit` bytes (after reading past its end, so the next
+        line is read cleanly), TimeoutError when nothing completes a line within `timeout`
+        seconds, ConnectionClosed at the end of the connection.
+        """
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        while True:
+            newline = self._buffer.find(b"\n", self._searched)
+            if newline >= 0:
+                line = bytes(self._buffer[:newline])
+                del self._buffer[: newline + 1]
+                self._searched = 0
+                self._maybe_resume()
+                if self._discarding:
+                    self._discarding = False
+                    raise LineTooLong()
+                if len(line) > limit:
+                    raise LineTooLong()
+                return line[:-1] if line.endswith(b"\r") else line
+            if len(self._buffer) > limit:
+                self._discarding = True
+                self._buffer.clear()
+                self._maybe_resume()
+            self._searched = len(self._buffer)
+            if self._eof:
+                raise ConnectionClosed()
+            if self._idle_timer is None:
+                self._idle_timer = loop.call_at(self._deadline, self._idle_check)
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def write(self, data: bytes) -> None:
+        if self._closed or self._transport is None or self._transport.is_closing():
+            raise ConnectionClosed()
+        self._transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the socket's send buffer is over its high-water mark."""
+        if self._closed:
+            raise ConnectionClosed()
+        if not self._write_paused:
+            return
+        self._drain_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._drain_waiter
+        finally:
+            self._drain_waiter = None
+
+    async def start_tls(self, context: ssl.SSLContext, timeout: float) -> None:
+        """Upgrade to TLS. Bytes that arrived before the handshake are discarded (RFC 2595 §4)."""
+        assert self._transport is not None
+        self._buffer.clear()
+        self._searched = 0
+        self._maybe_resume()
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(
+            self._transport, self, context, server_side=True, ssl_handshake_timeout=timeout
+        )
+        if transport is None:
+            raise ConnectionClosed()
+        self._transport = cast(asyncio.Transport, transport)
+
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    # -- internals ------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return  # not waiting for the client now; the next readline arms the timer again
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._idle_timer = loop.call_at(self._deadline, self._idle_check)
+
+    def _maybe_resume(self) -> None:
+        if self._reading_paused and len(self._buffer) < _RESUME_BELOW and self._transport is not None:
+            self._reading_paused = False
+            self._transport.resume_reading()

@@ -1,0 +1,61 @@
+"""Every POP3 reply line, in one place.
+
+Response codes in brackets follow RFC 2449 §8 (RESP-CODES: IN-USE, LOGIN-DELAY) and RFC 3206
+(SYS/TEMP, SYS/PERM, AUTH). A client reads the code, not the words.
+"""
+
+from __future__ import annotations
+
+
+def ok(text: str = "") -> bytes:
+    return b"+OK " + text.encode() + b"\r\n" if text else b"+OK\r\n"
+
+
+def err(text: str, code: str | None = None) -> bytes:
+    prefix = f"[{code}] " if code else ""
+    return b"-ERR " + prefix.encode() + text.encode() + b"\r\n"
+
+
+def multiline(first: bytes, lines: list[bytes]) -> bytes:
+    """A "+OK" line, the lines (none starts with "."), then the terminator (RFC 1939 §3)."""
+    return first + b"".join(line + b"\r\n" for line in lines) + b".\r\n"
+
+
+GREETING = "{hostname} POP3 server ready"
+BANNED = err("Too many failed logins from your address; try again later", "SYS/PERM")
+UNKNOWN_COMMAND = err("Unknown command")
+WRONG_STATE = err("Command not valid in this state")
+LINE_TOO_LONG = err("Line too long")
+BAD_ARGUMENTS = err("Invalid arguments")
+NOT_UTF8 = err("Invalid characters in command")
+IDLE_TIMEOUT = err("Disconnected for inactivity (RFC 1939 §3)")
+INTERNAL_ERROR = err("Internal error; closing", "SYS/TEMP")
+
+# AUTHORIZATION (RFC 1939 §7, RFC 2595 §4, RFC 5034)
+PLAINTEXT_REFUSED = err("Plaintext authentication is not allowed without TLS; use STLS first", "AUTH")
+USER_OK = ok("Send PASS")
+PASS_WITHOUT_USER = err("Send USER first")
+LOGIN_FAILED = err("Authentication failed", "AUTH")
+TOO_MANY_FAILURES = err("Too many failed logins; closing", "AUTH")
+DIRECTORY_UNAVAILABLE = err("Authentication is temporarily unavailable; try again later", "SYS/TEMP")
+MAILDROP_UNAVAILABLE = err("Your mailbox cannot be opened now; try again later", "SYS/TEMP")
+IN_USE = err("Your mailbox is in use by another session", "IN-USE")
+UNKNOWN_MECHANISM = err("Unrecognized authentication type")
+AUTH_CANCELLED = err("Authentication cancelled")
+AUTH_MALFORMED = err("Malformed SASL response")
+AUTH_CONTINUE = b"+ \r\n"  # RFC 5034 §4: an empty server challenge
+AUTH_MECHANISMS = multiline(ok("Mechanisms follow"), [b"PLAIN"])  # AUTH without arguments
+
+# STLS (RFC 2595 §4)
+STLS_BEGIN = ok("Begin TLS negotiation")
+STLS_ALREADY = err("Already using TLS")
+STLS_UNAVAILABLE = err("TLS is not available now", "SYS/TEMP")
+
+# TRANSACTION (RFC 1939 §5, §7)
+NO_SUCH_MESSAGE = err("No such message")
+ALREADY_DELETED = err("Message is deleted")
+MESSAGE_VANISHED = err("Message cannot be read any more")
+
+# UPDATE (RFC 1939 §6)
+UPDATE_FAILED = err("Some deleted messages were not removed", "SYS/TEMP")
+BYE = "{hostname} POP3 server signing off"

@@ -1,0 +1,504 @@
+"""One POP3 session: a state machine (AUTHORIZATION → TRANSACTION → UPDATE, RFC 1939 §3) with one
+method per command, found through a table that also says in which states the command is valid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from appliance.auth.service import log_field
+from appliance.auth.verdict import Outcome
+from appliance.pop3 import replies
+from appliance.pop3.connection import Connection, ConnectionClosed, LineTooLong
+from appliance.pop3.maildrop import Maildrop, MaildropInUse
+from appliance.pop3.readahead import SMALL_MESSAGE, ReadAhead
+from appliance.pop3.wire import MessageStream, read_top
+
+if TYPE_CHECKING:
+    from appliance.context import ListenerSpec, Services
+    from appliance.snapshot import AccountEntry
+    from appliance.store.maildir import MessageFile
+
+log = logging.getLogger("appliance.pop3")
+
+# RFC 2449 §4: a command line is at most 255 octets. Be tolerant (some clients send long USER
+# lines) but bounded; a SASL response may be longer (RFC 5034 §4), e.g. a long AD password.
+MAX_COMMAND_LINE = 512
+MAX_SASL_LINE = 8192
+FAILED_LOGIN_DELAY = 0.75  # seconds before "-ERR [AUTH]": slows guessing, never blocks the loop
+MAX_LOGIN_FAILURES = 3  # per connection; then it is closed
+TLS_HANDSHAKE_TIMEOUT = 30.0
+
+
+class State(enum.Enum):
+    AUTHORIZATION = "authorization"
+    TRANSACTION = "transaction"
+    UPDATE = "update"
+
+
+Handler = Callable[["Session", str], Awaitable[None]]
+COMMANDS: dict[str, tuple[frozenset[State], Handler]] = {}
+
+
+def command(name: str, *states: State) -> Callable[[Handler], Handler]:
+    """Register a method as the handler of `name` in `states`."""
+
+    def register(handler: Handler) -> Handler:
+        COMMANDS[name] = (frozenset(states), handler)
+        return handler
+
+    return register
+
+
+AUTHORIZATION, TRANSACTION = State.AUTHORIZATION, State.TRANSACTION
+
+
+class Session:
+    def __init__(self, services: Services, listener: ListenerSpec, connection: Connection) -> None:
+        self.services = services
+        self.listener = listener
+        self.connection = connection
+        self.state = State.AUTHORIZATION
+        self.user: str | None = None  # from USER, waiting for PASS
+        self.login: str | None = None  # once authenticated
+        self.failures = 0
+        self.maildrop: Maildrop | None = None
+        self.readahead: ReadAhead | None = None
+        self.retrieved_octets = 0
+        self.closing = False
+        self.started = time.monotonic()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        return asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        self.connection.write(data)
+
+    def _hostname(self) -> str:
+        return self.services.holder.current.hostname
+
+    def _idle_timeout(self) -> float:
+        return float(self.services.holder.current.manifest.server.limits.pop3_idle_timeout)
+
+    def _plaintext_allowed(self) -> bool:
+        # RFC 2595 §2.2 / RFC 8314: no password in clear unless the manifest says so.
+        return self.connection.is_tls or self.services.holder.current.manifest.server.allow_plaintext_auth
+
+    # -- the session's life ------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.services.sessions.opened("pop3")
+        peer = self.connection.peer
+        reason = "quit"
+        try:
+            autoban = self.services.autoban
+            if autoban is not None and autoban.is_banned(peer):
+                self.write(replies.BANNED)
+                reason = "banned"
+                return
+            self.write(replies.ok(replies.GREETING.format(hostname=self._hostname())))
+            while not self.closing:
+                try:
+                    line = await self.connection.readline(MAX_COMMAND_LINE, self._idle_timeout())
+                except LineTooLong:
+                    self.write(replies.LINE_TOO_LONG)  # RFC 2449 §4; the next line reads cleanly
+                    continue
+                await self.dispatch(line)
+                await self.connection.drain()
+        except TimeoutError:
+            # RFC 1939 §3: an idle client may be dropped without entering UPDATE (also while
+            # the server waits for a SASL response).
+            reason = "idle_timeout"
+            try:
+                self.write(replies.IDLE_TIMEOUT)
+            except ConnectionClosed:
+                pass
+        except ConnectionClosed:
+            reason = "dropped"
+        except Exception:
+            reason = "internal_error"
+            log.exception("pop3 internal error client=%s login=%s", peer, log_field(self.login or "-"))
+            try:
+                self.write(replies.INTERNAL_ERROR)
+            except ConnectionClosed:
+                pass
+        finally:
+            await self._end(reason)
+
+    async def _end(self, reason: str) -> None:
+        try:
+            if self.readahead is not None:
+                await self.readahead.close()
+        finally:
+            # Runs even when the task is cancelled (shutdown). Not through QUIT: RFC 1939 §6,
+            # nothing marked is deleted. Releasing is one close(2) of the lock file: done here.
+            maildrop = self.maildrop
+            if maildrop is not None and not maildrop.released:
+                maildrop.release()
+                log.info(
+                    "pop3 closed login=%s client=%s reason=%s retrieved=%d octets=%d deleted=0 seconds=%.1f",
+                    log_field(self.login or "-"),
+                    self.connection.peer,
+                    reason,
+                    len(maildrop.retrieved),
+                    self.retrieved_octets,
+                    time.monotonic() - self.started,
+                )
+            elif maildrop is None and reason not in ("quit", "dropped"):
+                log.info(
+                    "pop3 closed login=%s client=%s reason=%s",
+                    log_field(self.user or "-"),
+                    self.connection.peer,
+                    reason,
+                )
+            self.connection.close()
+            self.services.sessions.closed("pop3")
+
+    async def dispatch(self, line: bytes) -> None:
+        keyword, _, argument = line.partition(b" ")
+        name = keyword.decode("ascii", "replace").upper()
+        entry = COMMANDS.get(name)
+        if entry is None:
+            self.write(replies.UNKNOWN_COMMAND)
+            return
+        states, handler = entry
+        if self.state not in states:
+            self.write(replies.WRONG_STATE)
+            return
+        try:
+            text = argument.decode("utf-8")
+        except UnicodeDecodeError:
+            self.write(replies.NOT_UTF8)
+            return
+        await handler(self, text)
+
+    # -- commands valid in any state ---------------------------------------------------------------
+    @command("CAPA", AUTHORIZATION, TRANSACTION)
+    async def capa(self, argument: str) -> None:
+        """RFC 2449 §5: the capabilities, as they stand in this state."""
+        lines = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
+        if self.state is State.AUTHORIZATION:
+            if self._plaintext_allowed():
+                lines += [b"USER", b"SASL PLAIN"]
+            if self.listener.name == "pop3" and not self.connection.is_tls:
+                lines.append(b"STLS")  # RFC 2595 §4
+        lines.append(b"IMPLEMENTATION appliance")
+        self.write(replies.multiline(replies.ok("Capability list follows"), lines))
+
+    @command("NOOP", TRANSACTION)
+    async def noop(self, argument: str) -> None:
+        self.write(replies.ok())
+
+    @command("QUIT", AUTHORIZATION, TRANSACTION)
+    async def quit(self, argument: str) -> None:
+        self.closing = True
+        if self.state is State.AUTHORIZATION or self.maildrop is None:
+            self.write(replies.ok(replies.BYE.format(hostname=self._hostname())))
+            return
+        # RFC 1939 §6: QUIT from TRANSACTION enters UPDATE; only now are messages removed.
+        self.state = State.UPDATE
+        maildrop = self.maildrop
+        removed, failed = await self.loop.run_in_executor(self.services.executor, maildrop.update)
+        count, _ = maildrop.totals()
+        log.info(
+            "pop3 quit login=%s client=%s retrieved=%d octets=%d deleted=%d delete_failed=%d kept=%d "
+            "seconds=%.1f",
+            log_field(self.login or "-"),
+            self.connection.peer,
+            len(maildrop.retrieved),
+            self.retrieved_octets,
+            removed,
+            failed,
+            count,
+            time.monotonic() - self.started,
+        )
+        if failed:
+            self.write(replies.UPDATE_FAILED)
+        else:
+            bye = replies.BYE.format(hostname=self._hostname())
+            self.write(replies.ok(f"{bye} ({count} messages left)"))
+
+    # -- AUTHORIZATION -----------------------------------------------------------------------------
+    @command("STLS", AUTHORIZATION)
+    async def stls(self, argument: str) -> None:
+        """RFC 2595 §4: upgrade to TLS; the session then starts over (USER is forgotten)."""
+        if self.connection.is_tls or self.listener.name != "pop3":
+            self.write(replies.STLS_ALREADY)
+            return
+        try:
+            context = self.services.tls.server_context()  # the certificate in force now
+        except (OSError, ValueError) as error:
+            log.error("pop3 stls unavailable client=%s error=%s", self.connection.peer, error)
+            self.write(replies.STLS_UNAVAILABLE)
+            return
+        self.write(replies.STLS_BEGIN)
+        try:
+            await self.connection.start_tls(context, TLS_HANDSHAKE_TIMEOUT)
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+            log.info("pop3 tls handshake failed client=%s error=%s", self.connection.peer, error)
+            self.connection.abort()
+            raise ConnectionClosed() from None
+        self.user = None
+
+    @command("USER", AUTHORIZATION)
+    async def user_command(self, argument: str) -> None:
+        if not self._plaintext_allowed():
+            self.write(replies.PLAINTEXT_REFUSED)
+            return
+        if not argument.strip():
+            self.write(replies.BAD_ARGUMENTS)
+            return
+        self.user = argument.strip()
+        self.write(replies.USER_OK)
+
+    @command("PASS", AUTHORIZATION)
+    async def pass_command(self, argument: str) -> None:
+        # RFC 1939 §7: the password is the rest of the line, spaces included.
+        if not self._plaintext_allowed():
+            self.write(replies.PLAINTEXT_REFUSED)
+            return
+        if self.user is None:
+            self.write(replies.PASS_WITHOUT_USER)
+            return
+        login, self.user = self.user, None
+        await self._authenticate(login, argument, "USER")
+
+    @command("AUTH", AUTHORIZATION)
+    async def auth(self, argument: str) -> None:
+        """RFC 5034: SASL. Only PLAIN (RFC 4616), with or without the initial response."""
+        mechanism, _, initial = argument.strip().partition(" ")
+        if not mechanism:
+            self.write(replies.AUTH_MECHANISMS)  # not in RFC 5034; Outlook and others ask so
+            return
+        if mechanism.upper() != "PLAIN":
+            self.write(replies.UNKNOWN_MECHANISM)
+            return
+        if not self._plaintext_allowed():
+            self.write(replies.PLAINTEXT_REFUSED)  # before any response is read
+            return
+        response = initial.strip()
+        if not response:
+            self.write(replies.AUTH_CONTINUE)
+            await self.connection.drain()
+            try:
+                line = await self.connection.readline(MAX_SASL_LINE, self._idle_timeout())
+            except LineTooLong:
+                self.write(replies.AUTH_MALFORMED)
+                return
+            response = line.decode("ascii", "replace").strip()
+        if response == "*":
+            self.write(replies.AUTH_CANCELLED)  # RFC 5034 §4
+            return
+        credentials = _decode_plain(response)
+        if credentials is None:
+            self.write(replies.AUTH_MALFORMED)
+            return
+        await self._authenticate(credentials[0], credentials[1], "PLAIN")
+
+    async def _authenticate(self, login: str, password: str, mechanism: str) -> None:
+        peer = self.connection.peer
+        result = await self.services.auth.authenticate(login, password, protocol="pop3", client=peer)
+        if result.outcome is Outcome.UNAVAILABLE:
+            self._log_login("unavailable", login, mechanism, result.cause)
+            self.write(replies.DIRECTORY_UNAVAILABLE)
+            return
+        if result.outcome is Outcome.REJECTED or result.account is None:
+            self.failures += 1
+            self._log_login("rejected", login, mechanism, result.cause)
+            await asyncio.sleep(FAILED_LOGIN_DELAY)
+            if self.failures >= MAX_LOGIN_FAILURES:
+                self.write(replies.TOO_MANY_FAILURES)
+                self.closing = True
+            else:
+                self.write(replies.LOGIN_FAILED)
+            return
+        await self._open_maildrop(result.account, login, mechanism)
+
+    async def _open_maildrop(self, account: AccountEntry, login: str, mechanism: str) -> None:
+        maildir = self.services.store.maildir(account)
+        try:
+            maildrop = await self.loop.run_in_executor(self.services.executor, Maildrop.open, maildir)
+        except MaildropInUse:
+            self._log_login("in_use", login, mechanism, "maildrop_locked")
+            self.write(replies.IN_USE)  # RFC 2449 §8.1.1
+            return
+        except OSError as error:
+            self._log_login("unavailable", login, mechanism, f"maildir_error={error.strerror}")
+            self.write(replies.MAILDROP_UNAVAILABLE)
+            return
+        self.maildrop, self.login, self.state = maildrop, account.address, State.TRANSACTION
+        self.readahead = ReadAhead(maildrop, self.services.executor, maildrop.read_wire)
+        count, octets = maildrop.totals()
+        self._log_login("accepted", login, mechanism, "ok", f" messages={count} octets={octets}")
+        self.write(replies.ok(f"Logged in; {count} messages ({octets} octets)"))
+
+    def _log_login(self, result: str, login: str, mechanism: str, cause: str, extra: str = "") -> None:
+        log.info(
+            "pop3 login result=%s login=%s client=%s mechanism=%s tls=%s cause=%s%s",
+            result,
+            log_field(login),
+            self.connection.peer,
+            mechanism,
+            "yes" if self.connection.is_tls else "no",
+            cause,
+            extra,
+        )
+
+    # -- TRANSACTION -------------------------------------------------------------------------------
+    def _message(self, argument: str) -> tuple[int, MessageFile] | None:
+        """The (index, message) a message-number argument names, or None after an -ERR."""
+        assert self.maildrop is not None
+        text = argument.strip()
+        if not text.isdigit() or not text.isascii() or len(text) > 10:
+            self.write(replies.BAD_ARGUMENTS)
+            return None
+        index = int(text) - 1
+        if not 0 <= index < len(self.maildrop.messages):
+            self.write(replies.NO_SUCH_MESSAGE)
+            return None
+        if index in self.maildrop.deleted:
+            self.write(replies.ALREADY_DELETED)  # RFC 1939 §5: a deleted message may not be named
+            return None
+        return index, self.maildrop.messages[index]
+
+    @command("STAT", TRANSACTION)
+    async def stat(self, argument: str) -> None:
+        assert self.maildrop is not None
+        count, octets = self.maildrop.totals()
+        self.write(replies.ok(f"{count} {octets}"))  # RFC 1939 §5 drop listing
+
+    @command("LIST", TRANSACTION)
+    async def list_command(self, argument: str) -> None:
+        assert self.maildrop is not None
+        if argument.strip():
+            found = self._message(argument)
+            if found is not None:
+                self.write(replies.ok(f"{found[0] + 1} {found[1].size}"))
+            return
+        messages = self.maildrop.messages
+        count, octets = self.maildrop.totals()
+        lines = [b"%d %d" % (i + 1, messages[i].size) for i in self.maildrop.visible()]
+        self.write(replies.multiline(replies.ok(f"{count} messages ({octets} octets)"), lines))
+
+    @command("UIDL", TRANSACTION)
+    async def uidl(self, argument: str) -> None:
+        """RFC 1939 §7: unique-ids stay the same across sessions and are never reused."""
+        assert self.maildrop is not None
+        uids = self.maildrop.uids
+        if argument.strip():
+            found = self._message(argument)
+            if found is not None:
+                self.write(replies.ok(f"{found[0] + 1} {uids[found[0]]}"))
+            return
+        lines = [b"%d %s" % (i + 1, uids[i].encode()) for i in self.maildrop.visible()]
+        self.write(replies.multiline(replies.ok("Unique-id listing follows"), lines))
+
+    @command("DELE", TRANSACTION)
+    async def dele(self, argument: str) -> None:
+        assert self.maildrop is not None
+        found = self._message(argument)
+        if found is not None:
+            self.maildrop.deleted.add(found[0])  # only marked: removed in UPDATE (RFC 1939 §6)
+            if self.readahead is not None:
+                self.readahead.forget(found[0])
+            self.write(replies.ok(f"Message {found[0] + 1} deleted"))
+
+    @command("RSET", TRANSACTION)
+    async def rset(self, argument: str) -> None:
+        assert self.maildrop is not None
+        self.maildrop.deleted.clear()
+        count, octets = self.maildrop.totals()
+        self.write(replies.ok(f"{count} messages ({octets} octets)"))
+
+    @command("RETR", TRANSACTION)
+    async def retr(self, argument: str) -> None:
+        assert self.maildrop is not None
+        found = self._message(argument)
+        if found is None:
+            return
+        index, message = found
+        maildir = self.maildrop.maildir
+        executor = self.services.executor
+        header = b"+OK %d octets\r\n" % message.size
+        if message.size <= SMALL_MESSAGE and self.readahead is not None:
+            try:
+                body = await self.readahead.message(index)
+            except OSError:
+                self.write(replies.MESSAGE_VANISHED)
+                return
+            self.write(header + body)
+        else:
+            try:
+                stream = await self.loop.run_in_executor(executor, _open_stream, maildir, message)
+            except OSError:
+                self.write(replies.MESSAGE_VANISHED)
+                return
+            self.write(header)
+            try:
+                while not stream.done:
+                    try:
+                        chunk = await self.loop.run_in_executor(executor, stream.next_chunk)
+                    except OSError as error:
+                        # After "+OK" an error cannot be reported: end the connection instead,
+                        # so the client sees a failed download, not a short message.
+                        log.error("pop3 read failed key=%s error=%s", message.key, error)
+                        self.connection.abort()
+                        raise ConnectionClosed() from None
+                    self.write(chunk)
+                    await self.connection.drain()
+            finally:
+                if not stream.done:
+                    await self.loop.run_in_executor(executor, stream.close)
+        self.maildrop.retrieved.add(index)
+        self.retrieved_octets += message.size
+
+    @command("TOP", TRANSACTION)
+    async def top(self, argument: str) -> None:
+        assert self.maildrop is not None
+        number, _, lines = argument.strip().partition(" ")
+        lines = lines.strip()
+        if not lines.isdigit() or not lines.isascii() or len(lines) > 10:
+            self.write(replies.BAD_ARGUMENTS)
+            return
+        found = self._message(number)
+        if found is None:
+            return
+        maildir = self.maildrop.maildir
+        try:
+            excerpt = await self.loop.run_in_executor(
+                self.services.executor, _read_top, maildir, found[1], int(lines)
+            )
+        except OSError:
+            self.write(replies.MESSAGE_VANISHED)
+            return
+        self.write(replies.ok("Top of message follows") + excerpt)
+
+
+def _decode_plain(response: str) -> tuple[str, str] | None:
+    """RFC 4616: [authzid] NUL authcid NUL passwd, base64-encoded. (login, password) or None."""
+    try:
+        raw = base64.b64decode(response, validate=True)
+        parts = raw.decode("utf-8").split("\0")
+    except (binascii.Error, ValueError):
+        return None
+    if len(parts) != 3 or not parts[1]:
+        return None
+    authzid, login, password = parts
+    if authzid and authzid.lower() != login.lower():
+        return None  # acting as another user is not offered
+    return login, password
+
+
+def _open_stream(maildir: Any, message: MessageFile) -> MessageStream:
+    return MessageStream(maildir.open(message))
+
+
+def _read_top(maildir: Any, message: MessageFile, lines: int) -> bytes:
+    return read_top(maildir.open(message), lines)
