@@ -135,6 +135,8 @@ class Server:
         )
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")
+
+    def announce_ready(self) -> None:
         self.write_status()
         self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
 
@@ -188,11 +190,12 @@ class Server:
             log.info("listening name=%s address=%s tls=%s", name, spec.address, spec.implicit_tls)
 
     # -- reload ------------------------------------------------------------------------------
-    async def reload(self, trigger: str) -> bool:
+    async def reload(self, trigger: str, *, notify: bool = True) -> bool:
         """Load the manifest again; apply it only when it is valid. True when applied."""
         async with self._reload_lock:
             started = time.monotonic()
-            self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+            if notify:
+                self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
             try:
                 raw = await _read_settled(self.manifest_path)
                 loop = asyncio.get_running_loop()
@@ -204,6 +207,7 @@ class Server:
                     )
                 if _sha256(raw) == current.revision:
                     self.last_error, self.last_error_at = [], None
+                    log.info("reload unchanged trigger=%s revision=%s", trigger, current.revision[:12])
                     return False
                 loaded = await loop.run_in_executor(
                     self.executor,
@@ -224,7 +228,8 @@ class Server:
                 self.write_status()
                 return False
             finally:
-                self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+                if notify:
+                    self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
             if snapshot.data_dir != self.data_dir:
                 log.warning(
                     "reload data_dir changed from=%s to=%s: it applies at the next restart",
@@ -240,7 +245,8 @@ class Server:
                 snapshot, f"reloaded trigger={trigger} ms={(time.monotonic() - started) * 1000:.0f}"
             )
             self.write_status()
-            self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+            if notify:
+                self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
             return True
 
     def log_loaded(self, snapshot: Snapshot, event: str) -> None:
@@ -421,6 +427,11 @@ async def run(manifest_path: Path) -> int:
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
     watcher = loop.create_task(server.watch())
+    # The watcher needs a moment to arm; an edit made before then would go unseen, so read the
+    # file once more after arming (a no-op when it is unchanged) and only then say "ready".
+    await asyncio.sleep(0.2)
+    await server.reload("start-check", notify=False)
+    server.announce_ready()
     status = loop.create_task(server.status_loop())
     await server.stopping.wait()
     for task in (watcher, status):
