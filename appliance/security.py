@@ -13,7 +13,7 @@ import time
 from collections import deque
 
 from appliance.manifest.models import AutoBan as AutoBanSettings
-from appliance.snapshot import SnapshotHolder
+from appliance.snapshot import SnapshotHolder, address_in_networks
 
 log = logging.getLogger("appliance.security")
 
@@ -32,13 +32,8 @@ class AutoBan:
         return self._holder.current.manifest.security.auto_ban
 
     def _allowed(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in ipaddress.ip_network(n, strict=False) for n in self._settings().allow_networks)
+        networks = (ipaddress.ip_network(n, strict=False) for n in self._settings().allow_networks)
+        return address_in_networks(ip, networks)
 
     def is_banned(self, ip: str) -> bool:
         """True when connections (and logins) from `ip` are to be refused now."""

@@ -89,13 +89,7 @@ class Snapshot:
         return limit
 
     def is_trusted(self, ip: str) -> bool:
-        try:
-            address = ipaddress.ip_address(ip.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._trusted)
+        return address_in_networks(ip, self._trusted)
 
     def may_send_as(self, account: AccountEntry, address: str) -> bool:
         """Own addresses, aliases the account is in, or any local address with send_as_any."""
@@ -159,6 +153,17 @@ class Snapshot:
         _, _, domain = address.rpartition("@")
         if domain not in self._domains:
             forwards.setdefault(address, None)
+
+
+def address_in_networks(ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    """True when `ip` (IPv4-mapped IPv6 counts as IPv4; garbage never matches) is in a network."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in networks)
 
 
 class SnapshotHolder:

@@ -110,6 +110,29 @@ class TLSProvider:
             self._context, self._key = context, cache_key
             return context
 
+    def listener_context(self) -> ssl.SSLContext:
+        """The context for an implicit-TLS listener; each handshake switches to the certificate
+        in force then.
+
+        `create_server` keeps one context for the listener's life; the SNI callback (called for
+        every ClientHello, with or without a server name) hands the connection to
+        `server_context()`, so a renewed certificate applies without reopening the port.
+        """
+        current = self.server_context()
+        certificate, key = self.paths()
+        tls = self._holder.current.manifest.server.tls
+        context = build_server_context(certificate, key, tls.min_version, tls.ciphers)
+
+        def use_current(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
+            try:
+                ssl_object.context = self.server_context()
+            except (OSError, ValueError):
+                ssl_object.context = current  # keep serving the last good certificate
+            return None
+
+        context.sni_callback = use_current
+        return context
+
 
 def build_server_context(
     certificate: Path, key: Path, min_version: str, ciphers: str | None

@@ -10,12 +10,10 @@ executor (readahead.py), large ones streamed, and sent as RFC 1939 wants them (w
 from __future__ import annotations
 
 import asyncio
-import ssl
 
 from appliance.context import ListenerSpec, Services
 from appliance.pop3.connection import Connection
 from appliance.pop3.session import TLS_HANDSHAKE_TIMEOUT, Session
-from appliance.tls import build_server_context
 
 __all__ = ["start_pop3"]
 
@@ -34,7 +32,7 @@ async def start_pop3(services: Services, listener: ListenerSpec) -> asyncio.Serv
             if task is not None:
                 tasks.discard(task)
 
-    context = _implicit_tls_context(services) if listener.implicit_tls else None
+    context = services.tls.listener_context() if listener.implicit_tls else None
     return await loop.create_server(
         lambda: Connection(serve),
         listener.host,
@@ -43,26 +41,3 @@ async def start_pop3(services: Services, listener: ListenerSpec) -> asyncio.Serv
         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context else None,
         reuse_address=True,
     )
-
-
-def _implicit_tls_context(services: Services) -> ssl.SSLContext:
-    """The listener's context: at each handshake it hands over to the certificate in force then.
-
-    `create_server` takes one context for the life of the listener; the SNI callback (called for
-    every ClientHello, with or without a server name) switches the connection to
-    `services.tls.server_context()`, so a renewed certificate applies without reopening the port.
-    """
-    current = services.tls.server_context()
-    certificate, key = services.tls.paths()
-    tls = services.holder.current.manifest.server.tls
-    context = build_server_context(certificate, key, tls.min_version, tls.ciphers)
-
-    def use_current(ssl_object: ssl.SSLObject, server_name: str | None, _: ssl.SSLContext) -> None:
-        try:
-            ssl_object.context = services.tls.server_context()
-        except (OSError, ValueError):
-            ssl_object.context = current  # keep serving the last good certificate
-        return None
-
-    context.sni_callback = use_current
-    return context
