@@ -163,6 +163,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if alive else 3
 
 
+def cmd_queue(args: argparse.Namespace) -> int:
+    from appliance.queue.admin import queue_command
+
+    return queue_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appliance", description="A mail server configured from one manifest, appliance.toml."
@@ -199,6 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_manifest_option(status)
     status.add_argument("--format", choices=("text", "json"), default="text")
     status.set_defaults(func=cmd_status)
+
+    queue = commands.add_parser(
+        "queue", help="outbound mail waiting: list (default), flush (retry all now), delete ID..."
+    )
+    queue.add_argument("action", nargs="?", choices=("list", "flush", "delete"), default="list")
+    queue.add_argument("ids", nargs="*", metavar="ID", help="queue ids, for delete")
+    _add_manifest_option(queue)
+    queue.add_argument("--format", choices=("text", "json"), default="text")
+    queue.set_defaults(func=cmd_queue)
 
     try:
         from appliance.auth.cli import add_check_auth_parser

@@ -116,6 +116,7 @@ class Server:
     # -- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
         from appliance.auth.service import AuthService
+        from appliance.queue import OutboundQueue
         from appliance.security import AutoBan
         from appliance.store.maildir import MailStore
 
@@ -133,6 +134,8 @@ class Server:
             sessions=SessionCounter(),
             autoban=autoban,
         )
+        self.services.queue = OutboundQueue(self.holder, self.services.store, self.executor, self.data_dir)
+        await self.services.queue.start()
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")
 
@@ -153,6 +156,8 @@ class Server:
                 server.close_clients()  # type: ignore[attr-defined]  # Python 3.13+
         self.listeners.clear()
         if self.services is not None:
+            if self.services.queue is not None:
+                await self.services.queue.stop()
             await self.services.auth.close()
         self.executor.shutdown(wait=True)
         self.write_status(stopped=True)
@@ -426,6 +431,8 @@ async def run(manifest_path: Path) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    if server.services is not None and server.services.queue is not None:
+        loop.add_signal_handler(signal.SIGUSR1, server.services.queue.flush)  # `appliance queue flush`
     watcher = loop.create_task(server.watch())
     # The watcher needs a moment to arm; an edit made before then would go unseen, so read the
     # file once more after arming (a no-op when it is unchanged) and only then say "ready".

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import smtplib
 import subprocess
+import sys
 
 import pytest
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
 from tests.smtp_support import (
+    DOMAINS,
     JOHN,
     MARY,
     PASSWORD,
@@ -288,18 +291,33 @@ def test_a_catch_all_takes_percent_hack_mail_locally_and_never_relays_it(server:
     assert len(stored(server, JOHN)) == 1  # delivered to the catch-all's mailbox, nowhere else
 
 
-def test_remote_recipients_from_an_authorised_client_are_deferred_until_there_is_a_queue(
+def test_remote_recipients_from_an_authorised_client_go_to_the_outbound_queue(
     appliance: ApplianceFactory,
 ) -> None:
-    server = start(appliance, server_extra='trusted_networks = ["127.0.0.0/8"]')
+    # The queue's resolver is a closed loopback port: delivery is deferred, so the messages stay
+    # queued (tests/test_queue.py covers delivery itself).
+    body = DOMAINS + '\n[outbound]\nresolver = "127.0.0.1:9"\nconnect_timeout = "1s"\n'
+    server = start(appliance, server_extra='trusted_networks = ["127.0.0.0/8"]', body=body)
     with login(server) as client:
-        client.mail(JOHN)
-        code, text = client.rcpt("someone@remote.example")
-        assert (code, text[:5]) == (453, b"4.3.0")
+        client.sendmail(JOHN, ["someone@remote.example"], message("out"))
     with connect(server) as client:  # trusted network, no AUTH
-        client.mail("a@remote.example")
-        assert client.rcpt("someone@remote.example")[0] == 453
-        assert client.rcpt(JOHN)[0] == 250
+        client.sendmail("a@remote.example", ["other@remote.example", JOHN], message("split"))
+    server.wait_for_log(r"queued id=\S+ from=john@example\.test to=someone@remote\.example")
+    server.wait_for_log(r"queued id=\S+ from=a@remote\.example to=other@remote\.example ")
+    # The split message's local copy was delivered directly, never through the queue.
+    [local] = stored(server, JOHN)
+    assert b"Subject: split" in local.read_bytes()
+    listing = subprocess.run(
+        [sys.executable, "-m", "appliance", "queue", "--manifest", str(server.manifest), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert sorted(r for item in json.loads(listing.stdout) for r in item["recipients"]) == [
+        "other@remote.example",
+        "someone@remote.example",
+    ]
 
 
 # -- limits ------------------------------------------------------------------------------------
@@ -399,7 +417,6 @@ def test_a_disk_error_gives_451_and_leaves_no_file_in_any_mailbox(server: Runnin
 
 
 def test_recipients_follow_a_manifest_reload_without_reconnecting(appliance: ApplianceFactory) -> None:
-    from tests.smtp_support import DOMAINS
 
     server = start(appliance, listeners=("smtp",))
     with connect(server) as client:

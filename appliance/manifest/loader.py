@@ -28,6 +28,7 @@ from appliance.manifest.models import (
     Directory,
     Domain,
     Manifest,
+    Outbound,
     Security,
     Server,
 )
@@ -191,7 +192,7 @@ def _place(problem: Problem, locations: Locations) -> Problem:
 
 # --- validation -------------------------------------------------------------------------------
 
-_TOP_LEVEL = ("server", "security", "directories", "domains")
+_TOP_LEVEL = ("server", "security", "directories", "domains", "outbound")
 _DIRECTORY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Directory)
 
 
@@ -218,6 +219,20 @@ def validate_data(data: Mapping[str, Any]) -> tuple[Manifest | None, list[Proble
     if "security" in data:
         security = _validate(Security, data["security"], ("security",), problems)
 
+    outbound: Outbound | None = Outbound()
+    if "outbound" in data:
+        table = data["outbound"]
+        if isinstance(table, dict) and "relay_password" in table:
+            problems.append(
+                Problem(
+                    ("outbound", "relay_password"),
+                    "a password is never written in the manifest; use relay_password_file or "
+                    "relay_password_env",
+                )
+            )
+            table = {k: v for k, v in table.items() if k != "relay_password"}
+        outbound = _validate(Outbound, table, ("outbound",), problems)
+
     directories: dict[str, Any] = {}
     for name, table in _table(data, "directories", problems).items():
         path: KeyPath = ("directories", name)
@@ -237,13 +252,14 @@ def validate_data(data: Mapping[str, Any]) -> tuple[Manifest | None, list[Proble
         domains[name] = _validate_domain(table, ("domains", name), problems)
 
     problems.extend(cross_check(server, directories, domains, data))
-    if problems or server is None or security is None:
+    if problems or server is None or security is None or outbound is None:
         return None, problems
     manifest = Manifest.model_construct(
         server=server,
         security=security,
         directories=directories,
         domains={name.lower(): domain for name, domain in domains.items() if domain is not None},
+        outbound=outbound,
     )
     return manifest, problems
 

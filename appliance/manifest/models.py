@@ -382,6 +382,16 @@ class Account(Model):
     display_name: str | None = None
 
 
+class DKIM(Model):
+    """DKIM signing (RFC 6376) of mail this domain sends out."""
+
+    selector: str = Field(
+        pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$",
+        description='Selector: the public key is published at "<selector>._domainkey.<domain>".',
+    )
+    key_file: str = Field(description="PEM RSA or Ed25519 private key, relative to the manifest.")
+
+
 class Domain(Model):
     enabled: bool = Field(True, description="A disabled domain receives no mail and nobody in it can log in.")
     catch_all: AddressOrLocalPart | None = Field(
@@ -391,6 +401,70 @@ class Domain(Model):
     max_message_size: Size | None = Field(None, description="Largest message this domain accepts.")
     accounts: dict[str, Account] = Field(default_factory=dict)
     aliases: dict[str, list[AddressOrLocalPart]] = Field(default_factory=dict)
+    dkim: DKIM | None = Field(None, description="Sign outgoing mail from this domain with DKIM.")
+
+
+# --- [outbound] -----------------------------------------------------------------------------
+
+
+class Outbound(Model):
+    """Delivery of mail for other domains: to a smarthost, or to each domain's MX hosts."""
+
+    relay_host: HostPort | None = Field(
+        None, description='Smarthost that takes all outgoing mail, "host:port"; MX delivery when unset.'
+    )
+    relay_user: str | None = Field(None, description="User name for AUTH at the smarthost.")
+    relay_password_file: str | None = Field(
+        None, description="File holding the smarthost password (never inline)."
+    )
+    relay_password_env: str | None = Field(
+        None, description="Environment variable holding the smarthost password."
+    )
+    relay_tls: Literal["required", "opportunistic", "none"] = Field(
+        "opportunistic",
+        description='STARTTLS to the smarthost: "required" (certificate verified), "opportunistic", "none".',
+    )
+    require_tls_domains: list[DomainName] = Field(
+        default_factory=list,
+        description="Recipient domains whose MX hosts must offer STARTTLS with a valid certificate.",
+    )
+    tls_ca_file: str | None = Field(
+        None,
+        description="CA certificate(s) to verify peers with when TLS is required; default: system store.",
+    )
+    resolver: HostPort | None = Field(
+        None, description='DNS server for MX lookups, "ip:port"; default: the system resolver.'
+    )
+    smtp_port: int = Field(25, ge=1, le=65535, description="Port of the MX hosts (25 on the Internet).")
+    retry_intervals: list[Duration] = Field(
+        default_factory=lambda: [300.0, 600.0, 1800.0, 3600.0, 7200.0, 14400.0],
+        min_length=1,
+        description="Waits between attempts after a temporary failure; the last one repeats.",
+    )
+    max_queue_lifetime: Duration = Field(
+        5 * 86400.0, description="After this, a message still not delivered bounces to its sender."
+    )
+    delay_warning_after: Duration | None = Field(
+        4 * 3600.0, description="Tell the sender once that delivery is delayed (RFC 3464 delayed DSN)."
+    )
+    connections_per_destination: int = Field(
+        10, ge=1, le=1000, description="Connections open at once to one domain (or to the smarthost)."
+    )
+    max_deliveries: int = Field(100, ge=1, le=10000, description="Delivery attempts in progress at once.")
+    connect_timeout: Duration = Field(30.0, description="Time to open a connection to one host.")
+    command_timeout: Duration = Field(
+        300.0, description="Time to wait for one reply (RFC 5321 §4.5.3.2 suggests 5 minutes)."
+    )
+
+    @model_validator(mode="after")
+    def _relay_credentials(self) -> Outbound:
+        if self.relay_user and not (self.relay_password_file or self.relay_password_env):
+            raise ValueError("relay_user needs relay_password_file or relay_password_env")
+        if (self.relay_password_file or self.relay_password_env) and not self.relay_user:
+            raise ValueError("a relay password needs relay_user")
+        if self.relay_user and not self.relay_host:
+            raise ValueError("relay_user needs relay_host")
+        return self
 
 
 class Manifest(Model):
@@ -400,3 +474,4 @@ class Manifest(Model):
     security: Security = Field(default_factory=lambda: Security())
     directories: dict[str, Directory] = Field(default_factory=dict)
     domains: dict[str, Domain] = Field(default_factory=dict)
+    outbound: Outbound = Field(default_factory=lambda: Outbound())
