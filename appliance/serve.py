@@ -110,6 +110,7 @@ class Server:
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         self.services: Services | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.reloads_applied = 0
         self.reloads_rejected = 0
 
@@ -138,6 +139,21 @@ class Server:
         await self.services.queue.start()
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_tmp(time.time()))
+
+    async def _sweep_tmp(self, started: float) -> None:
+        """Remove what a crash left in the Maildirs' tmp/ (never acknowledged; see store/sweep.py)."""
+        from appliance.store.sweep import sweep_tmp
+
+        began = time.monotonic()
+        try:
+            removed, freed = await asyncio.get_running_loop().run_in_executor(
+                self.executor, sweep_tmp, self.data_dir / "mail", started
+            )
+        except Exception:
+            log.exception("tmp cleanup failed")
+            return
+        log.info("tmp cleanup removed=%d bytes=%d ms=%.0f", removed, freed, (time.monotonic() - began) * 1000)
 
     def announce_ready(self) -> None:
         self.write_status()

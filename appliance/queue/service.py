@@ -64,6 +64,7 @@ class OutboundQueue:
         self.executor = executor
         self.spool = Spool(data_dir / "queue")
         self._items: dict[str, _Item] = {}
+        self._held: dict[str, Envelope] = {}  # written, waiting for release() or withdraw()
         self._due: list[tuple[float, int, str]] = []
         self._order = itertools.count()
         self._wake: asyncio.Event | None = None
@@ -123,12 +124,16 @@ class OutboundQueue:
         *,
         received_from: str = "",
         received: str = "",
+        hold: bool = False,
     ) -> str:
         """Store `message` for `recipients` (none of them local) durably; return its queue id.
 
         `received` is the value of the Received field to add in front (RFC 5321 §4.4);
         `received_from` says who handed the message in. Raises OSError when the disk fails, so
-        SMTP answers 451 and the client keeps the message.
+        SMTP answers 451 and the client keeps the message. With `hold`, delivery waits for
+        `release(id)`; `withdraw(id)` takes the message back instead (SMTP: the local part of the
+        same message failed, the client will send it again, and remote recipients must not get
+        it twice).
         """
         if not recipients:
             raise ValueError("a message needs at least one recipient")
@@ -143,7 +148,10 @@ class OutboundQueue:
             queue_id, sender, tuple(dict.fromkeys(recipients)), time.time(), received_from, len(message)
         )
         await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.write, envelope, message)
-        self._add(envelope, None)
+        if hold:
+            self._held[queue_id] = envelope
+        else:
+            self._add(envelope, None)
         log.info(
             "queued id=%s from=%s to=%s size=%d client=%s",
             queue_id,
@@ -153,6 +161,18 @@ class OutboundQueue:
             _field(received_from),
         )
         return queue_id
+
+    def release(self, queue_id: str) -> None:
+        """Start delivering a message enqueued with `hold`."""
+        envelope = self._held.pop(queue_id, None)
+        if envelope is not None:
+            self._add(envelope, None)
+
+    async def withdraw(self, queue_id: str) -> None:
+        """Remove a message enqueued with `hold` before anything was tried."""
+        if self._held.pop(queue_id, None) is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.remove, queue_id)
+            log.info("queue withdrawn id=%s reason=local_delivery_failed", queue_id)
 
     def _add(self, envelope: Envelope, state: DeliveryState | None) -> None:
         if state is None:

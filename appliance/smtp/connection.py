@@ -12,6 +12,7 @@ import base64
 import binascii
 import collections
 import email.utils
+import errno
 import itertools
 import logging
 import os
@@ -553,6 +554,29 @@ class SMTPConnection(SMTP):
             self._reject("data", reason, self.last_reply, sender=tx.sender)
             self.tx = None
 
+    async def _store(self, tx: Transaction, message: bytes, received: str) -> None:
+        """Queue the remote part (held), deliver the local part, then let the queue go on.
+
+        Both or neither: when local delivery fails the queued copy is withdrawn, since the
+        client gets a 4xx and will send the whole message again.
+        """
+        queue_id: str | None = None
+        if tx.remote:
+            queue_id = await hand_to_queue(
+                self.services.queue, message, sender=tx.sender, recipients=tx.remote, received=received
+            )
+        try:
+            if tx.mailboxes:
+                await self.services.store.deliver(
+                    message, list(tx.mailboxes.values()), return_path=tx.sender, received=received
+                )
+        except BaseException:
+            if queue_id is not None:
+                await self.services.queue.withdraw(queue_id)
+            raise
+        if queue_id is not None:
+            self.services.queue.release(queue_id)
+
     async def deliver(self, envelope: Envelope) -> str:
         """Store the message in every local mailbox (and hand remote ones on); the 250 follows."""
         tx = self.tx
@@ -565,14 +589,7 @@ class SMTPConnection(SMTP):
         self._reset_timeout(snapshot.manifest.server.limits.data_timeout)
         received = self._received(snapshot, tx, message_id)
         try:
-            if tx.remote:
-                await hand_to_queue(
-                    self.services.queue, message, sender=tx.sender, recipients=tx.remote, received=received
-                )
-            if tx.mailboxes:
-                await self.services.store.deliver(
-                    message, list(tx.mailboxes.values()), return_path=tx.sender, received=received
-                )
+            await self._store(tx, message, received)
         except QuotaExceeded as full:
             entry = next(e for e in tx.mailboxes.values() if e.mailbox == full.mailbox)
             reply = replies.MAILBOX_FULL.format(address=entry.address)
@@ -585,6 +602,8 @@ class SMTPConnection(SMTP):
                 log_field(tx.sender),
                 log_field(error.strerror or repr(error)),
             )
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                return replies.STORAGE_FULL  # RFC 3463 X.3.1: mail system full
             return replies.LOCAL_ERROR
         self.delivered += 1
         log.info(

@@ -19,6 +19,14 @@ def queue_available(queue: Any) -> bool:
 
 async def hand_to_queue(
     queue: Any, message: bytes, *, sender: str, recipients: Sequence[str], received: str
-) -> None:
-    """Give `message` for `recipients` (not local) to the outbound queue; raises on failure."""
-    await queue.enqueue(message, sender=sender, recipients=list(recipients), received=received)
+) -> str:
+    """Give `message` for `recipients` (not local) to the outbound queue, held; its queue id.
+
+    Raises on failure. The message is durable but waits: `release` it once the local part of
+    the transaction is delivered too, or `withdraw` it when that failed (the client gets a 4xx
+    and sends the whole message again; remote recipients must not get it twice).
+    """
+    queue_id: str = await queue.enqueue(
+        message, sender=sender, recipients=list(recipients), received=received, hold=True
+    )
+    return queue_id
