@@ -14,6 +14,7 @@ from typing import Any, cast
 
 _PAUSE_ABOVE = 256 * 1024  # stop reading from the socket while this much is unread
 _RESUME_BELOW = 64 * 1024
+_HEAD = 64  # bytes of an over-long line kept for the error reply
 
 
 class ConnectionClosed(Exception):
@@ -21,7 +22,14 @@ class ConnectionClosed(Exception):
 
 
 class LineTooLong(Exception):
-    """A line longer than allowed arrived; it was read to its end and thrown away."""
+    """A line longer than allowed arrived; it was read to its end and thrown away.
+
+    `head` holds its first bytes (IMAP answers with the command's tag, RFC 3501 §7.1.3).
+    """
+
+    def __init__(self, head: bytes = b"") -> None:
+        super().__init__()
+        self.head = head
 
 
 class Connection(asyncio.Protocol):
@@ -31,6 +39,7 @@ class Connection(asyncio.Protocol):
         self._buffer = bytearray()
         self._searched = 0  # bytes of the buffer already known to hold no "\n"
         self._discarding = False  # inside an over-long line: drop bytes up to its end
+        self._discarded_head = b""  # the first bytes of that line
         self._reading_paused = False
         self._waiter: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -110,11 +119,13 @@ class Connection(asyncio.Protocol):
                 self._maybe_resume()
                 if self._discarding:
                     self._discarding = False
-                    raise LineTooLong()
+                    raise LineTooLong(self._discarded_head)
                 if len(line) > limit:
-                    raise LineTooLong()
+                    raise LineTooLong(line[:_HEAD])
                 return line[:-1] if line.endswith(b"\r") else line
             if len(self._buffer) > limit:
+                if not self._discarding:
+                    self._discarded_head = bytes(self._buffer[:_HEAD])
                 self._discarding = True
                 self._buffer.clear()
                 self._maybe_resume()
@@ -128,6 +139,40 @@ class Connection(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
+
+    async def read_some(self, limit: int, timeout: float) -> bytes:
+        """Up to `limit` bytes (at least one), as they arrive: for IMAP literals (RFC 3501 §4.3).
+
+        Raises TimeoutError when nothing arrives within `timeout` seconds, ConnectionClosed at
+        the end of the connection.
+        """
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        while True:
+            if self._buffer:
+                data = bytes(self._buffer[:limit])
+                del self._buffer[:limit]
+                self._searched = 0
+                self._maybe_resume()
+                return data
+            if self._eof:
+                raise ConnectionClosed()
+            if self._idle_timer is None:
+                self._idle_timer = loop.call_at(self._deadline, self._idle_check)
+            self._waiter = loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def read_exactly(self, count: int, timeout: float) -> bytes:
+        """Exactly `count` bytes (each arrival within `timeout` seconds of the previous one)."""
+        parts: list[bytes] = []
+        while count > 0:
+            data = await self.read_some(count, timeout)
+            parts.append(data)
+            count -= len(data)
+        return b"".join(parts)
 
     def write(self, data: bytes) -> None:
         if self._closed or self._transport is None or self._transport.is_closing():

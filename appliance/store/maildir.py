@@ -22,7 +22,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -210,6 +210,8 @@ class MailStore:
         self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072") or "localhost"
         self._counter = itertools.count(1)
         self._pid = os.getpid()
+        # Called on the event loop after each delivery with the Maildirs it reached (IMAP IDLE).
+        self.listeners: list[Callable[[list[Path]], None]] = []
 
     def path(self, account: AccountEntry) -> Path:
         return self.root / account.mailbox
@@ -264,6 +266,15 @@ class MailStore:
                 usage = self._usage.get(account.mailbox)
                 if usage is not None:
                     usage.add(len(data))
+        for listener in self.listeners:
+            listener(paths)
+
+    def charge(self, account: AccountEntry, delta: int) -> None:
+        """Bytes added to (or, negative, removed from) the account's mailbox outside `deliver`."""
+        with self._usage_lock:
+            usage = self._usage.get(account.mailbox)
+        if usage is not None:
+            usage.add(delta)
 
     def deliver_now(self, data: bytes, maildirs: Sequence[Path]) -> list[Path]:
         """Write `data` (final bytes, LF line ends) into each Maildir's new/; blocking.
@@ -303,11 +314,14 @@ class MailStore:
             return syncer
 
     def file_name(self, data: bytes) -> str:
+        return f"{self.unique_name()},S={len(data)},W={wire_size(data)}"
+
+    def unique_name(self) -> str:
+        """A Maildir unique name, "<seconds>.M<usec>P<pid>Q<counter>.<host>" (thread-safe)."""
         now = time.time()
         seconds = int(now)
         usec = int((now - seconds) * 1_000_000)
-        unique = f"{seconds}.M{usec}P{self._pid}Q{next(self._counter)}.{self._host}"
-        return f"{unique},S={len(data)},W={wire_size(data)}"
+        return f"{seconds}.M{usec}P{self._pid}Q{next(self._counter)}.{self._host}"
 
 
 # -- message bytes ------------------------------------------------------------------------------

@@ -1,0 +1,69 @@
+"""The IMAP server: IMAP4rev1 (RFC 3501) with the extensions today's clients use.
+
+`start_imap` opens one listener: "imap" (port 143, STARTTLS) or "imaps" (port 993, implicit
+TLS, RFC 8314). Each connection runs a `Session` (session.py: the command loop and the
+state machine) over the POP3 side's `Connection` (bounded reads, idle timeout, STARTTLS that
+drops pipelined bytes). Commands are read by syntax.py, dispatched through commands.py to
+session.py, folders.py, selected.py and idle.py; FETCH items are in fetch.py, responses in
+responses.py. Folders, UIDs and flags live in mailbox.py over the Maildir++ store; message
+parsing (ENVELOPE, BODYSTRUCTURE, sections) in message.py, SEARCH in search.py.
+
+Extensions: LITERAL+ (RFC 7888), SASL-IR (RFC 4959), ID (RFC 2971), ENABLE (RFC 5161), IDLE
+(RFC 2177), NAMESPACE (RFC 2342), UNSELECT (RFC 3691), UIDPLUS (RFC 4315), MOVE (RFC 6851),
+CHILDREN (RFC 3348), SPECIAL-USE (RFC 6154).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from appliance.context import ListenerSpec, Services
+
+# The command modules register their handlers in the command table when imported.
+from appliance.imap import folders, idle, selected  # noqa: F401
+from appliance.imap.mailbox import Mailboxes
+from appliance.imap.session import TLS_HANDSHAKE_TIMEOUT, Session
+from appliance.imap.syntax import remove_spool
+from appliance.pop3.connection import Connection
+
+__all__ = ["start_imap"]
+
+# One Mailboxes per process (per Services), shared by the imap and imaps listeners, so that a
+# change made through one session reaches the IDLE sessions of the other listener at once.
+_MAILBOXES: dict[int, tuple[Services, Mailboxes]] = {}
+
+
+def _mailboxes(services: Services) -> Mailboxes:
+    found = _MAILBOXES.get(id(services))
+    if found is None or found[0] is not services:
+        found = (services, Mailboxes(services.store, services.executor))
+        _MAILBOXES[id(services)] = found
+        spool = services.holder.current.data_dir / "tmp" / "imap-append"
+        services.executor.submit(remove_spool, spool)  # what a crash left behind
+    return found[1]
+
+
+async def start_imap(services: Services, listener: ListenerSpec) -> asyncio.Server:
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+    mailboxes = _mailboxes(services)
+
+    async def serve(connection: Connection) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            tasks.add(task)  # a strong reference while the session runs
+        try:
+            await Session(services, listener, connection, mailboxes).run()
+        finally:
+            if task is not None:
+                tasks.discard(task)
+
+    context = services.tls.listener_context() if listener.implicit_tls else None
+    return await loop.create_server(
+        lambda: Connection(serve),
+        listener.host,
+        listener.port,
+        ssl=context,
+        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context else None,
+        reuse_address=True,
+    )

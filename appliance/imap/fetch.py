@@ -1,0 +1,190 @@
+"""FETCH data items (RFC 3501 §6.4.5, §7.4.2): parsing the request, rendering the responses.
+
+`parse_items` turns the arguments into `Item`s once per command; `render` builds one message's
+`* n FETCH (...)` response from its MessageInfo and, when an item needs them, its bytes (CRLF
+line ends) and parsed form. The whole message (BODY[], RFC822) is sent from the bytes as read,
+never parsed, so a full download costs a slice and a join per message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from appliance.imap import responses, wire
+from appliance.imap.mailbox import MessageInfo
+from appliance.imap.message import ParsedMessage
+from appliance.imap.responses import Bad
+from appliance.imap.tokens import Atom, Token
+
+MACROS = {  # RFC 3501 §6.4.5
+    "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
+    "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
+    "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
+}
+SIMPLE = frozenset(
+    {"FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY", "BODYSTRUCTURE", "UID"}
+    | {"RFC822", "RFC822.HEADER", "RFC822.TEXT"}
+)
+NEEDS_BYTES = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT"})
+SETS_SEEN = frozenset({"RFC822", "RFC822.TEXT"})  # RFC 3501 §6.4.5; RFC822.HEADER is a peek
+
+_BODY_SECTION = re.compile(r"^(BODY|BODY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?$", re.IGNORECASE)
+_SECTION = re.compile(
+    r"^((?:[1-9]\d{0,8})(?:\.[1-9]\d{0,8})*)?"
+    r"(?:(?:^|\.)(HEADER\.FIELDS\.NOT|HEADER\.FIELDS|HEADER|TEXT|MIME))?"
+    r"(?: \((.*)\))?$",
+    re.IGNORECASE | re.DOTALL,
+)
+_FIELD_NAME = re.compile(r'^"?([!-9;-~]+)"?$')  # RFC 5322 §3.6.8 field name, quoted or not
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    name: str  # one of SIMPLE, or "BODY[]" for a body section
+    label: bytes = b""  # the section's name in the response: b"BODY[HEADER.FIELDS (From)]"
+    part: tuple[int, ...] = ()
+    text: str | None = None  # HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT, MIME
+    fields: tuple[str, ...] = ()
+    partial: tuple[int, int] | None = None  # <origin.count>
+    peek: bool = False
+
+    @property
+    def whole(self) -> bool:
+        """The whole message: served from the bytes as they are, without parsing."""
+        return self.name == "RFC822" or (self.name == "BODY[]" and not self.part and self.text is None)
+
+
+@dataclass(frozen=True)
+class Request:
+    items: tuple[Item, ...]
+    needs_bytes: bool
+    needs_parse: bool
+    sets_seen: bool
+
+
+def parse_items(args: list[Token], uid: bool) -> Request:
+    """The fetch attributes after the sequence set: one atom, a macro, or a parenthesized list."""
+    if len(args) != 1:
+        raise Bad("FETCH takes a sequence set and data items")
+    tokens = args[0] if isinstance(args[0], list) else [args[0]]
+    if not tokens:
+        raise Bad("No data items")
+    names: list[Item] = []
+    for token in tokens:
+        if not isinstance(token, Atom):
+            raise Bad("Invalid data item")
+        word = token.upper()
+        if word in MACROS and not isinstance(args[0], list):
+            names.extend(Item(name) for name in MACROS[word])
+        elif word in SIMPLE:
+            names.append(Item(word))
+        else:
+            names.append(_section(token.value))
+    if uid and not any(item.name == "UID" for item in names):
+        names.insert(0, Item("UID"))  # RFC 3501 §6.4.8: UID FETCH always returns the UID
+    items = tuple(names)
+    needs_bytes = any(item.name in NEEDS_BYTES or item.name == "BODY[]" for item in items)
+    needs_parse = any(
+        item.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER", "RFC822.TEXT")
+        or (item.name == "BODY[]" and not item.whole)
+        for item in items
+    )
+    sets_seen = any(item.name in SETS_SEEN or (item.name == "BODY[]" and not item.peek) for item in items)
+    return Request(items, needs_bytes, needs_parse, sets_seen)
+
+
+def _section(value: str) -> Item:
+    """BODY[<section>]<<partial>> and BODY.PEEK[...] (RFC 3501 §6.4.5, §9 `section`)."""
+    match = _BODY_SECTION.match(value)
+    if match is None:
+        raise Bad(f"Unknown data item {value[:40]}")
+    kind, spec, origin, count = match.groups()
+    found = _SECTION.match(spec)
+    if found is None:
+        raise Bad("Invalid section")
+    numbers, text, field_list = found.groups()
+    part = tuple(int(n) for n in numbers.split(".")) if numbers else ()
+    text = text.upper() if text else None
+    fields: tuple[str, ...] = ()
+    if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        if field_list is None or not field_list.strip():
+            raise Bad("HEADER.FIELDS takes a list of field names")
+        names = []
+        for word in field_list.split():
+            name = _FIELD_NAME.match(word)
+            if name is None:
+                raise Bad("Invalid header field name")
+            names.append(name.group(1))
+        fields = tuple(names)
+    elif field_list is not None:
+        raise Bad("Invalid section")
+    if text == "MIME" and not part:
+        raise Bad("MIME needs a part number")
+    label = ".".join(str(n) for n in part)
+    if text:
+        label = f"{label}.{text}" if label else text
+    if fields:
+        label += " (" + " ".join(fields) + ")"
+    partial = (int(origin), int(count)) if origin is not None else None
+    if partial is not None and partial[1] == 0:
+        raise Bad("A partial fetch needs a non-zero length")
+    head = b"BODY[" + label.encode() + b"]"
+    if partial is not None:
+        head += b"<%d>" % partial[0]  # RFC 3501 §7.4.2: only the origin is echoed
+    return Item("BODY[]", head, part, text, fields, partial, kind.upper() == "BODY.PEEK")
+
+
+def render(
+    seq: int,
+    info: MessageInfo,
+    recent: bool,
+    request: Request,
+    raw: bytes | None,
+    parsed: ParsedMessage | None,
+    extra_flags: bool = False,
+) -> bytes:
+    """`* seq FETCH (...)` for one message. `extra_flags`: FLAGS changed by this fetch (\\Seen
+    set implicitly) and must be sent even when not asked for (RFC 3501 §6.4.5)."""
+    out: list[bytes] = []
+    for item in request.items:
+        name = item.name
+        if name == "UID":
+            out.append(b"UID %d" % info.uid)
+        elif name == "FLAGS":
+            out.append(b"FLAGS " + responses.flag_list(info.flags, recent))
+        elif name == "INTERNALDATE":
+            out.append(b"INTERNALDATE " + responses.internaldate(info.internaldate))
+        elif name == "RFC822.SIZE":
+            out.append(b"RFC822.SIZE %d" % info.size)
+        elif raw is None:
+            continue  # the caller checked; unreachable for items that need the bytes
+        elif name == "RFC822":
+            out.append(b"RFC822 " + wire.literal(raw))
+        elif item.whole:
+            out.append(item.label + b" " + wire.literal(_partial(raw, item.partial)))
+        else:
+            assert parsed is not None
+            if name == "ENVELOPE":
+                out.append(b"ENVELOPE " + parsed.envelope())
+            elif name == "BODYSTRUCTURE":
+                out.append(b"BODYSTRUCTURE " + parsed.bodystructure())
+            elif name == "BODY":
+                out.append(b"BODY " + parsed.body())
+            elif name == "RFC822.HEADER":
+                out.append(b"RFC822.HEADER " + wire.literal(parsed.section((), "HEADER")))
+            elif name == "RFC822.TEXT":
+                out.append(b"RFC822.TEXT " + wire.literal(parsed.section((), "TEXT")))
+            else:
+                data = parsed.section(item.part, item.text, item.fields)
+                out.append(item.label + b" " + wire.literal(_partial(data, item.partial)))
+    if extra_flags and not any(item.name == "FLAGS" for item in request.items):
+        out.append(b"FLAGS " + responses.flag_list(info.flags, recent))
+    return b"* %d FETCH (" % seq + b" ".join(out) + b")\r\n"
+
+
+def _partial(data: bytes, partial: tuple[int, int] | None) -> bytes:
+    if partial is None:
+        return data
+    origin, count = partial
+    return data[origin : origin + count]  # beyond the end: an empty string (RFC 3501 §6.4.5)

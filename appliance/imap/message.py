@@ -1,0 +1,774 @@
+"""A message as IMAP shows it: ENVELOPE, BODY/BODYSTRUCTURE and body sections (RFC 3501 §6.4.5, §7.4.2).
+
+The message is kept as the bytes read from disk (CRLF line ends) and every section is a slice of
+them at exact offsets: a small boundary scanner on bytes (RFC 2046 §5.1.1) finds the parts, so
+nothing is re-serialized. Work is lazy: `parse` stores the bytes, the header block is split into
+fields on first use, and the MIME tree is built only when a section or BODYSTRUCTURE asks for it.
+
+Malformed input never raises; it falls back as Dovecot does (a multipart without a boundary is a
+single part, a multipart whose boundary never appears gets one empty text/plain part, an
+unterminated multipart ends at the end of its parent) and the output stays valid IMAP syntax.
+Header values are handled as latin-1 text so that 8-bit bytes travel back unchanged (as literals).
+"""
+
+from __future__ import annotations
+
+import binascii
+import email.utils
+import re
+from urllib.parse import quote
+
+from appliance.imap import wire
+
+MAX_DEPTH = 50  # nesting of multiparts and message/rfc822 parts; deeper ones are leaves
+MAX_PARTS = 5000  # parts of one multipart; later delimiters are left inside the last part
+DEFAULT_CHARSET = "us-ascii"  # RFC 2045 §5.2
+# Dovecot's reply for a multipart with no parts, which RFC 3501's grammar does not allow.
+EMPTY_BODY = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
+EMPTY_BODYSTRUCTURE = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0 NIL NIL NIL NIL)'
+
+_FOLD = re.compile(rb"\r?\n")
+_ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([QqBb])\?([^?\s]*)\?=")
+_EXTENDED_PARAM = re.compile(r"^([^*]+)\*(?:(\d{1,3})(\*)?)?$")  # RFC 2231 §3, §4
+_QUOTABLE = re.compile(rb'[^\x00\r\n"\\\x80-\xff]*')  # wire.py's rule for a quoted string
+_ADDRESS_SPECIALS = frozenset('()<>@,;:"[]')
+
+Field = tuple[str, int, int]  # lowercase name (latin-1), start, end (the line end included)
+DateTuple = tuple[int, int, int, int, int, int, int, int, int, int | None]  # email.utils.parsedate_tz
+Address = tuple[str | None, str | None, str | None, str | None]  # name adl mailbox host
+
+
+class ParsedMessage:
+    """One message's bytes (CRLF) with its MIME structure found on demand."""
+
+    __slots__ = ("_raw", "_root", "_text")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._root: _Entity | None = None
+        self._text: str | None = None
+
+    @classmethod
+    def parse(cls, raw: bytes) -> ParsedMessage:
+        return cls(raw)
+
+    @property
+    def root(self) -> _Entity:
+        if self._root is None:
+            self._root = _Entity(self._raw, 0, len(self._raw), message=True)
+        return self._root
+
+    def envelope(self) -> bytes:
+        return _envelope(self.root)
+
+    def bodystructure(self) -> bytes:
+        return _structure(self.root, extended=True)
+
+    def body(self) -> bytes:
+        return _structure(self.root, extended=False)
+
+    def section(self, part: tuple[int, ...], text: str | None, fields: tuple[str, ...] = ()) -> bytes:
+        """RFC 3501 §6.4.5 BODY[<section>]; b"" for a part that does not exist (as Dovecot)."""
+        root = self.root
+        if not part:
+            return b"" if text == "MIME" else _message_section(root, text, fields)
+        entity: _Entity | None = None
+        for number in part:
+            children = _message_children(root) if entity is None else _part_children(entity)
+            if not 1 <= number <= len(children):
+                return b""
+            entity = children[number - 1]
+        assert entity is not None
+        if text is None:  # the part's body; for a message/rfc822 part, the whole inner message
+            return self._raw[entity.body_start : entity.end]
+        if text == "MIME":  # the part's own MIME header, blank line included
+            return self._raw[entity.start : entity.body_start]
+        inner = entity.inner()  # HEADER, HEADER.FIELDS(.NOT), TEXT: only for message/rfc822 parts
+        return b"" if inner is None else _message_section(inner, text, fields)
+
+    def header(self, name: str) -> list[str]:
+        """The values of a header field of the message, unfolded and RFC 2047 decoded."""
+        return [decode_header_value(value) for value in self.root.values(name.lower())]
+
+    def date(self) -> float | None:
+        """The Date field (RFC 5322 §3.6.1) as epoch seconds; None when absent or unreadable."""
+        parsed = sent_date(self)
+        if parsed is None:
+            return None
+        try:
+            return float(email.utils.mktime_tz(parsed))
+        except (OverflowError, ValueError, TypeError):
+            return None
+
+    def text(self) -> str:
+        """The decoded text of the text parts, attached messages' headers included (SEARCH BODY)."""
+        if self._text is None:
+            pieces: list[str] = []
+            _collect_text(self.root, pieces)
+            self._text = "\n".join(pieces)
+        return self._text
+
+
+def sent_date(message: ParsedMessage) -> DateTuple | None:
+    """The Date field as `email.utils.parsedate_tz` gives it (its own zone), or None."""
+    values = message.root.values("date")
+    if not values:
+        return None
+    try:
+        parsed = email.utils.parsedate_tz(values[0].decode("latin-1"))
+    except (ValueError, TypeError, IndexError):
+        return None
+    if parsed is None or not 1 <= parsed[1] <= 12 or not 1 <= parsed[2] <= 31:
+        return None
+    return parsed
+
+
+class _Entity:
+    """A MIME entity (RFC 2045 §2.4) spanning raw[start:end]: header, blank line, body."""
+
+    __slots__ = (
+        "_fields",
+        "_index",
+        "_inner",
+        "_parts",
+        "_type",
+        "body_start",
+        "delimited",
+        "depth",
+        "end",
+        "fields_end",
+        "in_digest",
+        "message",
+        "raw",
+        "start",
+    )
+
+    def __init__(
+        self,
+        raw: bytes,
+        start: int,
+        end: int,
+        *,
+        message: bool = False,
+        depth: int = 0,
+        delimited: bool = False,
+        in_digest: bool = False,
+    ) -> None:
+        self.raw, self.start, self.end = raw, start, end
+        self.message = message  # a whole message (the root or inside message/rfc822)
+        self.depth = depth
+        self.delimited = delimited  # ended by a boundary delimiter (whose CRLF is not ours)
+        self.in_digest = in_digest  # RFC 2046 §5.1.5: the default type is message/rfc822
+        self.fields_end, self.body_start = _split_header(raw, start, end)
+        self._fields: list[Field] | None = None
+        self._index: dict[str, list[tuple[int, int]]] | None = None
+        self._type: tuple[str, str, list[tuple[str, str]], bool] | None = None
+        self._parts: list[_Entity] | None = None
+        self._inner: _Entity | bool | None = False
+
+    def fields(self) -> list[Field]:
+        if self._fields is None:
+            self._fields = _scan_fields(self.raw, self.start, self.fields_end)
+        return self._fields
+
+    def values(self, name: str) -> list[bytes]:
+        """Unfolded raw values of the fields called `name` (lowercase), in order."""
+        if self._index is None:
+            index: dict[str, list[tuple[int, int]]] = {}
+            for field, start, end in self.fields():
+                index.setdefault(field, []).append((start, end))
+            self._index = index
+        raw = self.raw
+        found = []
+        for start, end in self._index.get(name, ()):
+            value = raw[raw.index(b":", start, end) + 1 : end]
+            found.append(_FOLD.sub(b"", value).strip(b" \t\r\n"))
+        return found
+
+    def first(self, name: str) -> str | None:
+        values = self.values(name)
+        return values[0].decode("latin-1") if values else None
+
+    def content_type(self) -> tuple[str, str, list[tuple[str, str]], bool]:
+        """(type, subtype, parameters, explicit) as written; the RFC 2045 §5.2 default if invalid."""
+        if self._type is None:
+            value = self.first("content-type")
+            kind, params = _mime_value(value) if value is not None else ("", [])
+            main, slash, sub = kind.partition("/")
+            main, sub = main.strip(), sub.strip()
+            if slash and _is_token(main) and _is_token(sub):
+                self._type = (main, sub, params, True)
+            elif self.in_digest:
+                self._type = ("message", "rfc822", [], False)
+            else:
+                self._type = ("text", "plain", [], False)
+        return self._type
+
+    def is_rfc822(self) -> bool:
+        main, sub, _, _ = self.content_type()
+        return main.lower() == "message" and sub.lower() == "rfc822"
+
+    def boundary(self) -> str | None:
+        main, _, params, _ = self.content_type()
+        if main.lower() != "multipart" or self.depth >= MAX_DEPTH:
+            return None
+        for name, value in params:
+            if name == "boundary" and value:
+                return value
+        return None  # Dovecot: a multipart without a boundary is a single part
+
+    def parts(self) -> list[_Entity]:
+        if self._parts is None:
+            boundary = self.boundary()
+            digest = self.content_type()[1].lower() == "digest"
+            spans = (
+                [] if boundary is None else _split_multipart(self.raw, self.body_start, self.end, boundary)
+            )
+            self._parts = [
+                _Entity(self.raw, start, end, depth=self.depth + 1, delimited=delimited, in_digest=digest)
+                for start, end, delimited in spans
+            ]
+        return self._parts
+
+    def inner(self) -> _Entity | None:
+        """The encapsulated message of a message/rfc822 part (RFC 2046 §5.2.1)."""
+        if self._inner is False:
+            if self.is_rfc822() and self.depth < MAX_DEPTH:
+                self._inner = _Entity(
+                    self.raw,
+                    self.body_start,
+                    self.end,
+                    message=True,
+                    depth=self.depth + 1,
+                    delimited=self.delimited,
+                )
+            else:
+                self._inner = None
+        return self._inner if isinstance(self._inner, _Entity) else None
+
+    def lines(self) -> int:
+        count = self.raw.count(b"\n", self.body_start, self.end)
+        # The delimiter's CRLF ends this part's last line, as Dovecot counts it.
+        return count + 1 if self.delimited and self.end > self.body_start else count
+
+
+# -- Section numbers (RFC 3501 §6.4.5) ------------------------------------------------------------
+def _message_children(message: _Entity) -> list[_Entity]:
+    """A message's parts: a multipart's parts, or part 1 = the message itself (its body)."""
+    return message.parts() if message.boundary() is not None else [message]
+
+
+def _part_children(entity: _Entity) -> list[_Entity]:
+    if entity.boundary() is not None:
+        return entity.parts()
+    inner = entity.inner()
+    return _message_children(inner) if inner is not None else []
+
+
+def _message_section(message: _Entity, text: str | None, fields: tuple[str, ...]) -> bytes:
+    raw = message.raw
+    if text is None:
+        return raw[message.start : message.end]
+    if text == "HEADER":
+        return raw[message.start : message.body_start]
+    if text == "TEXT":
+        return raw[message.body_start : message.end]
+    if text in ("HEADER.FIELDS", "HEADER.FIELDS.NOT"):
+        wanted = {name.lower() for name in fields}
+        keep = text == "HEADER.FIELDS"
+        chosen = [raw[start:end] for name, start, end in message.fields() if (name in wanted) == keep]
+        if chosen and not chosen[-1].endswith(b"\n"):
+            chosen[-1] += b"\r\n"
+        chosen.append(b"\r\n")  # RFC 3501 §6.4.5: the blank line that ends the header is included
+        return b"".join(chosen)
+    return b""
+
+
+# -- Header and body scanning ---------------------------------------------------------------------
+def _split_header(raw: bytes, start: int, end: int) -> tuple[int, int]:
+    """(end of the header fields, start of the body): the first empty line ends the header."""
+    if raw.startswith(b"\r\n", start, end):
+        return start, start + 2
+    if raw.startswith(b"\n", start, end):
+        return start, start + 1
+    crlf = raw.find(b"\n\r\n", start, end)
+    lf = raw.find(b"\n\n", start, end)
+    if crlf >= 0 and (lf < 0 or crlf < lf):
+        return crlf + 1, crlf + 3
+    if lf >= 0:
+        return lf + 1, lf + 2
+    return end, end  # no blank line: all header, an empty body
+
+
+def _scan_fields(raw: bytes, start: int, end: int) -> list[Field]:
+    """Header fields with folded lines kept whole (RFC 5322 §2.2.3); a line without a colon is
+    kept (so HEADER.FIELDS.NOT returns it) under the name ""."""
+    fields: list[Field] = []
+    pos = start
+    while pos < end:
+        newline = raw.find(b"\n", pos, end)
+        line_end = end if newline < 0 else newline + 1
+        if raw[pos] in (0x20, 0x09) and fields:
+            name, first, _ = fields[-1]
+            fields[-1] = (name, first, line_end)
+        else:
+            colon = raw.find(b":", pos, line_end)
+            name = raw[pos:colon].strip().decode("latin-1").lower() if colon > pos else ""
+            fields.append((name, pos, line_end))
+        pos = line_end
+    return fields
+
+
+def _split_multipart(raw: bytes, start: int, end: int, boundary: str) -> list[tuple[int, int, bool]]:
+    """The parts of a multipart body (RFC 2046 §5.1.1) as (start, end, ended by a delimiter).
+
+    A delimiter is a line "--boundary" (or "--boundary--" to close) with only whitespace after
+    it; the CRLF before it belongs to the delimiter. An unclosed last part runs to `end`.
+    """
+    delimiter = b"--" + boundary.encode("latin-1")
+    parts: list[tuple[int, int, bool]] = []
+    part_start: int | None = None
+    search = start
+    while len(parts) < MAX_PARTS:
+        found = raw.find(delimiter, search, end)
+        if found < 0:
+            break
+        search = found + 1
+        if found != start and raw[found - 1] != 0x0A:
+            continue  # not at the start of a line
+        after = found + len(delimiter)
+        closing = raw.startswith(b"--", after, end)
+        newline = raw.find(b"\n", after, end)
+        line_end = end if newline < 0 else newline + 1
+        padding_start = after + 2 if closing else after
+        if raw[padding_start:line_end].strip():
+            continue  # a longer boundary that begins with this one, or text
+        before = found
+        if before > start and raw[before - 1] == 0x0A:
+            before -= 1
+            if before > start and raw[before - 1] == 0x0D:
+                before -= 1
+        if part_start is not None:
+            parts.append((part_start, max(before, part_start), True))
+        if closing:
+            return parts
+        part_start = search = line_end
+    if part_start is not None:
+        parts.append((part_start, end, False))
+    return parts
+
+
+def _is_token(text: str) -> bool:
+    return bool(text) and not any(char in '()<>@,;:\\"/[]?= \t' or ord(char) < 0x21 for char in text)
+
+
+def _strip_comments(text: str) -> str:
+    """RFC 5322 §3.2.2 comments removed (nested, quoted strings respected)."""
+    if "(" not in text:
+        return text
+    out: list[str] = []
+    depth = 0
+    quoted = escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+            if depth == 0:
+                out.append(char)
+            continue
+        if char == "\\":
+            escaped = True
+            if depth == 0:
+                out.append(char)
+        elif quoted:
+            quoted = char != '"'
+            out.append(char)
+        elif char == "(":
+            depth += 1
+        elif char == ")" and depth:
+            depth -= 1
+        elif depth == 0:
+            quoted = char == '"'
+            out.append(char)
+    return "".join(out)
+
+
+def _mime_value(value: str) -> tuple[str, list[tuple[str, str]]]:
+    """A Content-Type / Content-Disposition value: the main value and its parameters
+    (RFC 2045 §5.1), names lowercased, RFC 2231 continuations joined."""
+    text = _strip_comments(value)
+    main, _, rest = text.partition(";")
+    params: list[tuple[str, str]] = []
+    i, n = 0, len(rest)
+    while i < n:
+        while i < n and rest[i] in " \t;":
+            i += 1
+        j = i
+        while j < n and rest[j] not in "=;":
+            j += 1
+        name = rest[i:j].strip().lower()
+        if j >= n or rest[j] == ";":
+            i = j
+            continue  # no "=": not a parameter
+        i = j + 1
+        while i < n and rest[i] in " \t":
+            i += 1
+        if i < n and rest[i] == '"':
+            i += 1
+            chars: list[str] = []
+            while i < n and rest[i] != '"':
+                if rest[i] == "\\" and i + 1 < n:
+                    i += 1
+                chars.append(rest[i])
+                i += 1
+            i += 1
+            item = "".join(chars)
+        else:
+            j = i
+            while j < n and rest[j] != ";":
+                j += 1
+            item = rest[i:j].strip()
+            i = j
+        if name:
+            params.append((name, item))
+    return main.strip(), _join_rfc2231(params)
+
+
+def _join_rfc2231(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """RFC 2231: "name*0", "name*1*"... joined into one parameter; encoded values stay encoded
+    under "name*" (charset'language'%XX), as Dovecot sends them."""
+    if not any("*" in name for name, _ in params):
+        return params
+    out: list[tuple[str, str]] = []
+    groups: dict[str, list[tuple[int, bool, str]]] = {}
+    for name, value in params:
+        match = _EXTENDED_PARAM.match(name)
+        if match is None:
+            out.append((name, value))
+            continue
+        base, index, star = match.groups()
+        if base not in groups:
+            groups[base] = []
+            out.append((base, ""))  # placeholder keeps the order
+        groups[base].append(
+            (int(index) if index is not None else 0, index is None or star is not None, value)
+        )
+    result: list[tuple[str, str]] = []
+    for name, value in out:
+        segments = groups.pop(name, None) if value == "" and name in groups else None
+        if segments is None:
+            result.append((name, value))
+            continue
+        segments.sort(key=lambda segment: segment[0])
+        if not any(encoded for _, encoded, _ in segments):
+            result.append((name, "".join(value for _, _, value in segments)))
+            continue
+        pieces = [] if segments[0][1] else ["''"]
+        pieces += [value if encoded else quote(value, safe="") for _, encoded, value in segments]
+        result.append((name + "*", "".join(pieces)))
+    return result
+
+
+# -- ENVELOPE (RFC 3501 §7.4.2) -------------------------------------------------------------------
+def _text(value: str) -> bytes:
+    """A latin-1 header text back to its bytes, as an IMAP string (quoted when wire.string would)."""
+    data = value.encode("latin-1")
+    if len(data) <= wire.MAX_QUOTED and _QUOTABLE.fullmatch(data):
+        return b'"' + data + b'"'
+    return wire.string(data)
+
+
+def _ntext(value: str | None) -> bytes:
+    return b"NIL" if value is None else _text(value)
+
+
+def _envelope(message: _Entity) -> bytes:
+    def addresses(name: str) -> list[Address]:
+        value = message.first(name)
+        return _parse_addresses(value) if value is not None else []
+
+    from_ = addresses("from")
+    # RFC 3501 §7.4.2: Sender and Reply-To absent or empty take the value of From.
+    sender = addresses("sender") or from_
+    reply_to = addresses("reply-to") or from_
+    items = [
+        _ntext(message.first("date")),
+        _ntext(message.first("subject")),  # raw, not decoded, as Dovecot sends it
+        _address_list(from_),
+        _address_list(sender),
+        _address_list(reply_to),
+        _address_list(addresses("to")),
+        _address_list(addresses("cc")),
+        _address_list(addresses("bcc")),
+        _ntext(message.first("in-reply-to")),
+        _ntext(message.first("message-id")),
+    ]
+    return b"(" + b" ".join(items) + b")"
+
+
+def _address_list(addresses: list[Address]) -> bytes:
+    if not addresses:
+        return b"NIL"
+    return (
+        b"("
+        + b"".join(b"(" + b" ".join(_ntext(item) for item in address) + b")" for address in addresses)
+        + b")"
+    )
+
+
+def _tokenize_addresses(text: str) -> list[tuple[str, str]]:
+    """RFC 5322 §3.2 lexical tokens: ("a", atom), ("q", quoted), ("c", comment), ("l", [literal]),
+    (special, special)."""
+    tokens: list[tuple[str, str]] = []
+    i, n = 0, len(text)
+    while i < n:
+        char = text[i]
+        if char in " \t\r\n":
+            i += 1
+        elif char == '"':
+            i += 1
+            chars: list[str] = []
+            while i < n and text[i] != '"':
+                if text[i] == "\\" and i + 1 < n:
+                    i += 1
+                chars.append(text[i])
+                i += 1
+            tokens.append(("q", "".join(chars)))
+            i += 1
+        elif char == "(":
+            depth, j = 0, i
+            while j < n:
+                if text[j] == "\\":
+                    j += 1
+                elif text[j] == "(":
+                    depth += 1
+                elif text[j] == ")":
+                    depth -= 1
+                    if depth == 0:
+                        break
+                j += 1
+            tokens.append(("c", text[i + 1 : j].strip()))
+            i = j + 1
+        elif char == "[":
+            j = text.find("]", i)
+            j = n - 1 if j < 0 else j
+            tokens.append(("l", text[i : j + 1]))
+            i = j + 1
+        elif char in _ADDRESS_SPECIALS:
+            tokens.append((char, char))
+            i += 1
+        else:
+            j = i
+            while j < n and text[j] not in _ADDRESS_SPECIALS and text[j] not in " \t\r\n":
+                j += 1
+            tokens.append(("a", text[i:j]))
+            i = j
+    return tokens
+
+
+def _parse_addresses(text: str) -> list[Address]:
+    """An address-list (RFC 5322 §3.4) leniently, groups as RFC 3501 §7.4.2 writes them."""
+    out: list[Address] = []
+    current: list[tuple[str, str]] = []
+    in_group = in_angle = False
+    for token in _tokenize_addresses(text):
+        kind = token[0]
+        if kind == "<":
+            in_angle = True
+        elif kind == ">":
+            in_angle = False
+        elif not in_angle and kind == ",":
+            _add_mailbox(current, out)
+            current = []
+            continue
+        elif not in_angle and kind == ":" and not in_group and all(t[0] in "aqc" for t in current):
+            group = _phrase(current) or ""
+            out.append((None, None, group, None))  # start of group
+            in_group, current = True, []
+            continue
+        elif not in_angle and kind == ";" and in_group:
+            _add_mailbox(current, out)
+            out.append((None, None, None, None))  # end of group
+            in_group, current = False, []
+            continue
+        current.append(token)
+    _add_mailbox(current, out)
+    if in_group:
+        out.append((None, None, None, None))
+    return out
+
+
+def _phrase(tokens: list[tuple[str, str]]) -> str | None:
+    words = [value for kind, value in tokens if kind in ("a", "q")]
+    return " ".join(words) if words else None
+
+
+def _add_mailbox(tokens: list[tuple[str, str]], out: list[Address]) -> None:
+    """One mailbox: name-addr "Name <@route:local@host>" or addr-spec "local@host (comment)"."""
+    comments = [value for kind, value in tokens if kind == "c"]
+    tokens = [token for token in tokens if token[0] != "c"]
+    if not tokens:
+        return
+    kinds = [kind for kind, _ in tokens]
+    adl: str | None = None
+    if "<" in kinds:
+        at = kinds.index("<")
+        name = _phrase(tokens[:at])
+        spec = tokens[at + 1 :]
+        if ">" in [kind for kind, _ in spec]:
+            spec = spec[: [kind for kind, _ in spec].index(">")]
+        if spec and spec[0][0] == "@" and ":" in [kind for kind, _ in spec]:
+            colon = [kind for kind, _ in spec].index(":")
+            adl = "".join(value for _, value in spec[:colon])  # RFC 5322 §4.4 obs-route
+            spec = spec[colon + 1 :]
+    else:
+        name, spec = None, tokens
+    if name is None and comments:
+        name = comments[-1] or None  # "local@host (Name)"
+    spec_kinds = [kind for kind, _ in spec]
+    if "@" in spec_kinds:
+        at = len(spec_kinds) - 1 - spec_kinds[::-1].index("@")
+        local = "".join(value for _, value in spec[:at])
+        host = "".join(value for _, value in spec[at + 1 :])
+    else:
+        local = " ".join(value for _, value in spec)
+        host = ""
+    # Dovecot fills in what is missing, so that a client never sees the group syntax by mistake.
+    out.append((name, adl, local or "MISSING_MAILBOX", host or "MISSING_DOMAIN"))
+
+
+# -- BODY and BODYSTRUCTURE (RFC 3501 §7.4.2, §9 body) ---------------------------------------------
+def _params(params: list[tuple[str, str]], default_charset: bool = False) -> bytes:
+    if default_charset and not any(name == "charset" for name, _ in params):
+        params = [*params, ("charset", DEFAULT_CHARSET)]
+    if not params:
+        return b"NIL"
+    return b"(" + b" ".join(_text(name) + b" " + _text(value) for name, value in params) + b")"
+
+
+def _extension(entity: _Entity) -> list[bytes]:
+    """body-fld-dsp, body-fld-lang, body-fld-loc (RFC 3501 §9; RFC 2183, RFC 3066, RFC 2557)."""
+    disposition = entity.first("content-disposition")
+    if disposition is not None:
+        kind, params = _mime_value(disposition)
+        dsp = b"(" + _text(kind) + b" " + _params(params) + b")" if kind else b"NIL"
+    else:
+        dsp = b"NIL"
+    language = entity.first("content-language")
+    tags = [tag for tag in re.split(r"[\s,]+", _strip_comments(language or "")) if tag]
+    lang = b"(" + b" ".join(_text(tag) for tag in tags) + b")" if tags else b"NIL"
+    return [dsp, lang, _ntext(entity.first("content-location"))]
+
+
+def _structure(entity: _Entity, extended: bool) -> bytes:
+    main, sub, params, _ = entity.content_type()
+    if entity.boundary() is not None:
+        parts = entity.parts()
+        if parts:
+            children = b"".join(_structure(part, extended) for part in parts)
+        else:
+            children = EMPTY_BODYSTRUCTURE if extended else EMPTY_BODY
+        items = [children, _text(sub)]
+        if extended:
+            items += [_params(params), *_extension(entity)]
+        return b"(" + b" ".join(items) + b")"
+    inner = entity.inner()
+    text = main.lower() == "text"
+    encoding = entity.first("content-transfer-encoding")
+    items = [
+        b'"message" "rfc822"' if inner is not None else _text(main) + b" " + _text(sub),
+        _params(params, default_charset=text),
+        _ntext(entity.first("content-id")),
+        _ntext(entity.first("content-description")),
+        _text(encoding) if encoding else b'"7bit"',
+        b"%d" % (entity.end - entity.body_start),
+    ]
+    if text:
+        items.append(b"%d" % entity.lines())
+    elif inner is not None:
+        items += [_envelope(inner), _structure(inner, extended), b"%d" % entity.lines()]
+    if extended:
+        items += [_ntext(entity.first("content-md5")), *_extension(entity)]
+    return b"(" + b" ".join(items) + b")"
+
+
+# -- Decoding for SEARCH ---------------------------------------------------------------------------
+def _to_text(data: bytes, charset: str | None = None) -> str:
+    """Bytes in a declared charset; undeclared or unknown: UTF-8, else latin-1 (never raises)."""
+    if charset:
+        try:
+            return data.decode(charset, "replace")
+        except (LookupError, ValueError, TypeError):
+            pass
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def decode_header_value(value: bytes) -> str:
+    """A header value with RFC 2047 encoded-words decoded; whitespace between adjacent encoded
+    words dropped (RFC 2047 §6.2); words of one charset joined before decoding."""
+    text = _to_text(value)
+    if "=?" not in text:
+        return text
+    out: list[str] = []
+    pending = b""
+    pending_charset = ""
+    last = -1  # the end of the previous encoded word
+    for match in _ENCODED_WORD.finditer(text):
+        between = text[max(last, 0) : match.start()]
+        adjacent = last >= 0 and not between.strip()
+        charset = match.group(1).lower()
+        if pending and (not adjacent or charset != pending_charset):
+            out.append(_to_text(pending, pending_charset))
+            pending = b""
+        if not adjacent:
+            out.append(between)
+        payload = match.group(3).encode("latin-1", "replace")
+        if match.group(2).upper() == "B":
+            pending += _base64(payload)
+        else:
+            pending += binascii.a2b_qp(payload, header=True)
+        pending_charset = charset
+        last = match.end()
+    if pending:
+        out.append(_to_text(pending, pending_charset))
+    out.append(text[max(last, 0) :])
+    return "".join(out)
+
+
+def _base64(data: bytes) -> bytes:
+    """Lenient base64: characters outside the alphabet skipped, missing padding supplied."""
+    clean = re.sub(rb"[^A-Za-z0-9+/]", b"", data)
+    clean = clean[: len(clean) - 1] if len(clean) % 4 == 1 else clean
+    try:
+        return binascii.a2b_base64(clean + b"=" * (-len(clean) % 4))
+    except (binascii.Error, ValueError):
+        return b""
+
+
+def _decoded_body(entity: _Entity) -> bytes:
+    data = entity.raw[entity.body_start : entity.end]
+    encoding = (entity.first("content-transfer-encoding") or "").strip().lower()
+    if encoding == "base64":
+        return _base64(data)
+    if encoding == "quoted-printable":
+        return binascii.a2b_qp(data)
+    return data
+
+
+def _collect_text(entity: _Entity, pieces: list[str]) -> None:
+    if entity.boundary() is not None:
+        for part in entity.parts():
+            _collect_text(part, pieces)
+        return
+    inner = entity.inner()
+    if inner is not None:
+        raw = inner.raw[inner.start : inner.fields_end]
+        pieces.append(decode_header_value(raw))
+        _collect_text(inner, pieces)
+        return
+    main, _, params, _ = entity.content_type()
+    if main.lower() == "text":
+        charset = next((value for name, value in params if name == "charset"), None)
+        pieces.append(_to_text(_decoded_body(entity), charset))

@@ -1,0 +1,290 @@
+"""Commands of the selected state (RFC 3501 §6.4) and their UID forms (§6.4.8), with UIDPLUS
+(RFC 4315: APPENDUID/COPYUID, UID EXPUNGE), MOVE (RFC 6851) and UNSELECT (RFC 3691).
+
+Messages are read in batches (`FolderView.read`, one executor call per batch) and responses
+go out in large writes with back-pressure, so a FETCH of every message of a big folder costs
+a few slices per message.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Literal
+
+from appliance.imap import responses
+from appliance.imap.commands import SELECTED, command
+from appliance.imap.fetch import parse_items, render
+from appliance.imap.folders import folder_name, store_flags
+from appliance.imap.mailbox import FolderView, MailboxError, MessageInfo
+from appliance.imap.message import ParsedMessage
+from appliance.imap.responses import Bad, No
+from appliance.imap.search import SearchContext, SearchError, compile_search
+from appliance.imap.sequence import SequenceSet, format_set
+from appliance.imap.session import FLUSH_ABOVE
+from appliance.imap.tokens import Atom, Token, as_text
+
+if TYPE_CHECKING:
+    from appliance.imap.session import Session
+
+BATCH_MESSAGES = 200  # messages read from disk per executor call
+BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
+_STORE_ITEM = re.compile(r"^([+-]?)FLAGS(\.SILENT)?$")
+_STORE_MODES: dict[str, Literal["set", "add", "remove"]] = {"": "set", "+": "add", "-": "remove"}
+
+
+def _view(session: Session) -> FolderView:
+    assert session.view is not None
+    return session.view
+
+
+def resolve(view: FolderView, token: Token, uid: bool) -> list[int]:
+    """The sequence numbers (ascending) a sequence set names: message numbers, or UIDs for a UID
+    command (RFC 3501 §6.4.8: UIDs that do not exist are ignored)."""
+    if not isinstance(token, Atom):
+        raise Bad("Sequence set expected")
+    numbers = SequenceSet.parse(token.value)
+    messages = view.messages
+    if not uid:
+        return numbers.seqs(len(messages))
+    uids = [info.uid for info in messages]
+    chosen = numbers.select(uids, uids[-1] if uids else 0)
+    return [bisect.bisect_left(uids, number) + 1 for number in chosen]
+
+
+def batches(view: FolderView, seqs: list[int]) -> Iterator[tuple[list[int], list[MessageInfo]]]:
+    """Sequence numbers and their messages, in batches bounded by count and by bytes."""
+    messages = view.messages
+    seq_batch: list[int] = []
+    info_batch: list[MessageInfo] = []
+    size = 0
+    for seq in seqs:
+        info = messages[seq - 1]
+        if seq_batch and (len(seq_batch) >= BATCH_MESSAGES or size + info.size > BATCH_BYTES):
+            yield seq_batch, info_batch
+            seq_batch, info_batch, size = [], [], 0
+        seq_batch.append(seq)
+        info_batch.append(info)
+        size += info.size
+    if seq_batch:
+        yield seq_batch, info_batch
+
+
+def _writable(view: FolderView) -> None:
+    if view.readonly:
+        raise No("The mailbox is read-only (EXAMINE)", "READ-ONLY")
+
+
+# -- CHECK, CLOSE, UNSELECT, EXPUNGE (RFC 3501 §6.4.1-§6.4.3, RFC 3691, RFC 4315 §2.1) ------------
+@command("CHECK", SELECTED)
+async def check(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    return "CHECK completed"  # every change is durable when its command completes
+
+
+@command("CLOSE", SELECTED)
+async def close(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    view = _view(session)
+    if not view.readonly:
+        await view.expunge()  # RFC 3501 §6.4.2: silently, no EXPUNGE responses
+    session.deselect()
+    return "CLOSE completed"
+
+
+@command("UNSELECT", SELECTED)
+async def unselect(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    session.deselect()  # RFC 3691: like CLOSE without the expunge
+    return "UNSELECT completed"
+
+
+@command("EXPUNGE", SELECTED, uid=True)
+async def expunge(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    view = _view(session)
+    chosen: list[int] | None = None
+    if uid:
+        if len(args) != 1:
+            raise Bad("UID EXPUNGE takes a UID set")
+        chosen = [view.messages[seq - 1].uid for seq in resolve(view, args[0], True)]
+    elif args:
+        raise Bad("EXPUNGE takes no arguments")
+    _writable(view)
+    await session.send_updates(expunges=True, refresh=False)  # numbers as the client knows them
+    for seq in await view.expunge(chosen):
+        session.send(b"* %d EXPUNGE\r\n" % seq)
+    return "EXPUNGE completed"
+
+
+# -- SEARCH (RFC 3501 §6.4.4) ---------------------------------------------------------------------
+class _Lazy:
+    """A message parsed at its first use by a search key (most keys never need it)."""
+
+    __slots__ = ("_parsed", "_raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._parsed: ParsedMessage | None = None
+
+    def __call__(self) -> ParsedMessage:
+        if self._parsed is None:
+            self._parsed = ParsedMessage.parse(self._raw)
+        return self._parsed
+
+
+@command("SEARCH", SELECTED, uid=True, holds_expunges=True)
+async def search(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    view = _view(session)
+    charset = None
+    if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
+        charset = as_text(args[1])
+        args = args[2:]
+    if not args:
+        raise Bad("SEARCH needs search keys")
+    messages = view.messages
+    try:
+        compiled = compile_search(
+            args, max_seq=len(messages), max_uid=messages[-1].uid if messages else 0, charset=charset
+        )
+    except SearchError as error:
+        text, code = str(error), None
+        if text.startswith("[") and "] " in text:  # the response code comes with the text
+            code, text = text[1:].split("] ", 1)
+        if getattr(error, "code", None) == "BADCHARSET":
+            raise No(text, code or "BADCHARSET (US-ASCII UTF-8)") from None  # RFC 3501 §6.4.4, §7.1
+        raise Bad(text) from None
+    found: list[int] = []
+    empty = _Lazy(b"")
+    for seqs, infos in batches(view, list(range(1, len(messages) + 1))):
+        raws: list[bytes | None] = await view.read(infos) if compiled.needs_message else [None] * len(infos)
+        for seq, info, raw in zip(seqs, infos, raws, strict=True):
+            if compiled.needs_message and raw is None:
+                continue  # vanished meanwhile
+            context = SearchContext(
+                seq=seq,
+                uid=info.uid,
+                info=info,
+                recent=view.is_recent(info.uid),
+                message=_Lazy(raw) if raw is not None else empty,
+            )
+            if compiled.matches(context):
+                found.append(info.uid if uid else seq)
+    session.send(b"* SEARCH" + b"".join(b" %d" % number for number in found) + b"\r\n")
+    return "SEARCH completed"
+
+
+# -- FETCH (RFC 3501 §6.4.5) ----------------------------------------------------------------------
+@command("FETCH", SELECTED, uid=True, holds_expunges=True)
+async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    view = _view(session)
+    if len(args) < 2:
+        raise Bad("FETCH takes a sequence set and data items")
+    seqs = resolve(view, args[0], uid)
+    request = parse_items(args[1:], uid)
+    sets_seen = request.sets_seen and not view.readonly
+    missing = False
+    for batch, infos in batches(view, seqs):
+        changed: set[int] = set()
+        if sets_seen:  # RFC 3501 §6.4.5: BODY[...] without PEEK sets \Seen
+            unseen = [info.uid for info in infos if "\\Seen" not in info.flags]
+            if unseen:
+                updated = {info.uid: info for info in await view.mark_seen(unseen)}
+                changed = set(updated)
+                infos = [updated.get(info.uid, info) for info in infos]
+        raws: list[bytes | None] = await view.read(infos) if request.needs_bytes else [None] * len(infos)
+        for seq, info, raw in zip(batch, infos, raws, strict=True):
+            if request.needs_bytes and raw is None:
+                missing = True  # RFC 2180 §4.1: expunged by another session meanwhile
+                continue
+            parsed = ParsedMessage.parse(raw) if request.needs_parse and raw is not None else None
+            recent = view.is_recent(info.uid)
+            session.send(render(seq, info, recent, request, raw, parsed, info.uid in changed))
+            if session.unflushed >= FLUSH_ABOVE:
+                await session.flush()
+    if missing:
+        raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
+    return "FETCH completed"
+
+
+# -- STORE (RFC 3501 §6.4.6) ----------------------------------------------------------------------
+@command("STORE", SELECTED, uid=True, holds_expunges=True)
+async def store(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    view = _view(session)
+    if len(args) < 3 or not isinstance(args[1], Atom):
+        raise Bad("STORE takes a sequence set, an item and flags")
+    seqs = resolve(view, args[0], uid)
+    action = _STORE_ITEM.match(args[1].upper())
+    if action is None:
+        raise Bad("STORE item must be FLAGS, +FLAGS or -FLAGS, with or without .SILENT")
+    tokens = args[2] if len(args) == 3 and isinstance(args[2], list) else args[2:]
+    flags = store_flags(tokens)
+    _writable(view)
+    uids = [view.messages[seq - 1].uid for seq in seqs]
+    mode = _STORE_MODES[action.group(1)]
+    changed = {info.uid: info for info in await view.store(uids, mode, flags)}
+    # A new keyword is announced (FLAGS) before any FETCH response that carries it.
+    await session.send_updates(expunges=False, refresh=False)
+    if action.group(2):
+        return "STORE completed"  # .SILENT: no FETCH responses for this session's own change
+    messages = view.messages
+    for seq, message_uid in zip(seqs, uids, strict=True):
+        info = changed.get(message_uid)
+        if info is None:
+            current = messages[seq - 1] if seq <= len(messages) else None
+            if current is None or current.uid != message_uid:
+                continue
+            info = current
+        flag_list = responses.flag_list(info.flags, view.is_recent(message_uid))
+        if uid:
+            session.send(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, message_uid, flag_list))
+        else:
+            session.send(b"* %d FETCH (FLAGS %s)\r\n" % (seq, flag_list))
+    return "STORE completed"
+
+
+# -- COPY, MOVE (RFC 3501 §6.4.7, RFC 4315 §3, RFC 6851) ------------------------------------------
+def _target(args: list[Token]) -> tuple[Token, str]:
+    if len(args) != 2:
+        raise Bad("A sequence set and a mailbox name expected")
+    return args[0], folder_name(args[1])
+
+
+def _trycreate(error: MailboxError) -> No:
+    code = "TRYCREATE" if error.code in ("NONEXISTENT", "TRYCREATE") else error.code
+    return No(error.text, code)  # RFC 3501 §6.4.7: TRYCREATE when the target does not exist
+
+
+@command("COPY", SELECTED, uid=True)
+async def copy(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    view = _view(session)
+    sequence, target = _target(args)
+    uids = [view.messages[seq - 1].uid for seq in resolve(view, sequence, uid)]
+    if not uids:
+        return "COPY completed (nothing to copy)"
+    try:
+        uidvalidity, source, created = await view.copy(uids, target)
+    except MailboxError as error:
+        raise _trycreate(error) from None
+    if not created:
+        return "COPY completed"
+    return f"[COPYUID {uidvalidity} {format_set(source)} {format_set(created)}] COPY completed"
+
+
+@command("MOVE", SELECTED, uid=True)
+async def move(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    view = _view(session)
+    sequence, target = _target(args)
+    uids = [view.messages[seq - 1].uid for seq in resolve(view, sequence, uid)]
+    _writable(view)
+    if not uids:
+        return "MOVE completed (nothing to move)"
+    await session.send_updates(expunges=True, refresh=False)
+    try:
+        uidvalidity, source, created, expunged = await view.move(uids, target)
+    except MailboxError as error:
+        raise _trycreate(error) from None
+    if created:  # RFC 6851 §4.3: COPYUID in an untagged OK before the EXPUNGEs
+        session.send(
+            f"* OK [COPYUID {uidvalidity} {format_set(source)} {format_set(created)}] Moved\r\n".encode()
+        )
+    for seq in expunged:
+        session.send(b"* %d EXPUNGE\r\n" % seq)
+    return "MOVE completed"

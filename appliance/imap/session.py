@@ -1,0 +1,437 @@
+"""One IMAP session: the state machine of RFC 3501 §3 (not authenticated → authenticated →
+selected → logout), the command loop, and the commands valid in any state or before login.
+
+The loop reads a command (syntax.py), finds its handler in the command table (commands.py),
+runs it, then tells the client what changed in the selected folder meanwhile (RFC 3501 §7:
+EXISTS, RECENT, EXPUNGE, FETCH FLAGS) and sends the tagged result. A handler's failure is a
+`NO [SERVERBUG]` with the traceback in the log, never the end of the session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from appliance.auth.service import log_field
+from appliance.auth.verdict import Outcome
+from appliance.imap import responses
+from appliance.imap.commands import ANY, COMMANDS, NOT_AUTHENTICATED, State, command
+from appliance.imap.mailbox import AccountMailboxes, FlagsChanged, FolderView, MailboxError, Mailboxes
+from appliance.imap.responses import Bad, No
+from appliance.imap.sequence import SequenceSetError
+from appliance.imap.syntax import (
+    Command,
+    CommandReader,
+    CommandRefused,
+    CommandSyntaxError,
+    Limits,
+)
+from appliance.imap.tokens import Atom, Token, as_text
+from appliance.pop3.connection import Connection, ConnectionClosed, LineTooLong
+
+if TYPE_CHECKING:
+    from appliance.context import ListenerSpec, Services
+    from appliance.snapshot import AccountEntry
+
+log = logging.getLogger("appliance.imap")
+
+FAILED_LOGIN_DELAY = 0.75  # seconds before "NO [AUTHENTICATIONFAILED]": slows guessing
+MAX_LOGIN_FAILURES = 3  # per connection; then it is closed
+MAX_SASL_LINE = 8192
+TLS_HANDSHAKE_TIMEOUT = 30.0
+FLUSH_ABOVE = 256 * 1024  # bytes of responses gathered before they are written out
+
+
+class Session:
+    def __init__(
+        self, services: Services, listener: ListenerSpec, connection: Connection, mailboxes: Mailboxes
+    ) -> None:
+        self.services = services
+        self.listener = listener
+        self.connection = connection
+        self.mailboxes = mailboxes
+        self.state = State.NOT_AUTHENTICATED
+        self.account: AccountEntry | None = None
+        self.folders: AccountMailboxes | None = None  # the account's folders, once logged in
+        self.view: FolderView | None = None  # the selected folder
+        self.login: str | None = None
+        self.failures = 0
+        self.closing = False
+        self.commands = 0
+        self.bytes_out = 0
+        self.started = time.monotonic()
+        self.reader = CommandReader(connection, self._spool_dir, services.executor)
+        self.after_command: Callable[[], Awaitable[None]] | None = None  # e.g. the TLS handshake
+        self._out: list[bytes] = []
+        self._out_size = 0
+
+    # -- output ------------------------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        """Queue response bytes; they go out at the next flush (one write per batch)."""
+        self._out.append(data)
+        self._out_size += len(data)
+
+    @property
+    def unflushed(self) -> int:
+        return self._out_size
+
+    async def flush(self) -> None:
+        """Write what is queued and wait while the client is slow to read (back-pressure)."""
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            self._out_size = 0
+            self.bytes_out += len(data)
+            self.connection.write(data)
+        await self.connection.drain()
+
+    # -- settings from the snapshot in force -------------------------------------------------------
+    def _limits(self) -> Limits:
+        snapshot = self.services.holder.current
+        limits = snapshot.manifest.server.limits
+        timeout = float(limits.imap_idle_timeout)
+        if self.state is State.NOT_AUTHENTICATED:
+            timeout = min(timeout, float(limits.command_timeout))  # RFC 3501 §5.4 is for logged-in users
+        domain = self.account.domain if self.account is not None else None
+        return Limits(limits.max_line_length, snapshot.max_message_size(domain), timeout)
+
+    def idle_timeout(self) -> float:
+        return self._limits().timeout
+
+    def _spool_dir(self) -> Path:
+        return self.services.holder.current.data_dir / "tmp" / "imap-append"
+
+    def plaintext_allowed(self) -> bool:
+        # RFC 3501 §6.2.3 / RFC 8314: no password in clear unless the manifest says so.
+        return self.connection.is_tls or self.services.holder.current.manifest.server.allow_plaintext_auth
+
+    def capabilities(self) -> str:
+        """RFC 3501 §6.1.1: what the client may use in the current state."""
+        if self.state is not State.NOT_AUTHENTICATED:
+            return " ".join(responses.AUTHENTICATED_CAPABILITIES)
+        words = list(responses.BASE_CAPABILITIES)
+        if self.listener.name == "imap" and not self.connection.is_tls:
+            words.append("STARTTLS")  # RFC 3501 §6.2.1
+        words.append("AUTH=PLAIN" if self.plaintext_allowed() else "LOGINDISABLED")
+        return " ".join(words)
+
+    # -- the session's life ------------------------------------------------------------------------
+    async def run(self) -> None:
+        self.services.sessions.opened("imap")
+        reason = "logout"
+        try:
+            autoban = self.services.autoban
+            if autoban is not None and autoban.is_banned(self.connection.peer):
+                self.send(responses.untagged("BYE [UNAVAILABLE] Too many failed logins; try again later"))
+                await self.flush()
+                reason = "banned"
+                return
+            hostname = self.services.holder.current.hostname
+            self.send(responses.untagged(f"OK [CAPABILITY {self.capabilities()}] {hostname} IMAP4rev1 ready"))
+            await self.flush()
+            while not self.closing:
+                await self._one_command()
+                await self.flush()
+                if self.after_command is not None:
+                    step, self.after_command = self.after_command, None
+                    await step()
+        except TimeoutError:
+            reason = "idle_timeout"  # RFC 3501 §5.4: autologout
+            self._try_write(responses.untagged("BYE Autologout; idle for too long"))
+        except ConnectionClosed:
+            reason = "dropped"
+        except Exception:
+            reason = "internal_error"
+            log.exception(
+                "imap internal error client=%s login=%s", self.connection.peer, log_field(self.login or "-")
+            )
+            self._try_write(responses.untagged("BYE Internal error; closing"))
+        finally:
+            self._end(reason)
+
+    def _try_write(self, data: bytes) -> None:
+        try:
+            self.connection.write(b"".join(self._out) + data)
+        except ConnectionClosed:
+            pass
+        self._out.clear()
+
+    def _end(self, reason: str) -> None:
+        try:
+            if self.view is not None:
+                self.view.close()
+                self.view = None
+        finally:
+            log.info(
+                "imap closed login=%s client=%s reason=%s commands=%d bytes_in=%d bytes_out=%d seconds=%.1f",
+                log_field(self.login or "-"),
+                self.connection.peer,
+                reason,
+                self.commands,
+                self.reader.bytes_in,
+                self.bytes_out,
+                time.monotonic() - self.started,
+            )
+            self.connection.close()
+            self.services.sessions.closed("imap")
+
+    async def _one_command(self) -> None:
+        try:
+            found = await self.reader.read(self._limits())
+        except LineTooLong as error:
+            tag = error.head.partition(b" ")[0].decode("ascii", "replace")
+            tag = tag if tag and tag.isascii() and tag.isprintable() and "+" not in tag else "*"
+            self.send(responses.tagged(tag, "BAD", "Command line too long"))
+            return
+        except CommandSyntaxError as error:
+            self.commands += 1
+            self.send(responses.tagged(error.tag or "*", "BAD", error.text))
+            return
+        except CommandRefused as error:
+            self.commands += 1
+            self.send(responses.tagged(error.tag, "NO", error.text, error.code))
+            return
+        try:
+            await self.execute(found)
+        finally:
+            for path in found.files:
+                path.unlink(missing_ok=True)
+
+    async def execute(self, found: Command) -> None:
+        self.commands += 1
+        name, args, uid = found.name, found.args, False
+        if name == "UID" and args and isinstance(args[0], Atom):
+            name, args, uid = args[0].upper(), args[1:], True
+        entry = COMMANDS.get(name)
+        status, code = "OK", None
+        try:
+            if entry is None or (uid and not entry.uid) or (found.name == "UID" and not uid):
+                raise Bad("Unknown command")
+            if self.state not in entry.states:
+                raise Bad(_wrong_state(self.state, entry.states))
+            text = await entry.handler(self, found.tag, args, uid)
+        except Bad as error:
+            status, text = "BAD", error.text
+        except No as error:
+            status, code, text = "NO", error.code, error.text
+        except MailboxError as error:
+            status, code, text = "NO", error.code, error.text
+        except SequenceSetError as error:
+            status, text = "BAD", str(error)
+        except (ConnectionClosed, TimeoutError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception(
+                "imap command failed command=%s client=%s login=%s",
+                name,
+                self.connection.peer,
+                log_field(self.login or "-"),
+            )
+            status, code, text = "NO", "SERVERBUG", "Internal error; the command was not completed"
+        if self.view is not None and self.state is State.SELECTED:
+            holds = entry is not None and entry.holds_expunges and not uid
+            await self.send_updates(expunges=not holds)
+        self.send(responses.tagged(found.tag, status, text, code))
+
+    async def send_updates(self, *, expunges: bool, refresh: bool = True) -> None:
+        """What changed in the selected folder, as untagged responses (RFC 3501 §7.3.1, §7.4.1)."""
+        view = self.view
+        if view is None:
+            return
+        if refresh:
+            try:
+                await view.refresh()
+            except (MailboxError, OSError) as error:
+                log.warning("imap refresh failed folder=%s error=%s", log_field(view.name), error)
+            except Exception:
+                log.exception("imap refresh failed folder=%s", log_field(view.name))
+        for item in view.pending(expunges=expunges):
+            recent = isinstance(item, FlagsChanged) and view.is_recent(item.info.uid)
+            self.send(responses.update(item, recent=recent))
+
+    def deselect(self) -> None:
+        if self.view is not None:
+            self.view.close()
+            self.view = None
+        if self.state is State.SELECTED:
+            self.state = State.AUTHENTICATED
+
+    # -- login -------------------------------------------------------------------------------------
+    async def authenticate(self, login: str, password: str, mechanism: str) -> str:
+        peer = self.connection.peer
+        result = await self.services.auth.authenticate(login, password, protocol="imap", client=peer)
+        if result.outcome is Outcome.UNAVAILABLE:
+            self._log_login("unavailable", login, mechanism, result.cause)
+            raise No("Authentication is temporarily unavailable; try again later", "UNAVAILABLE")
+        if result.outcome is Outcome.REJECTED or result.account is None:
+            # RFC 5530: one answer whatever the cause (unknown user, wrong password, disabled).
+            self.failures += 1
+            self._log_login("rejected", login, mechanism, result.cause)
+            await asyncio.sleep(FAILED_LOGIN_DELAY)
+            if self.failures >= MAX_LOGIN_FAILURES:
+                self.closing = True
+                self.after_command = self._too_many_failures
+            raise No("Authentication failed", "AUTHENTICATIONFAILED")
+        account = result.account
+        folders = self.mailboxes.account(account)
+        try:
+            await folders.prepare()  # RFC 6154: the special-use folders exist from the first login
+        except (MailboxError, OSError) as error:
+            self._log_login("unavailable", login, mechanism, f"mailbox_error={error}")
+            raise No("Your mailbox cannot be opened now; try again later", "UNAVAILABLE") from None
+        self.account, self.folders, self.login = account, folders, account.address
+        self.state = State.AUTHENTICATED
+        self._log_login("accepted", login, mechanism, "ok")
+        return f"[CAPABILITY {self.capabilities()}] Logged in"
+
+    async def _too_many_failures(self) -> None:
+        self.send(responses.untagged("BYE Too many failed logins; closing"))
+        await self.flush()
+
+    def _log_login(self, result: str, login: str, mechanism: str, cause: str) -> None:
+        log.info(
+            "imap login result=%s login=%s client=%s mechanism=%s tls=%s cause=%s",
+            result,
+            log_field(login),
+            self.connection.peer,
+            mechanism,
+            "yes" if self.connection.is_tls else "no",
+            cause,
+        )
+
+
+def _wrong_state(state: State, wanted: frozenset[State]) -> str:
+    if state is State.NOT_AUTHENTICATED:
+        return "Log in first"
+    if State.NOT_AUTHENTICATED in wanted:
+        return "Already logged in"
+    if state is State.AUTHENTICATED:
+        return "No mailbox selected"
+    return "Command not valid in this state"
+
+
+def text_argument(token: Token, what: str) -> str:
+    """An astring argument as text (RFC 3501 §9), or Bad."""
+    text = as_text(token)
+    if text is None:
+        raise Bad(f"{what} expected")
+    return text
+
+
+# -- any state (RFC 3501 §6.1) ----------------------------------------------------------------------
+@command("CAPABILITY", ANY)
+async def capability(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    session.send(responses.untagged(f"CAPABILITY {session.capabilities()}"))
+    return "CAPABILITY completed"
+
+
+@command("NOOP", ANY)
+async def noop(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    return "NOOP completed"  # the updates follow from the command loop (RFC 3501 §6.1.2)
+
+
+@command("LOGOUT", ANY)
+async def logout(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    session.send(responses.untagged("BYE Logging out"))  # RFC 3501 §6.1.3: BYE before the OK
+    session.deselect()
+    session.state = State.LOGOUT
+    session.closing = True
+    return "LOGOUT completed"
+
+
+@command("ID", ANY)
+async def id_command(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    """RFC 2971: the server says who it is; what the client says about itself is not needed."""
+    nil = isinstance(args[0], Atom) and args[0].upper() == "NIL" if args else False
+    if len(args) != 1 or not (nil or isinstance(args[0], list)):
+        raise Bad("ID takes a parameter list or NIL")
+    fields = args[0]
+    if isinstance(fields, list) and (len(fields) % 2 or len(fields) > 60):
+        raise Bad("ID takes field-value pairs")
+    session.send(b'* ID ("name" "appliance" "vendor" "appliance")\r\n')
+    return "ID completed"
+
+
+# -- not authenticated (RFC 3501 §6.2) --------------------------------------------------------------
+@command("STARTTLS", NOT_AUTHENTICATED)
+async def starttls(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    if session.connection.is_tls or session.listener.name != "imap":
+        raise Bad("TLS is already active")
+    try:
+        context = session.services.tls.server_context()  # the certificate in force now
+    except (OSError, ValueError) as error:
+        log.error("imap starttls unavailable client=%s error=%s", session.connection.peer, error)
+        raise No("TLS is not available now", "UNAVAILABLE") from None
+
+    async def handshake() -> None:
+        # RFC 3501 §6.2.1: after the OK; whatever the client pipelined is dropped (CVE-2011-0411).
+        try:
+            await session.connection.start_tls(context, TLS_HANDSHAKE_TIMEOUT)
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
+            log.info("imap tls handshake failed client=%s error=%s", session.connection.peer, error)
+            session.connection.abort()
+            raise ConnectionClosed() from None
+
+    session.after_command = handshake
+    return "Begin TLS negotiation now"
+
+
+@command("LOGIN", NOT_AUTHENTICATED)
+async def login_command(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    if len(args) != 2:
+        raise Bad("LOGIN takes a user name and a password")
+    login, password = text_argument(args[0], "User name"), text_argument(args[1], "Password")
+    if not session.plaintext_allowed():
+        raise No("Use STARTTLS first: no passwords in clear", "PRIVACYREQUIRED")  # RFC 3501 §6.2.3
+    return await session.authenticate(login, password, "LOGIN")
+
+
+@command("AUTHENTICATE", NOT_AUTHENTICATED)
+async def authenticate_command(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    """RFC 3501 §6.2.2 with PLAIN (RFC 4616) only; the initial response may come along (SASL-IR,
+    RFC 4959: "=" stands for an empty one)."""
+    if not 1 <= len(args) <= 2 or not isinstance(args[0], Atom):
+        raise Bad("AUTHENTICATE takes a mechanism and an optional initial response")
+    if args[0].upper() != "PLAIN":
+        raise No("Unsupported authentication mechanism", "CANNOT")
+    if not session.plaintext_allowed():
+        raise No("Use STARTTLS first: no passwords in clear", "PRIVACYREQUIRED")
+    if len(args) == 2:
+        response = text_argument(args[1], "Initial response")
+        response = "" if response == "=" else response
+    else:
+        session.send(b"+ \r\n")
+        await session.flush()
+        try:
+            line = await session.connection.readline(MAX_SASL_LINE, session.idle_timeout())
+        except LineTooLong:
+            raise Bad("SASL response too long") from None
+        session.reader.bytes_in += len(line) + 2
+        response = line.decode("ascii", "replace").strip()
+        if response == "*":
+            raise Bad("Authentication cancelled")  # RFC 3501 §6.2.2
+    credentials = decode_plain(response)
+    if credentials is None:
+        raise Bad("Malformed SASL PLAIN response")
+    return await session.authenticate(credentials[0], credentials[1], "PLAIN")
+
+
+def decode_plain(response: str) -> tuple[str, str] | None:
+    """RFC 4616: [authzid] NUL authcid NUL passwd, base64-encoded. (login, password) or None."""
+    try:
+        raw = base64.b64decode(response, validate=True)
+        parts = raw.decode("utf-8").split("\0")
+    except (binascii.Error, ValueError):
+        return None
+    if len(parts) != 3 or not parts[1]:
+        return None
+    authzid, login, password = parts
+    if authzid and authzid.lower() != login.lower():
+        return None  # acting as another user is not offered
+    return login, password

@@ -1,0 +1,78 @@
+"""The IMAP command tokenizer, fetch item parser and date-time parser, without a server."""
+
+from __future__ import annotations
+
+import pytest
+
+from appliance.imap.fetch import parse_items
+from appliance.imap.responses import Bad, internaldate, parse_date_time
+from appliance.imap.syntax import CommandSyntaxError, Tokenizer
+from appliance.imap.tokens import Atom
+
+
+def tokens(*lines: bytes, literals: tuple[bytes, ...] = ()) -> list[object]:
+    tokenizer = Tokenizer()
+    pending = list(literals)
+    for line in lines:
+        request = tokenizer.feed(line)
+        if request is not None:
+            tokenizer.literal(pending.pop(0))
+    return list(tokenizer.finish())
+
+
+def test_atoms_strings_lists_and_fetch_attributes_kept_whole() -> None:
+    assert tokens(b'1:* (FLAGS BODY.PEEK[HEADER.FIELDS (From To)]<0.100>) "a \\"q\\" \\\\" NIL') == [
+        Atom("1:*"),
+        [Atom("FLAGS"), Atom("BODY.PEEK[HEADER.FIELDS (From To)]<0.100>")],
+        b'a "q" \\',
+        Atom("NIL"),
+    ]
+
+
+def test_a_literal_continues_the_command_on_the_next_line() -> None:
+    tokenizer = Tokenizer()
+    assert tokenizer.feed(b"INBOX (\\Seen) {5+}") == (5, False)
+    tokenizer.literal(b"hello")
+    assert tokenizer.feed(b" {3}") == (3, True)
+    tokenizer.literal(b"abc")
+    assert tokenizer.feed(b"") is None
+    assert tokenizer.finish() == [Atom("INBOX"), [Atom("\\Seen")], b"hello", b"abc"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [b'"open', b"(a", b"a)", b"{5", b"{x}", b'"bad \\escape"', b"a\x01b", b"(" * 40, b"BODY[TEXT"],
+)
+def test_malformed_arguments_are_syntax_errors(line: bytes) -> None:
+    with pytest.raises(CommandSyntaxError):
+        tokens(line)
+
+
+def test_fetch_items_macros_sections_and_partials() -> None:
+    request = parse_items([Atom("FAST")], uid=True)
+    assert [item.name for item in request.items] == ["UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"]
+    assert not request.needs_bytes
+    request = parse_items(
+        [[Atom("BODY.PEEK[1.2.HEADER.FIELDS.NOT (X-Spam)]<10.20>"), Atom("BODY[]")]], uid=False
+    )
+    first, second = request.items
+    assert (first.part, first.text, first.fields, first.partial, first.peek) == (
+        (1, 2),
+        "HEADER.FIELDS.NOT",
+        ("X-Spam",),
+        (10, 20),
+        True,
+    )
+    assert first.label == b"BODY[1.2.HEADER.FIELDS.NOT (X-Spam)]<10>"
+    assert second.whole and request.sets_seen and request.needs_parse
+    for bad in ("BODY[0]", "BODY[MIME]", "BODY[HEADER.FIELDS]", "BODY[]<1.0>", "BODYX", "ALL2"):
+        with pytest.raises(Bad):
+            parse_items([Atom(bad)], uid=False)
+
+
+def test_date_time_round_trips_through_internaldate() -> None:
+    stamp = parse_date_time(" 7-Feb-1994 21:52:25 -0800")
+    assert stamp == 760686745.0
+    assert parse_date_time(internaldate(stamp).decode().strip('"')) == stamp
+    with pytest.raises(Bad):
+        parse_date_time("31-Foo-2020 10:00:00 +0000")
