@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import imaplib
 import os
 import poplib
 import smtplib
@@ -58,6 +59,23 @@ def pop3_login(server: RunningAppliance, user: str, password: str = PASSWORD) ->
             client.close()
 
 
+def imap_login(server: RunningAppliance, user: str, password: str = PASSWORD) -> bool:
+    """LOGIN over IMAPS, then SELECT INBOX: True when both succeed."""
+    client = imaplib.IMAP4_SSL(
+        "127.0.0.1", server.ports["imaps"], ssl_context=client_context(server), timeout=10
+    )
+    try:
+        client.login(user, password)
+        return client.select("INBOX")[0] == "OK"
+    except imaplib.IMAP4.error:
+        return False
+    finally:
+        try:
+            client.logout()
+        except (imaplib.IMAP4.error, OSError):
+            client.shutdown()
+
+
 def eventually(check: Callable[[], bool], within: float) -> float:
     """Seconds until `check()` holds; fails if it does not within `within` seconds."""
     start = time.monotonic()
@@ -70,7 +88,7 @@ def eventually(check: Callable[[], bool], within: float) -> float:
 
 @pytest.fixture
 def server(appliance: ApplianceFactory) -> RunningAppliance:
-    return appliance.start(domains("john"), listeners=("smtp", "pop3"))
+    return appliance.start(domains("john"), listeners=("smtp", "pop3", "imaps"))
 
 
 def test_an_added_account_receives_mail_and_logs_in_within_a_second(server: RunningAppliance) -> None:
@@ -200,7 +218,7 @@ def test_a_hundred_reloads_under_load_lose_nothing_and_leak_nothing(server: Runn
     stop = threading.Event()
     sent: list[str] = []
     failures: list[str] = []
-    logins = {"ok": 0, "bad": 0}
+    logins = {"ok": 0, "bad": 0, "imap_ok": 0, "imap_bad": 0}
 
     def send_mail() -> None:
         deadline = time.monotonic() + 60
@@ -227,9 +245,19 @@ def test_a_hundred_reloads_under_load_lose_nothing_and_leak_nothing(server: Runn
             else:
                 logins["bad"] += 1
 
+    def log_in_imap() -> None:
+        deadline = time.monotonic() + 60
+        count = 0
+        while not stop.is_set() and time.monotonic() < deadline and count < 500:
+            count += 1
+            if imap_login(server, "anna@example.test"):
+                logins["imap_ok"] += 1
+            else:
+                logins["imap_bad"] += 1
+
     server.write_manifest(domains("john", "anna"))
     eventually(lambda: rcpt_code(server, "anna@example.test") == 250, within=1.0)
-    workers = [threading.Thread(target=send_mail), threading.Thread(target=log_in)]
+    workers = [threading.Thread(target=target) for target in (send_mail, log_in, log_in_imap)]
     for worker in workers:
         worker.start()
     applied_before = server.status()["reloads"]["applied"]  # type: ignore[index]
@@ -242,7 +270,8 @@ def test_a_hundred_reloads_under_load_lose_nothing_and_leak_nothing(server: Runn
         worker.join(90)
     eventually(lambda: server.status()["reloads"]["applied"] > applied_before + 20, within=5)  # type: ignore[index]
     assert failures == []
-    assert logins["bad"] == 0 and logins["ok"] > 0
+    assert logins["bad"] == 0 and logins["ok"] > 0, logins
+    assert logins["imap_bad"] == 0 and logins["imap_ok"] > 0, logins
     # every message that got 250 is in the mailbox, exactly once
     maildir = server.data_dir / "mail" / "example.test" / "john"
     subjects: list[str] = []
