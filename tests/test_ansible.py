@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import imaplib
 import json
 import os
 import poplib
@@ -46,8 +47,7 @@ USERS = [
     {"name": "gt", "password": "Gt!Passw0rd1", "given_name": "Guy", "surname": "Test"},
     {"name": "anna", "password": "Anna!Passw0rd1", "given_name": "Anna", "surname": "Example"},
 ]
-# IMAP joins this list (and gets its login test back) when appliance/imap lands: issue 9.
-LISTENERS = ("smtp", "submission", "pop3")
+LISTENERS = ("smtp", "submission", "pop3", "imap")
 RECAP = re.compile(r"^localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
@@ -395,6 +395,28 @@ def test_ad_linked_account_reads_its_mail_over_pop3(provisioned: ProvisionedHost
     finally:
         client.quit()
     assert any(f"Subject: {subject}".encode() in body for body in bodies)
+
+
+@pytest.mark.needs_root
+def test_ad_linked_account_reads_its_mail_over_imap_and_a_wrong_password_is_refused(
+    provisioned: ProvisionedHost,
+) -> None:
+    subject = _unique_subject()
+    _send(provisioned, "anna@example.test", "Anna!Passw0rd1", "gt@example.test", subject)
+    _wait_for_file(provisioned.data_dir / "mail/example.test/gt/new", subject.encode())
+    client = imaplib.IMAP4("127.0.0.1", provisioned.ports["imap"], timeout=30)
+    try:
+        client.starttls(ssl_context=provisioned.tls())
+        with pytest.raises(imaplib.IMAP4.error):
+            client.login("gt@example.test", "Wrong!Passw0rd1")
+        client.login("gt@example.test", "Gt!Passw0rd1")
+        client.select("INBOX", readonly=True)
+        status, found = client.search(None, "SUBJECT", f'"{subject}"')
+        assert status == "OK" and found[0], found
+        status, data = client.fetch(found[0].split()[-1], "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert status == "OK" and subject.encode() in data[0][1]
+    finally:
+        client.logout()
 
 
 # -- changing the manifest through the inventory -------------------------------------------------
