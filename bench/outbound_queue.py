@@ -18,7 +18,7 @@ One run, three measurements, each with its reference beside it:
 
 Nothing is asserted about time. Needs /usr/sbin/smtp-source (Debian's postfix package).
 
-    .venv/bin/python bench/queue.py [--messages 10000] [--sessions 20] [--size 4096]
+    .venv/bin/python bench/outbound_queue.py [--messages 10000] [--sessions 20] [--size 4096]
 """
 
 from __future__ import annotations
