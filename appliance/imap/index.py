@@ -46,6 +46,8 @@ _WIRE_SIZE = re.compile(r",W=(\d+)")
 _STORED_SIZE = re.compile(r",S=(\d+)")
 _ORDER = re.compile(r"^(\d+)\.(?:[^.]*?M(\d+))?")
 COPY_CHUNK = 1 << 20
+HEADER_CHUNK = 8192
+MAX_HEADER = 1 << 20  # a header longer than this is searched by its first megabyte
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,6 +292,32 @@ def read_crlf(path: Path, folder: Path, key: str) -> bytes | None:
         except FileNotFoundError:
             return None
     return to_crlf(data)
+
+
+def read_header(path: Path, folder: Path, key: str) -> bytes | None:
+    """A message's header with CRLF line ends, blank line included (the body is not read)."""
+    for attempt in (path, None):
+        target = attempt if attempt is not None else locate(folder, key)
+        if target is None:
+            return None
+        try:
+            with open(target, "rb") as handle:
+                data = b""
+                while len(data) < MAX_HEADER:
+                    chunk = handle.read(HEADER_CHUNK)
+                    data += chunk
+                    end = data.find(b"\n\n")
+                    if end < 0:
+                        end = data.find(b"\r\n\r\n")
+                        end = end + 2 if end >= 0 else -1
+                    if end >= 0:
+                        return to_crlf(data[: end + 2])
+                    if not chunk:
+                        break
+                return to_crlf(data)
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def to_crlf(data: bytes) -> bytes:

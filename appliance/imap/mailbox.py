@@ -48,6 +48,7 @@ POLL_INTERVAL = 0.5  # seconds between looks at the disk while a session idles
 SETTLE_NS = 1_000_000_000  # a directory changed less than this before our listing is listed again
 MAX_NAME = 255
 MAX_CACHED_FOLDERS = 256  # folder indexes kept in memory while no session has them open
+MAX_CACHED_FIELDS = 200_000  # header values cached per field and folder
 _T = TypeVar("_T")
 _SIZE_FIELDS = re.compile(r",[SW]=\d+")
 
@@ -158,6 +159,9 @@ class _Folder:
         self.views: set[FolderView] = set()
         self.last_used = time.monotonic()
         self._flag_sets: dict[str, frozenset[str]] = {}
+        # Header field values SEARCH asked for: field → Maildir key → values. A message's bytes
+        # never change under its key, so nothing here goes stale; it lives as long as the index.
+        self.fields: dict[str, dict[str, tuple[str, ...]]] = {}
 
     # -- reading the disk (lock held) ------------------------------------------------------------
     def maybe_changed(self) -> bool:
@@ -672,6 +676,44 @@ class FolderView:
             expunged = self._drop_uids(copied)
         return uidvalidity, copied, created, expunged
 
+    async def header_fields(
+        self,
+        infos: Sequence[MessageInfo],
+        names: Sequence[str],
+        extract: Callable[[bytes], dict[str, tuple[str, ...]]],
+    ) -> list[dict[str, tuple[str, ...]] | None]:
+        """The values of header fields `names` for each message (None: it vanished), from the
+        folder's cache; the header of a message not cached yet is read (only the header) and
+        given to `extract` (CRLF bytes → field → values) in the executor."""
+        folder = self._folder
+        caches = [folder.fields.setdefault(name, {}) for name in names]
+        missing = [info for info in infos if any(info.key not in cache for cache in caches)]
+        fresh: dict[str, dict[str, tuple[str, ...]] | None] = {}
+        if missing:
+            places = []
+            for info in missing:
+                entry = folder.entries.get(info.key)
+                path = (
+                    folder.path / entry.sub / entry.name
+                    if entry is not None
+                    else folder.path / "cur" / info.key
+                )
+                places.append((path, info.key))
+            found = await self._account.run(_read_headers, folder.path, places, extract)
+            for info, values in zip(missing, found, strict=True):
+                fresh[info.key] = values
+                if values is not None:
+                    for name, cache in zip(names, caches, strict=True):
+                        if len(cache) < MAX_CACHED_FIELDS:
+                            cache[info.key] = values.get(name, ())
+        results: list[dict[str, tuple[str, ...]] | None] = []
+        for info in infos:
+            if info.key in fresh:
+                results.append(fresh[info.key])
+            else:
+                results.append({name: cache[info.key] for name, cache in zip(names, caches, strict=True)})
+        return results
+
     async def read(self, infos: Sequence[MessageInfo]) -> list[bytes | None]:
         folder = self._folder
         places = []
@@ -714,6 +756,16 @@ def _link_all(source: Path, target: Path, jobs: list[tuple[Path, str, str, str]]
 
 def _read_all(folder: Path, places: list[tuple[Path, str]]) -> list[bytes | None]:
     return [index.read_crlf(path, folder, key) for path, key in places]
+
+
+def _read_headers(
+    folder: Path, places: list[tuple[Path, str]], extract: Callable[[bytes], dict[str, tuple[str, ...]]]
+) -> list[dict[str, tuple[str, ...]] | None]:
+    found: list[dict[str, tuple[str, ...]] | None] = []
+    for path, key in places:
+        header = index.read_header(path, folder, key)
+        found.append(None if header is None else extract(header))
+    return found
 
 
 # -- an account's folders --------------------------------------------------------------------------

@@ -65,10 +65,25 @@ def untagged(text: str) -> bytes:
 
 def flag_list(flags: Iterable[str], recent: bool = False) -> bytes:
     """A parenthesized flag list in a stable order: system flags first, then keywords."""
+    if isinstance(flags, frozenset):  # a message's flags: few distinct sets, rendered once each
+        cached = _FLAG_LISTS.get((flags, recent))
+        if cached is None:
+            if len(_FLAG_LISTS) >= MAX_FLAG_LISTS:
+                _FLAG_LISTS.clear()
+            cached = _FLAG_LISTS[(flags, recent)] = _flag_list(flags, recent)
+        return cached
+    return _flag_list(flags, recent)
+
+
+def _flag_list(flags: Iterable[str], recent: bool) -> bytes:
     ordered = sorted(flags, key=lambda flag: (not flag.startswith("\\"), flag))
     if recent:
         ordered.insert(0, "\\Recent")
     return b"(" + " ".join(ordered).encode("utf-8", "replace") + b")"
+
+
+MAX_FLAG_LISTS = 4096
+_FLAG_LISTS: dict[tuple[frozenset[str], bool], bytes] = {}
 
 
 def mailbox_name(name: str) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -66,19 +66,34 @@ class SearchContext:
     info: MessageInfo
     recent: bool
     message: Callable[[], ParsedMessage]  # parsed at first use (the bytes were read before)
+    # The folded values of a header field, when the caller has them cached (Search.fields);
+    # otherwise they come from message().
+    fields: Callable[[str], Sequence[str]] | None = None
 
 
 Matcher = Callable[[SearchContext], bool]
 
 
 class Search:
-    """A compiled search: `matches` per message; `needs_message` when a key reads the message."""
+    """A compiled search: `matches` per message; `needs_message` when a key reads the message.
 
-    __slots__ = ("_matcher", "needs_message")
+    `header_only`: every key that reads the message reads only the header fields named in
+    `fields` (folded values, SearchContext.fields), so a caller with those cached needs no bytes.
+    """
 
-    def __init__(self, matcher: Matcher, needs_message: bool) -> None:
+    __slots__ = ("_matcher", "fields", "header_only", "needs_message")
+
+    def __init__(
+        self,
+        matcher: Matcher,
+        needs_message: bool,
+        fields: frozenset[str] = frozenset(),
+        header_only: bool = False,
+    ) -> None:
         self._matcher = matcher
         self.needs_message = needs_message
+        self.fields = fields
+        self.header_only = header_only and needs_message
 
     def matches(self, context: SearchContext) -> bool:
         return self._matcher(context)
@@ -107,7 +122,9 @@ def compile_search(args: list[Token], *, max_seq: int, max_uid: int, charset: st
     matchers = []
     while not compiler.done():
         matchers.append(compiler.key(0))
-    return Search(_all_of(matchers), compiler.needs_message)
+    return Search(
+        _all_of(matchers), compiler.needs_message, frozenset(compiler.fields), not compiler.needs_body
+    )
 
 
 def _all_of(matchers: list[Matcher]) -> Matcher:
@@ -130,6 +147,8 @@ class _Compiler:
         self.max_seq = max_seq
         self.max_uid = max_uid
         self.needs_message = False
+        self.needs_body = False  # a key reads more than the header fields in `fields`
+        self.fields: set[str] = set()
 
     def done(self) -> bool:
         return self.pos >= len(self.tokens)
@@ -153,6 +172,8 @@ class _Compiler:
             while not inner.done():
                 matchers.append(inner.key(depth + 1))
             self.needs_message |= inner.needs_message
+            self.needs_body |= inner.needs_body
+            self.fields |= inner.fields
             return _all_of(matchers)
         if not isinstance(token, Atom):
             raise SearchError("Search key expected, found a string")
@@ -282,17 +303,17 @@ class _Compiler:
     # SENT*: the Date: field's own date, disregarding time and timezone.
     def key_SENTBEFORE(self, depth: int) -> Matcher:
         day = self.date("SENTBEFORE")
-        self.needs_message = True
+        self.needs_message = self.needs_body = True
         return lambda context: _sent_day(context) < day
 
     def key_SENTON(self, depth: int) -> Matcher:
         day = self.date("SENTON")
-        self.needs_message = True
+        self.needs_message = self.needs_body = True
         return lambda context: _sent_day(context) == day
 
     def key_SENTSINCE(self, depth: int) -> Matcher:
         day = self.date("SENTSINCE")
-        self.needs_message = True
+        self.needs_message = self.needs_body = True
         return lambda context: _sent_day(context) >= day
 
     def key_HEADER(self, depth: int) -> Matcher:
@@ -301,12 +322,12 @@ class _Compiler:
 
     def key_BODY(self, depth: int) -> Matcher:
         needle = fold(self.string("BODY"))
-        self.needs_message = True
+        self.needs_message = self.needs_body = True
         return lambda context: needle in fold(context.message().text())
 
     def key_TEXT(self, depth: int) -> Matcher:
         needle = fold(self.string("TEXT"))
-        self.needs_message = True
+        self.needs_message = self.needs_body = True
 
         def matches(context: SearchContext) -> bool:
             message = context.message()
@@ -319,7 +340,19 @@ class _Compiler:
         """A header field containing `value`; an empty value: any message with the field."""
         needle = fold(value)
         self.needs_message = True
-        return lambda context: any(needle in fold(found) for found in context.message().header(name))
+        self.fields.add(name)
+
+        def matches(context: SearchContext) -> bool:
+            if context.fields is not None:
+                return any(needle in found for found in context.fields(name))
+            return any(needle in fold(found) for found in context.message().header(name))
+
+        return matches
+
+
+def folded_fields(message: ParsedMessage, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """What SearchContext.fields gives: each field's RFC 2047-decoded values, case-folded."""
+    return {name: tuple(fold(value) for value in message.header(name)) for name in names}
 
 
 def _internal_day(context: SearchContext) -> datetime.date:

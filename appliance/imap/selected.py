@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 from appliance.imap import responses
@@ -20,7 +20,7 @@ from appliance.imap.folders import folder_name, store_flags
 from appliance.imap.mailbox import FolderView, MailboxError, MessageInfo
 from appliance.imap.message import ParsedMessage
 from appliance.imap.responses import Bad, No
-from appliance.imap.search import SearchContext, SearchError, compile_search
+from appliance.imap.search import SearchContext, SearchError, compile_search, folded_fields
 from appliance.imap.sequence import SequenceSet, format_set
 from appliance.imap.session import FLUSH_ABOVE
 from appliance.imap.tokens import Atom, Token, as_text
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 BATCH_MESSAGES = 200  # messages read from disk per executor call
 BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
+HEADER_BATCH = 5000  # messages per batch when SEARCH needs only cached header fields
 _STORE_ITEM = re.compile(r"^([+-]?)FLAGS(\.SILENT)?$")
 _STORE_MODES: dict[str, Literal["set", "add", "remove"]] = {"": "set", "+": "add", "-": "remove"}
 
@@ -50,18 +51,25 @@ def resolve(view: FolderView, token: Token, uid: bool) -> list[int]:
         return numbers.seqs(len(messages))
     uids = [info.uid for info in messages]
     chosen = numbers.select(uids, uids[-1] if uids else 0)
+    if len(chosen) == len(uids):
+        return list(range(1, len(uids) + 1))  # every message (the usual "1:*" resync)
     return [bisect.bisect_left(uids, number) + 1 for number in chosen]
 
 
-def batches(view: FolderView, seqs: list[int]) -> Iterator[tuple[list[int], list[MessageInfo]]]:
+def batches(
+    view: FolderView, seqs: list[int], count: int = 0
+) -> Iterator[tuple[list[int], list[MessageInfo]]]:
     """Sequence numbers and their messages, in batches bounded by count and by bytes."""
     messages = view.messages
+    count = count or BATCH_MESSAGES
     seq_batch: list[int] = []
     info_batch: list[MessageInfo] = []
     size = 0
     for seq in seqs:
         info = messages[seq - 1]
-        if seq_batch and (len(seq_batch) >= BATCH_MESSAGES or size + info.size > BATCH_BYTES):
+        if seq_batch and (
+            len(seq_batch) >= count or size + info.size > BATCH_BYTES * count // BATCH_MESSAGES
+        ):
             yield seq_batch, info_batch
             seq_batch, info_batch, size = [], [], 0
         seq_batch.append(seq)
@@ -115,6 +123,15 @@ async def expunge(session: Session, tag: str, args: list[Token], uid: bool) -> s
 
 
 # -- SEARCH (RFC 3501 §6.4.4) ---------------------------------------------------------------------
+def _header_values(names: list[str]) -> Callable[[bytes], dict[str, tuple[str, ...]]]:
+    """For the executor: a message's header (CRLF) → the folded values of the fields `names`."""
+
+    def extract(header: bytes) -> dict[str, tuple[str, ...]]:
+        return folded_fields(ParsedMessage.parse(header), names)
+
+    return extract
+
+
 class _Lazy:
     """A message parsed at its first use by a search key (most keys never need it)."""
 
@@ -153,10 +170,18 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
         raise Bad(text) from None
     found: list[int] = []
     empty = _Lazy(b"")
-    for seqs, infos in batches(view, list(range(1, len(messages) + 1))):
-        raws: list[bytes | None] = await view.read(infos) if compiled.needs_message else [None] * len(infos)
-        for seq, info, raw in zip(seqs, infos, raws, strict=True):
-            if compiled.needs_message and raw is None:
+    names = sorted(compiled.fields)
+    for seqs, infos in batches(
+        view, list(range(1, len(messages) + 1)), HEADER_BATCH if compiled.header_only else 0
+    ):
+        raws: list[bytes | None] = [None] * len(infos)
+        fields: list[dict[str, tuple[str, ...]] | None] = [None] * len(infos)
+        if compiled.header_only:  # only header fields: from the folder's cache, no message read
+            fields = await view.header_fields(infos, names, _header_values(names))
+        elif compiled.needs_message:
+            raws = await view.read(infos)
+        for seq, info, raw, values in zip(seqs, infos, raws, fields, strict=True):
+            if compiled.needs_message and raw is None and values is None:
                 continue  # vanished meanwhile
             context = SearchContext(
                 seq=seq,
@@ -164,6 +189,7 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
                 info=info,
                 recent=view.is_recent(info.uid),
                 message=_Lazy(raw) if raw is not None else empty,
+                fields=values.__getitem__ if values is not None else None,
             )
             if compiled.matches(context):
                 found.append(info.uid if uid else seq)
@@ -180,6 +206,15 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
     seqs = resolve(view, args[0], uid)
     request = parse_items(args[1:], uid)
     sets_seen = request.sets_seen and not view.readonly
+    if not request.needs_bytes and not sets_seen:
+        # Flags, UIDs, sizes, dates: all in memory, rendered in one pass.
+        messages, is_recent, send = view.messages, view.is_recent, session.send
+        for seq in seqs:
+            info = messages[seq - 1]
+            send(render(seq, info, is_recent(info.uid), request, None, None))
+            if session.unflushed >= FLUSH_ABOVE:
+                await session.flush()
+        return "FETCH completed"
     missing = False
     for batch, infos in batches(view, seqs):
         changed: set[int] = set()
