@@ -277,7 +277,7 @@ def locate(folder: Path, key: str) -> Path | None:
     return None
 
 
-def read_crlf(path: Path, folder: Path, key: str) -> bytes | None:
+def read_crlf(path: str | Path, folder: Path, key: str) -> bytes | None:
     """A message's bytes with CRLF line ends (stored with LF); None when it is gone."""
     try:
         with open(path, "rb") as handle:
@@ -294,7 +294,7 @@ def read_crlf(path: Path, folder: Path, key: str) -> bytes | None:
     return to_crlf(data)
 
 
-def read_header(path: Path, folder: Path, key: str) -> bytes | None:
+def read_header(path: str | Path, folder: Path, key: str) -> bytes | None:
     """A message's header with CRLF line ends, blank line included (the body is not read)."""
     for attempt in (path, None):
         target = attempt if attempt is not None else locate(folder, key)

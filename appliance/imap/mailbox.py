@@ -141,6 +141,7 @@ class _Folder:
     def __init__(self, owner: Mailboxes, path: Path) -> None:
         self.owner = owner
         self.path = path
+        self.prefix = f"{path}/"  # for file paths built per message: str, not Path (10x cheaper)
         self.lock = asyncio.Lock()
         self.loaded = False
         self.uidvalidity = 0
@@ -694,9 +695,9 @@ class FolderView:
             for info in missing:
                 entry = folder.entries.get(info.key)
                 path = (
-                    folder.path / entry.sub / entry.name
+                    f"{folder.prefix}{entry.sub}/{entry.name}"
                     if entry is not None
-                    else folder.path / "cur" / info.key
+                    else f"{folder.prefix}cur/{info.key}"
                 )
                 places.append((path, info.key))
             found = await self._account.run(_read_headers, folder.path, places, extract)
@@ -720,7 +721,9 @@ class FolderView:
         for info in infos:
             entry = folder.entries.get(info.key)
             path = (
-                folder.path / entry.sub / entry.name if entry is not None else folder.path / "cur" / info.key
+                f"{folder.prefix}{entry.sub}/{entry.name}"
+                if entry is not None
+                else f"{folder.prefix}cur/{info.key}"
             )
             places.append((path, info.key))
         return await self._account.run(_read_all, folder.path, places)
@@ -754,12 +757,12 @@ def _link_all(source: Path, target: Path, jobs: list[tuple[Path, str, str, str]]
     return done
 
 
-def _read_all(folder: Path, places: list[tuple[Path, str]]) -> list[bytes | None]:
+def _read_all(folder: Path, places: list[tuple[str, str]]) -> list[bytes | None]:
     return [index.read_crlf(path, folder, key) for path, key in places]
 
 
 def _read_headers(
-    folder: Path, places: list[tuple[Path, str]], extract: Callable[[bytes], dict[str, tuple[str, ...]]]
+    folder: Path, places: list[tuple[str, str]], extract: Callable[[bytes], dict[str, tuple[str, ...]]]
 ) -> list[dict[str, tuple[str, ...]] | None]:
     found: list[dict[str, tuple[str, ...]] | None] = []
     for path, key in places:
