@@ -24,7 +24,7 @@ The servers, both in clear text on 127.0.0.1 (no TLS on either):
 - the appliance: `appliance serve` as a subprocess, with the `imap` listener and
   `allow_plaintext_auth = true`;
 - Dovecot (`dovecot-imapd`), a self-contained instance as in
-  /work/shared/notes/mail-benchmarks.md §6: its own config, base_dir, state_dir and log,
+  measured for this machine: its own config, base_dir, state_dir and log,
   `listen = 127.0.0.1`, a passwd-file user with uid/gid `mail`, index and control files outside
   the Maildir, defaults otherwise (one login process and one imap process per connection) except
   `mail_max_userip_connections`, raised so that all the clients of one user may connect.

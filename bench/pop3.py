@@ -10,8 +10,8 @@ then RETR; the rate is all messages over the wall time from that barrier to the 
 The servers:
 - the appliance: `appliance serve` as a subprocess, on a manifest with the pop3 listener and
   `allow_plaintext_auth = true` (Dovecot below runs with `ssl = no`, so both speak in clear);
-- Dovecot (`dovecot-pop3d`), a self-contained instance set up as in
-  /work/shared/notes/mail-benchmarks.md §6: its own config, base_dir, state_dir and log,
+- Dovecot (`dovecot-pop3d`), a self-contained instance set up as
+  measured for this machine: its own config, base_dir, state_dir and log,
   `listen = 127.0.0.1`, passwd-file users with uid/gid `mail`, defaults otherwise (one login
   process and one pop3 process per connection). /etc/dovecot is not used.
 

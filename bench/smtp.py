@@ -9,7 +9,7 @@ The servers:
   listener and accounts user01..user20. It answers 250 only once the message is in `new/` with
   the file and the directory fsynced, so its accept rate is its end-to-end rate.
 - Postfix (Debian's `postfix`, installed with "No configuration"): a self-contained instance set
-  up as in /work/shared/notes/mail-benchmarks.md §4: its own main.cf and master.cf under the work
+  up as measured for this machine: its own main.cf and master.cf under the work
   directory, smtpd bound only to 127.0.0.1, no relaying (every transport but virtual is
   `error:`), `virtual_mailbox_domains = bench.test` with user01..user20 → `bench.test/userNN/`
   (Maildir) under its own `virtual_mailbox_base`, uid/gid `mail`, no chroot, `maillog_file`

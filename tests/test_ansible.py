@@ -225,7 +225,7 @@ def testenv() -> Iterator[ProvisionedHost]:
         pytest.skip("needs root: adds a loopback address and a system user, runs a domain controller")
     if not samba_installed():
         pytest.fail("samba is not installed (.ci/apt/ansible.txt lists the packages)")
-    # /tmp/pytest-of-root is private (0700): the daemon's own user must reach its files.
+    # pytest's own temporary directory is private (0700): the daemon's own user must reach its files.
     prefix = Path(tempfile.mkdtemp(prefix="appliance-ansible-", dir="/tmp"))
     prefix.chmod(0o755)
     _copy_source(prefix / "source")
