@@ -71,6 +71,8 @@ def password_problem(password: str) -> str | None:
         return "password_too_long"
     if any(unicodedata.category(character) == "Cc" for character in password):
         return "control_character_in_password"  # NUL, C0, DEL, C1
+    if any(unicodedata.category(character) == "Cs" for character in password):
+        return "password_not_utf8"  # bytes that were not UTF-8, kept as surrogates by the decoder
     return None
 
 

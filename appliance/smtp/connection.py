@@ -188,6 +188,10 @@ class SMTPConnection(SMTP):
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
+            status = replies.printable(status)
+            if status.startswith(replies.AIOSMTPD_UNRECOGNIZED_LIMIT):
+                # RFC 5321 §3.8: the server closes the connection only after QUIT or with a 421.
+                status = replies.TOO_MANY_UNRECOGNIZED.format(host=self.services.holder.current.hostname)
             if self.greeted:
                 status = replies.with_enhanced_code(status)
             else:

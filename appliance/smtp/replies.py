@@ -16,6 +16,9 @@ TOO_MANY_FROM_CLIENT = "421 4.7.0 {host} too many connections from your address,
 BANNED = "421 4.7.0 {host} refused: too many failed logins from your address"
 TIMEOUT = "421 4.4.2 {host} timeout exceeded, closing connection"
 SHUTTING_DOWN = "421 4.3.2 {host} service shutting down"
+TOO_MANY_UNRECOGNIZED = "421 4.7.0 {host} too many unrecognized commands, closing connection"
+# What aiosmtpd says before it closes a connection that sent too many unknown commands.
+AIOSMTPD_UNRECOGNIZED_LIMIT = "502 5.5.1 Too many unrecognized commands"
 
 # -- TLS and AUTH (RFC 3207, RFC 4954) ----------------------------------------------------------
 STARTTLS_READY = "220 2.0.0 Ready to start TLS"
@@ -93,6 +96,15 @@ _DEFAULT_ENHANCED = {
 }
 _HAS_ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
 _BASIC = re.compile(r"^([245]\d\d)([ -])(.*)$", re.DOTALL)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def printable(reply: str) -> str:
+    """RFC 5321 §4.2: reply text is printable characters and tab. aiosmtpd echoes an unknown
+    command as sent; a NUL or bare CR in it becomes "?" rather than reaching the client."""
+    return _CONTROL.sub("?", reply)
 
 
 def with_enhanced_code(reply: str) -> str:
