@@ -21,12 +21,29 @@ class SessionCounter:
 
     def __init__(self) -> None:
         self._counts: Counter[str] = Counter()
+        self._clients: Counter[tuple[str, str]] = Counter()  # (protocol, client address) → open
 
-    def opened(self, protocol: str) -> None:
+    def opened(self, protocol: str, client: str | None = None) -> None:
         self._counts[protocol] += 1
+        if client is not None:
+            self._clients[(protocol, client)] += 1
 
-    def closed(self, protocol: str) -> None:
+    def closed(self, protocol: str, client: str | None = None) -> None:
         self._counts[protocol] -= 1
+        if client is not None:
+            key = (protocol, client)
+            self._clients[key] -= 1
+            if self._clients[key] <= 0:
+                del self._clients[key]
+
+    def refusal(self, protocol: str, client: str, max_connections: int, max_per_client: int) -> str | None:
+        """Why one more `protocol` connection from `client` is refused (the manifest's
+        `max_connections` and `max_connections_per_client`, counted per protocol), or None."""
+        if self._counts[protocol] >= max_connections:
+            return "max_connections"
+        if self._clients[(protocol, client)] >= max_per_client:
+            return "max_connections_per_client"
+        return None
 
     def counts(self) -> dict[str, int]:
         return {k: v for k, v in self._counts.items() if v}

@@ -170,6 +170,7 @@ def start_appliance(work: Path, users: int) -> RunningServer:
     manifest.write_text(
         f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "var"\nallow_plaintext_auth = true\n'
         f'[server.listeners]\npop3 = "127.0.0.1:{port}"\n'
+        f"[server.limits]\nmax_connections_per_client = {users + 10}\n"  # all clients are 127.0.0.1
         f'[domains."{DOMAIN}".accounts]\n{accounts}\n'
     )
     log = open(directory / "serve.log", "wb")  # noqa: SIM115 - kept open for the child's life
@@ -336,6 +337,7 @@ def main() -> int:
         raise SystemExit("run as root: Dovecot drops to uid mail, and reads what the appliance's files hold")
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-pop3-"))
     work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)  # Dovecot's auth process (uid dovecot) reads its passwd-file through it
     maildirs = work / "appliance" / "var" / "mail" / DOMAIN
     servers: list[RunningServer] = []
     try:

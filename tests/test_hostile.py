@@ -129,6 +129,42 @@ def test_smtp_commands_pipelined_with_starttls_are_discarded(appliance: Applianc
     tls.close()
 
 
+REFUSED_GREETING = {"smtp": b"421 4.7.0", "pop3": b"-ERR [SYS/TEMP]", "imap": b"* BYE [UNAVAILABLE]"}
+
+
+@pytest.mark.parametrize("listener", ["smtp", "pop3", "imap"])
+def test_connections_over_the_per_client_and_overall_limits_are_refused_and_closed(
+    appliance: ApplianceFactory, listener: str
+) -> None:
+    server = appliance.start(
+        DOMAINS, listeners=(listener,), limits="max_connections = 3\nmax_connections_per_client = 2"
+    )
+    held = [open_socket(server, listener) for _ in range(2)]
+    assert all(not read_line(sock).startswith(REFUSED_GREETING[listener]) for sock in held)
+    third = open_socket(server, listener)  # a third from the same address
+    assert read_line(third).startswith(REFUSED_GREETING[listener])
+    assert third.recv(100) == b""
+    third.close()
+    other = open_socket(server, listener, "127.0.0.2")  # another address: the third of three
+    assert not read_line(other).startswith(REFUSED_GREETING[listener])
+    fourth = open_socket(server, listener, "127.0.0.3")  # over the overall limit
+    assert read_line(fourth).startswith(REFUSED_GREETING[listener])
+    fourth.close()
+    for sock in [*held, other]:
+        sock.close()
+    deadline = time.monotonic() + 10  # once they are gone, the address is served again
+    while time.monotonic() < deadline:
+        again = open_socket(server, listener)
+        served = not read_line(again).startswith(REFUSED_GREETING[listener])
+        again.close()
+        if served:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("still refused after the connections closed")
+    server.wait_for_log(r"reason=max_connections_per_client")
+
+
 def trickle(sock: socket.socket, text: bytes, interval: float, bound: float) -> float:
     """Send `text` a byte at a time; seconds until the server closes (bounded by `bound`)."""
     started = time.monotonic()

@@ -123,14 +123,24 @@ class Session:
 
     # -- the session's life ------------------------------------------------------------------------
     async def run(self) -> None:
-        self.services.sessions.opened("imap")
+        peer = self.connection.peer
+        limits = self.services.holder.current.manifest.server.limits
+        refused = self.services.sessions.refusal(
+            "imap", peer, limits.max_connections, limits.max_connections_per_client
+        )
+        self.services.sessions.opened("imap", peer)
         reason = "logout"
         try:
             autoban = self.services.autoban
-            if autoban is not None and autoban.is_banned(self.connection.peer):
+            if autoban is not None and autoban.is_banned(peer):
                 self.send(responses.untagged("BYE [UNAVAILABLE] Too many failed logins; try again later"))
                 await self.flush()
                 reason = "banned"
+                return
+            if refused is not None:
+                self.send(responses.untagged("BYE [UNAVAILABLE] Too many connections; try again later"))
+                await self.flush()
+                reason = refused
                 return
             hostname = self.services.holder.current.hostname
             self.send(responses.untagged(f"OK [CAPABILITY {self.capabilities()}] {hostname} IMAP4rev1 ready"))
@@ -179,7 +189,7 @@ class Session:
                 time.monotonic() - self.started,
             )
             self.connection.close()
-            self.services.sessions.closed("imap")
+            self.services.sessions.closed("imap", self.connection.peer)
 
     async def _one_command(self) -> None:
         try:

@@ -23,6 +23,7 @@ def multiline(first: bytes, lines: list[bytes]) -> bytes:
 
 GREETING = "{hostname} POP3 server ready"
 BANNED = err("Too many failed logins from your address; try again later", "SYS/PERM")
+TOO_MANY_CONNECTIONS = err("Too many connections; try again later", "SYS/TEMP")
 UNKNOWN_COMMAND = err("Unknown command")
 WRONG_STATE = err("Command not valid in this state")
 LINE_TOO_LONG = err("Line too long")

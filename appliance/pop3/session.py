@@ -94,14 +94,22 @@ class Session:
 
     # -- the session's life ------------------------------------------------------------------------
     async def run(self) -> None:
-        self.services.sessions.opened("pop3")
         peer = self.connection.peer
+        limits = self.services.holder.current.manifest.server.limits
+        refused = self.services.sessions.refusal(
+            "pop3", peer, limits.max_connections, limits.max_connections_per_client
+        )
+        self.services.sessions.opened("pop3", peer)
         reason = "quit"
         try:
             autoban = self.services.autoban
             if autoban is not None and autoban.is_banned(peer):
                 self.write(replies.BANNED)
                 reason = "banned"
+                return
+            if refused is not None:
+                self.write(replies.TOO_MANY_CONNECTIONS)  # RFC 2449 §8.1.2: [SYS/TEMP]
+                reason = refused
                 return
             self.write(replies.ok(replies.GREETING.format(hostname=self._hostname())))
             while not self.closing:
@@ -159,7 +167,7 @@ class Session:
                     reason,
                 )
             self.connection.close()
-            self.services.sessions.closed("pop3")
+            self.services.sessions.closed("pop3", self.connection.peer)
 
     async def dispatch(self, line: bytes) -> None:
         keyword, _, argument = line.partition(b" ")
