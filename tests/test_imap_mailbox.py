@@ -201,3 +201,29 @@ def test_the_uid_log_is_compacted_and_still_gives_the_same_uids(appliance: Appli
     assert b"* OK [UIDNEXT 1121] Predicted next UID" in untagged
     assert uid_flags(raw.ok("UID FETCH 1:* (UID FLAGS)")) == before
     raw.close()
+
+
+def test_header_searches_answer_the_same_from_the_cache_as_from_the_messages(
+    server: RunningAppliance, user: str
+) -> None:
+    raw = Raw(server)
+    raw.login(user)
+    encoded = (
+        b"From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <jm@remote.example>\r\nTo: someone@example.test\r\n"
+        b"Subject: =?UTF-8?B?R3LDvMOfZSBhdXMgS8O2bG4=?=\r\nX-Ticket: TCK-4711\r\n\r\nBody words.\r\n"
+    )
+    raw.ok(b"APPEND INBOX {%d+}\r\n" % len(encoded) + encoded)
+    for n in range(3):
+        raw.ok(b"APPEND INBOX {%d+}\r\n" % len(message(f"plain {n}")) + message(f"plain {n}"))
+    raw.ok("SELECT INBOX")
+    for _ in range(2):  # the first search fills the cache, the second is answered from it
+        assert raw.ok(b"SEARCH CHARSET UTF-8 SUBJECT {7+}\r\nGR\xc3\x9cSSE") == [b"* SEARCH 1"]
+        assert raw.ok(b"SEARCH CHARSET UTF-8 FROM {7+}\r\nm\xc3\xbcller") == [b"* SEARCH 1"]
+        assert raw.ok("SEARCH HEADER X-Ticket 4711") == [b"* SEARCH 1"]
+        assert raw.ok('SEARCH HEADER X-Ticket ""') == [b"* SEARCH 1"]
+        assert raw.ok("SEARCH NOT SUBJECT plain") == [b"* SEARCH 1"]
+        assert raw.ok('SEARCH OR SUBJECT "plain 2" BODY words') == [b"* SEARCH 1 4"]
+    raw.ok("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    raw.ok("EXPUNGE")
+    assert raw.ok("SEARCH SUBJECT plain") == [b"* SEARCH 1 2 3"]
+    raw.close()
