@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.manifest.models import Manifest
+from pydantic import BaseModel, TypeAdapter
+
+from appliance.manifest.models import Account, Manifest
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,12 @@ def _show(value: Any) -> str:
 
 
 def _dump(model: Any) -> Any:
-    return model.model_dump(mode="json", exclude_defaults=False)
+    if isinstance(model, BaseModel):
+        return model.model_dump(mode="json", exclude_defaults=False)
+    return _ACCOUNT.dump_python(model, mode="json")  # Account is a pydantic dataclass
+
+
+_ACCOUNT: TypeAdapter[Account] = TypeAdapter(Account)
 
 
 def _compare(kind: str, old: dict[str, Any], new: dict[str, Any], changes: list[Change]) -> None:

@@ -414,10 +414,10 @@ def _humanize(
     kind = item["type"]
     path = base + location
     context = item.get("ctx") or {}
-    if kind == "extra_forbidden":
+    if kind in ("extra_forbidden", "unexpected_keyword_argument"):  # a model / a dataclass
         known = _known_keys(root, location, value)
         return Problem(path, "unknown key" + suggest(str(location[-1]), known), on_key=True)
-    if kind == "missing":
+    if kind in ("missing", "missing_argument", "missing_keyword_only_argument"):
         return Problem(path[:-1], f'missing required key "{location[-1]}"')
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tags = ("active-directory", "ldap", "local-system")
@@ -464,14 +464,14 @@ def _humanize(
     return Problem(path, str(item["msg"]))
 
 
-def _root_model(model: type[BaseModel] | TypeAdapter[Any], value: Any) -> type[BaseModel] | None:
+def _root_model(model: type[BaseModel] | TypeAdapter[Any], value: Any) -> type[Any] | None:
     if isinstance(model, type):
         return model
     from appliance.manifest import models
 
     if model is _ACCOUNT_ADAPTER:
         return models.Account
-    roots: dict[str, type[BaseModel]] = {
+    roots: dict[str, type[Any]] = {
         "active-directory": models.ActiveDirectory,
         "ldap": models.LDAPDirectory,
         "local-system": models.LocalSystem,
@@ -479,23 +479,32 @@ def _root_model(model: type[BaseModel] | TypeAdapter[Any], value: Any) -> type[B
     return roots.get(str(value.get("type"))) if isinstance(value, dict) else None
 
 
-def _known_keys(root: type[BaseModel] | None, location: tuple[Any, ...], value: Any) -> list[str]:
+def _known_keys(root: type[Any] | None, location: tuple[Any, ...], value: Any) -> list[str]:
     """Field names of the model at `location` (for "did you mean"), found by walking the models."""
-    current: type[BaseModel] | None = root
+    current: type[Any] | None = root
     for part in location[:-1]:
         if current is None:
             return []
-        field = current.model_fields.get(part) if isinstance(part, str) else None
+        field = _model_fields(current).get(part) if isinstance(part, str) else None
         if field is None:
             continue  # a key of a dict (a domain, an account name): the model stays the same
         current = _model_in(field.annotation)
-    return list(current.model_fields) if current else []
+    return list(_model_fields(current)) if current else []
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
+def _model_fields(model: type[Any]) -> dict[str, Any]:
+    """The fields of a pydantic model or pydantic dataclass."""
+    if issubclass(model, BaseModel):
+        return dict(model.model_fields)
+    return dict(getattr(model, "__pydantic_fields__", {}))
+
+
+def _model_in(annotation: Any) -> type[Any] | None:
     import typing
 
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+    if isinstance(annotation, type) and (
+        issubclass(annotation, BaseModel) or hasattr(annotation, "__pydantic_fields__")
+    ):
         return annotation
     for arg in typing.get_args(annotation):
         found = _model_in(arg)

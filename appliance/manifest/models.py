@@ -16,10 +16,12 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
 )
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from appliance.auth.passwords import HASH_PATTERN
 from appliance.manifest.units import Duration, Size
@@ -347,7 +349,16 @@ Directory = Annotated[Union[ActiveDirectory, LDAPDirectory, LocalSystem], Field(
 # --- [domains] ------------------------------------------------------------------------------
 
 
-class DirectoryLink(Model):
+# Accounts (and their links) are the one kind of object a manifest has 100,000 of: they are
+# slotted pydantic dataclasses, about a quarter of a BaseModel's memory (no __dict__, no
+# fields-set per instance), validated the same way.
+# Not strict as a whole: strict mode would accept only ready-made instances for the nested link;
+# the scalar fields are strict one by one (StrictBool), as every other model is.
+_ENTRY_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, validate_default=True)
+
+
+@pydantic_dataclass(config=_ENTRY_CONFIG, frozen=True, slots=True)
+class DirectoryLink:
     """hMailServer's "Active Directory" tab: log in with this directory user's password."""
 
     domain: str = Field(description="A directory declared under [directories] (its key).")
@@ -359,7 +370,8 @@ class DirectoryLink(Model):
     )
 
 
-class Account(Model):
+@pydantic_dataclass(config=_ENTRY_CONFIG, frozen=True, slots=True)
+class Account:
     active_directory: DirectoryLink | None = Field(
         None, description="Link to a directory user; the account then has no password of its own."
     )
@@ -367,7 +379,7 @@ class Account(Model):
         None,
         description="argon2id hash from `appliance hash-password` (bcrypt and SHA-512-crypt also verify).",
     )
-    enabled: bool = Field(True, description="A disabled account receives no mail and cannot log in.")
+    enabled: StrictBool = Field(True, description="A disabled account receives no mail and cannot log in.")
     quota: Size | None = Field(None, description='Mailbox size limit, e.g. "2 GB"; none by default.')
     addresses: list[AddressOrLocalPart] = Field(
         default_factory=list, description="Extra addresses delivered to this account."
@@ -375,9 +387,12 @@ class Account(Model):
     forward_to: list[AddressOrLocalPart] = Field(
         default_factory=list, description="Forward incoming mail to these addresses."
     )
-    keep_copy: bool = Field(True, description="With forward_to, also keep a copy in this mailbox.")
-    send_as_any: bool = Field(
-        False, description="May send with any sender address in the local domains (e.g. a helpdesk tool)."
+    keep_copy: StrictBool = Field(
+        default=True, description="With forward_to, also keep a copy in this mailbox."
+    )
+    send_as_any: StrictBool = Field(
+        default=False,
+        description="May send with any sender address in the local domains (e.g. a helpdesk tool).",
     )
     display_name: str | None = None
 
