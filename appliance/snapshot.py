@@ -22,13 +22,19 @@ DirectoryModel = ActiveDirectory | LDAPDirectory | LocalSystem
 
 @dataclass(frozen=True, slots=True)
 class AccountEntry:
+    """One account as the protocols see it (100k of them: slotted, derived values computed)."""
+
     address: str  # primary address, lower-case
     local_part: str
     domain: str
     account: Account
     enabled: bool  # the account and its domain are both enabled
-    mailbox: str  # Maildir path relative to <data_dir>/mail
     addresses: tuple[str, ...]  # every address delivered to it, primary first (a tuple: 100k of them)
+
+    @property
+    def mailbox(self) -> str:
+        """The Maildir path relative to <data_dir>/mail."""
+        return f"{self.domain}/{self.local_part}"
 
 
 @dataclass(frozen=True)
@@ -203,6 +209,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         )
         for written, account in domain.accounts.items():
             local = written.lower()
+            local = written if local == written else local  # the key's own string, not a copy
             primary = f"{local}@{name}"
             extra = (_qualify(a, name) for a in account.addresses)
             entry = AccountEntry(
@@ -211,7 +218,6 @@ def _build(loaded: LoadedManifest) -> Snapshot:
                 domain=name,
                 account=account,
                 enabled=account.enabled and domain.enabled,
-                mailbox=f"{name}/{local}",
                 addresses=tuple(dict.fromkeys((primary, *extra))),
             )
             for address in entry.addresses:
@@ -221,7 +227,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
     # Normalise the forward_to targets once, so resolution never has to qualify names.
     for address, entry in list(accounts.items()):
         if entry.account.forward_to and any("@" not in t for t in entry.account.forward_to):
-            qualified = [_qualify(t, entry.domain) for t in entry.account.forward_to]
+            qualified = tuple(_qualify(t, entry.domain) for t in entry.account.forward_to)
             entry = dataclasses.replace(
                 entry, account=dataclasses.replace(entry.account, forward_to=qualified)
             )

@@ -79,7 +79,6 @@ class LoadedManifest:
     path: Path  # the file as given (symlinks not resolved)
     base_dir: Path  # relative paths in the manifest are relative to this directory
     sha256: str
-    text: str
 
 
 @contextlib.contextmanager
@@ -145,9 +144,7 @@ def parse_manifest(raw: bytes, name: str, *, file: Path | None = None) -> Loaded
     if problems or manifest is None:
         locations = Locations(text)
         raise ManifestError(name, [_place(p, locations) for p in problems])
-    return LoadedManifest(
-        manifest=manifest, path=file, base_dir=file.absolute().parent, sha256=digest, text=text
-    )
+    return LoadedManifest(manifest=manifest, path=file, base_dir=file.absolute().parent, sha256=digest)
 
 
 def _parse_toml(text: str, name: str) -> dict[str, Any]:
@@ -386,6 +383,9 @@ _TYPE_NAMES = {
     "bool_type": "true or false",
     "bool_parsing": "true or false",
     "list_type": "a list",
+    "tuple_type": "a list",
+    "dataclass_type": "a table",
+    "dataclass_args_type": "a table",
     "dict_type": "a table",
     "model_type": "a table",
     "model_attributes_type": "a table",
