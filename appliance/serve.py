@@ -181,6 +181,7 @@ class Server:
             if self.services.queue is not None:
                 await self.services.queue.stop()
             await self.services.auth.close()
+            self.services.readers.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         self.loader.shutdown(wait=True)
         self.write_status(stopped=True)

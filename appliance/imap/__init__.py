@@ -36,7 +36,7 @@ _MAILBOXES: dict[int, tuple[Services, Mailboxes]] = {}
 def _mailboxes(services: Services) -> Mailboxes:
     found = _MAILBOXES.get(id(services))
     if found is None or found[0] is not services:
-        found = (services, Mailboxes(services.store, services.executor))
+        found = (services, Mailboxes(services.store, services.executor, readers=services.readers))
         _MAILBOXES[id(services)] = found
         spool = services.holder.current.data_dir / "tmp" / "imap-append"
         services.executor.submit(remove_spool, spool)  # what a crash left behind

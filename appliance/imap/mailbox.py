@@ -49,7 +49,6 @@ SETTLE_NS = 1_000_000_000  # a directory changed less than this before our listi
 MAX_NAME = 255
 MAX_CACHED_FOLDERS = 256  # folder indexes kept in memory while no session has them open
 MAX_CACHED_FIELDS = 200_000  # header values cached per field and folder
-READ_THREADS = 1
 _T = TypeVar("_T")
 _SIZE_FIELDS = re.compile(r",[SW]=\d+")
 
@@ -801,7 +800,9 @@ class AccountMailboxes:
         return self._owner.run(function, *args)
 
     def read_files(self, function: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
-        return asyncio.get_running_loop().run_in_executor(self._owner.readers, function, *args)
+        return asyncio.get_running_loop().run_in_executor(
+            self._owner.readers or self._owner.executor, function, *args
+        )
 
     def background(self, work: Coroutine[Any, Any, None]) -> None:
         self._owner.background(work)
@@ -1069,14 +1070,7 @@ class Mailboxes:
     _folders: dict[Path, _Folder] = field(default_factory=dict)
     _locks: dict[Path, asyncio.Lock] = field(default_factory=dict)
     _tasks: set[asyncio.Future[None]] = field(default_factory=set)
-    # Message reads for FETCH and SEARCH: few threads. The work is mostly Python under the GIL
-    # (CRLF conversion, header parsing); twenty sessions fetching at once in twenty threads spent
-    # more time handing the GIL around than reading (bench/imap.py: 80 µs a message, not 19).
-    readers: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
-            max_workers=READ_THREADS, thread_name_prefix="imap-read"
-        )
-    )
+    readers: concurrent.futures.Executor | None = None  # message reads (Services.readers)
 
     def __post_init__(self) -> None:
         self.store.listeners.append(self._delivered)

@@ -342,7 +342,7 @@ class Session:
             self.write(replies.MAILDROP_UNAVAILABLE)
             return
         self.maildrop, self.login, self.state = maildrop, account.address, State.TRANSACTION
-        self.readahead = ReadAhead(maildrop, self.services.executor, maildrop.read_wire)
+        self.readahead = ReadAhead(maildrop, self.services.readers, maildrop.read_wire)
         count, octets = maildrop.totals()
         self._log_login("accepted", login, mechanism, "ok", f" messages={count} octets={octets}")
         self.write(replies.ok(f"Logged in; {count} messages ({octets} octets)"))
