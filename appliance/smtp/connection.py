@@ -85,7 +85,23 @@ class _DeliveryHook:
 _HOOK = _DeliveryHook()
 
 
+_PROTOCOL_NAMES: dict[type, list[str]] = {}
+
+
 class SMTPConnection(SMTP):
+    def __dir__(self) -> list[str]:
+        """Only the command and AUTH methods (`smtp_*`, `auth_*`): aiosmtpd finds them per
+        connection with dir() and inspect.getmembers(), which call getattr on every attribute;
+        with the full list that was 0.4 ms of CPU per connection (a third of a message's cost
+        with one connection per message). Computed once per class."""
+        cls = type(self)
+        names = _PROTOCOL_NAMES.get(cls)
+        if names is None:
+            names = _PROTOCOL_NAMES[cls] = [
+                name for name in object.__dir__(self) if name.startswith(("smtp_", "auth_"))
+            ]
+        return list(names)
+
     def __init__(self, services: Services, listener: ListenerSpec, clients: ClientCounter) -> None:
         snapshot = services.holder.current
         limits = snapshot.manifest.server.limits
