@@ -81,6 +81,10 @@ class _DeliveryHook:
         log.error("smtp internal error error=%s", log_field(repr(error)))
         return replies.LOCAL_ERROR
 
+    def __dir__(self) -> list[str]:
+        # aiosmtpd looks for handle_* and auth_* hooks on the handler at every connection.
+        return ["handle_DATA", "handle_exception"]
+
 
 _HOOK = _DeliveryHook()
 
