@@ -10,14 +10,13 @@ EXISTS, RECENT, EXPUNGE, FETCH FLAGS) and sends the tagged result. A handler's f
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from appliance.auth.sasl import decode_plain
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
 from appliance.imap import responses
@@ -430,18 +429,3 @@ async def authenticate_command(session: Session, tag: str, args: list[Token], ui
     if credentials is None:
         raise Bad("Malformed SASL PLAIN response")
     return await session.authenticate(credentials[0], credentials[1], "PLAIN")
-
-
-def decode_plain(response: str) -> tuple[str, str] | None:
-    """RFC 4616: [authzid] NUL authcid NUL passwd, base64-encoded. (login, password) or None."""
-    try:
-        raw = base64.b64decode(response, validate=True)
-        parts = raw.decode("utf-8").split("\0")
-    except (binascii.Error, ValueError):
-        return None
-    if len(parts) != 3 or not parts[1]:
-        return None
-    authzid, login, password = parts
-    if authzid and authzid.lower() != login.lower():
-        return None  # acting as another user is not offered
-    return login, password

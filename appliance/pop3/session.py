@@ -5,14 +5,13 @@ method per command, found through a table that also says in which states the com
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import enum
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from appliance.auth.sasl import decode_plain
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
 from appliance.pop3 import replies
@@ -304,7 +303,7 @@ class Session:
         if response == "*":
             self.write(replies.AUTH_CANCELLED)  # RFC 5034 §4
             return
-        credentials = _decode_plain(response)
+        credentials = decode_plain(response)
         if credentials is None:
             self.write(replies.AUTH_MALFORMED)
             return
@@ -487,21 +486,6 @@ class Session:
             self.write(replies.MESSAGE_VANISHED)
             return
         self.write(replies.ok("Top of message follows") + excerpt)
-
-
-def _decode_plain(response: str) -> tuple[str, str] | None:
-    """RFC 4616: [authzid] NUL authcid NUL passwd, base64-encoded. (login, password) or None."""
-    try:
-        raw = base64.b64decode(response, validate=True)
-        parts = raw.decode("utf-8").split("\0")
-    except (binascii.Error, ValueError):
-        return None
-    if len(parts) != 3 or not parts[1]:
-        return None
-    authzid, login, password = parts
-    if authzid and authzid.lower() != login.lower():
-        return None  # acting as another user is not offered
-    return login, password
 
 
 def _open_stream(maildir: Any, message: MessageFile) -> MessageStream:
