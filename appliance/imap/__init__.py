@@ -22,9 +22,9 @@ from appliance.context import ListenerSpec, Services
 # The command modules register their handlers in the command table when imported.
 from appliance.imap import folders, idle, selected  # noqa: F401
 from appliance.imap.mailbox import Mailboxes
-from appliance.imap.session import TLS_HANDSHAKE_TIMEOUT, Session
+from appliance.imap.session import Session
 from appliance.imap.syntax import remove_spool
-from appliance.pop3.connection import Connection
+from appliance.pop3.connection import listen
 
 __all__ = ["start_imap"]
 
@@ -44,26 +44,7 @@ def _mailboxes(services: Services) -> Mailboxes:
 
 
 async def start_imap(services: Services, listener: ListenerSpec) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
     mailboxes = _mailboxes(services)
-
-    async def serve(connection: Connection) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            tasks.add(task)  # a strong reference while the session runs
-        try:
-            await Session(services, listener, connection, mailboxes).run()
-        finally:
-            if task is not None:
-                tasks.discard(task)
-
-    context = services.tls.listener_context() if listener.implicit_tls else None
-    return await loop.create_server(
-        lambda: Connection(serve),
-        listener.host,
-        listener.port,
-        ssl=context,
-        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context else None,
-        reuse_address=True,
+    return await listen(
+        services, listener, lambda connection: Session(services, listener, connection, mailboxes).run()
     )

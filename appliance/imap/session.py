@@ -32,7 +32,7 @@ from appliance.imap.syntax import (
     Limits,
 )
 from appliance.imap.tokens import Atom, Token, as_text
-from appliance.pop3.connection import Connection, ConnectionClosed, LineTooLong
+from appliance.pop3.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
 
 if TYPE_CHECKING:
     from appliance.context import ListenerSpec, Services
@@ -43,7 +43,6 @@ log = logging.getLogger("appliance.imap")
 FAILED_LOGIN_DELAY = 0.75  # seconds before "NO [AUTHENTICATIONFAILED]": slows guessing
 MAX_LOGIN_FAILURES = 3  # per connection; then it is closed
 MAX_SASL_LINE = 8192
-TLS_HANDSHAKE_TIMEOUT = 30.0
 FLUSH_ABOVE = 256 * 1024  # bytes of responses gathered before they are written out
 
 

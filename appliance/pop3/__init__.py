@@ -12,32 +12,11 @@ from __future__ import annotations
 import asyncio
 
 from appliance.context import ListenerSpec, Services
-from appliance.pop3.connection import Connection
-from appliance.pop3.session import TLS_HANDSHAKE_TIMEOUT, Session
+from appliance.pop3.connection import listen
+from appliance.pop3.session import Session
 
 __all__ = ["start_pop3"]
 
 
 async def start_pop3(services: Services, listener: ListenerSpec) -> asyncio.Server:
-    loop = asyncio.get_running_loop()
-    tasks: set[asyncio.Task[None]] = set()
-
-    async def serve(connection: Connection) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            tasks.add(task)  # a strong reference while the session runs
-        try:
-            await Session(services, listener, connection).run()
-        finally:
-            if task is not None:
-                tasks.discard(task)
-
-    context = services.tls.listener_context() if listener.implicit_tls else None
-    return await loop.create_server(
-        lambda: Connection(serve),
-        listener.host,
-        listener.port,
-        ssl=context,
-        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context else None,
-        reuse_address=True,
-    )
+    return await listen(services, listener, lambda connection: Session(services, listener, connection).run())

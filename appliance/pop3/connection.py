@@ -10,11 +10,46 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from appliance.context import ListenerSpec, Services
 
 _PAUSE_ABOVE = 256 * 1024  # stop reading from the socket while this much is unread
 _RESUME_BELOW = 64 * 1024
 _HEAD = 64  # bytes of an over-long line kept for the error reply
+
+
+TLS_HANDSHAKE_TIMEOUT = 30.0  # seconds, for implicit TLS and for STLS/STARTTLS
+
+
+async def listen(
+    services: Services, listener: ListenerSpec, run: Callable[[Connection], Coroutine[Any, Any, None]]
+) -> asyncio.Server:
+    """A listener whose connections each run `run(connection)` (a POP3 or IMAP session) in a
+    task kept referenced until it ends; implicit TLS for "pop3s"/"imaps"."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(connection: Connection) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            tasks.add(task)  # a strong reference while the session runs
+        try:
+            await run(connection)
+        finally:
+            if task is not None:
+                tasks.discard(task)
+
+    context = services.tls.listener_context() if listener.implicit_tls else None
+    return await loop.create_server(
+        lambda: Connection(serve),
+        listener.host,
+        listener.port,
+        ssl=context,
+        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context else None,
+        reuse_address=True,
+    )
 
 
 class ConnectionClosed(Exception):
@@ -130,15 +165,7 @@ class Connection(asyncio.Protocol):
                 self._buffer.clear()
                 self._maybe_resume()
             self._searched = len(self._buffer)
-            if self._eof:
-                raise ConnectionClosed()
-            if self._idle_timer is None:
-                self._idle_timer = loop.call_at(self._deadline, self._idle_check)
-            self._waiter = loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._more(loop)
 
     async def read_some(self, limit: int, timeout: float) -> bytes:
         """Up to `limit` bytes (at least one), as they arrive: for IMAP literals (RFC 3501 §4.3).
@@ -155,15 +182,19 @@ class Connection(asyncio.Protocol):
                 self._searched = 0
                 self._maybe_resume()
                 return data
-            if self._eof:
-                raise ConnectionClosed()
-            if self._idle_timer is None:
-                self._idle_timer = loop.call_at(self._deadline, self._idle_check)
-            self._waiter = loop.create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
+            await self._more(loop)
+
+    async def _more(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wait for more bytes (ConnectionClosed at the end; the idle timer raises TimeoutError)."""
+        if self._eof:
+            raise ConnectionClosed()
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(self._deadline, self._idle_check)
+        self._waiter = loop.create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
 
     async def read_exactly(self, count: int, timeout: float) -> bytes:
         """Exactly `count` bytes (each arrival within `timeout` seconds of the previous one)."""

@@ -15,7 +15,7 @@ from appliance.auth.sasl import decode_plain
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
 from appliance.pop3 import replies
-from appliance.pop3.connection import Connection, ConnectionClosed, LineTooLong
+from appliance.pop3.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
 from appliance.pop3.maildrop import Maildrop, MaildropInUse
 from appliance.pop3.readahead import SMALL_MESSAGE, ReadAhead
 from appliance.pop3.wire import MessageStream, read_top
@@ -33,7 +33,6 @@ MAX_COMMAND_LINE = 512
 MAX_SASL_LINE = 8192
 FAILED_LOGIN_DELAY = 0.75  # seconds before "-ERR [AUTH]": slows guessing, never blocks the loop
 MAX_LOGIN_FAILURES = 3  # per connection; then it is closed
-TLS_HANDSHAKE_TIMEOUT = 30.0
 
 
 class State(enum.Enum):
