@@ -36,10 +36,18 @@ class SessionCounter:
             if self._clients[key] <= 0:
                 del self._clients[key]
 
-    def refusal(self, protocol: str, client: str, max_connections: int, max_per_client: int) -> str | None:
-        """Why one more `protocol` connection from `client` is refused (the manifest's
-        `max_connections` and `max_connections_per_client`, counted per protocol), or None."""
-        if self._counts[protocol] >= max_connections:
+    def refusal(
+        self,
+        protocol: str,
+        client: str,
+        max_connections: int,
+        max_per_client: int,
+        family: tuple[str, ...] = (),
+    ) -> str | None:
+        """Why one more `protocol` connection from `client` is refused, or None: the manifest's
+        `max_connections` over `family` (the protocols counted together; SMTP's three
+        listeners) or `protocol` alone, and `max_connections_per_client` for `protocol`."""
+        if sum(self._counts[name] for name in family or (protocol,)) >= max_connections:
             return "max_connections"
         if self._clients[(protocol, client)] >= max_per_client:
             return "max_connections_per_client"

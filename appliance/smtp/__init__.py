@@ -12,7 +12,7 @@ import asyncio
 import logging
 
 from appliance.context import ListenerSpec, Services
-from appliance.smtp.connection import ClientCounter, SMTPConnection
+from appliance.smtp.connection import SMTPConnection
 
 __all__ = ["start_smtp"]
 
@@ -24,10 +24,9 @@ async def start_smtp(services: Services, listener: ListenerSpec) -> asyncio.Serv
     loop = asyncio.get_running_loop()
     # aiosmtpd logs every command at INFO on "mail.log"; our own lines are on "appliance.smtp".
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    clients = ClientCounter()
     context = services.tls.listener_context() if listener.implicit_tls else None
     return await loop.create_server(
-        lambda: SMTPConnection(services, listener, clients),
+        lambda: SMTPConnection(services, listener),
         listener.host,
         listener.port,
         ssl=context,

@@ -36,26 +36,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("appliance.smtp")
 
 SMTP_LISTENERS = ("smtp", "submission", "submissions")
+_REFUSALS = {
+    "max_connections": replies.TOO_MANY_CONNECTIONS,
+    "max_connections_per_client": replies.TOO_MANY_FROM_CLIENT,
+}
 FAILED_LOGIN_DELAY = 0.75  # seconds before 535: slows guessing, never blocks the loop
 MAX_LOGIN_FAILURES = 3  # per connection; then it is closed
 MAX_HELO_LENGTH = 255
 _message_ids = itertools.count(1)
 _ID_PREFIX = f"{os.getpid():x}"
-
-
-class ClientCounter:
-    """Open connections per client address on one listener."""
-
-    def __init__(self) -> None:
-        self.open: collections.Counter[str] = collections.Counter()
-
-    def add(self, ip: str) -> None:
-        self.open[ip] += 1
-
-    def remove(self, ip: str) -> None:
-        self.open[ip] -= 1
-        if self.open[ip] <= 0:
-            del self.open[ip]
 
 
 @dataclass
@@ -106,12 +95,11 @@ class SMTPConnection(SMTP):
             ]
         return list(names)
 
-    def __init__(self, services: Services, listener: ListenerSpec, clients: ClientCounter) -> None:
+    def __init__(self, services: Services, listener: ListenerSpec) -> None:
         snapshot = services.holder.current
         limits = snapshot.manifest.server.limits
         self.services = services
         self.listener = listener
-        self.clients = clients
         self.tls_active = listener.implicit_tls
         self.account: AccountEntry | None = None
         self.auth_failures = 0
@@ -155,27 +143,31 @@ class SMTPConnection(SMTP):
         snapshot = self.services.holder.current
         limits = snapshot.manifest.server.limits
         autoban = self.services.autoban
-        counts = self.services.sessions.counts()
+        sessions = self.services.sessions
         if autoban is not None and autoban.is_banned(self.peer_ip):
             self.refusal, reason = replies.BANNED, "banned"
-        elif sum(counts.get(name, 0) for name in SMTP_LISTENERS) >= limits.max_connections:
-            self.refusal, reason = replies.TOO_MANY_CONNECTIONS, "max_connections"
-        elif self.clients.open[self.peer_ip] >= limits.max_connections_per_client:
-            self.refusal, reason = replies.TOO_MANY_FROM_CLIENT, "max_connections_per_client"
+        else:
+            refused = sessions.refusal(
+                self.listener.name,
+                self.peer_ip,
+                limits.max_connections,
+                limits.max_connections_per_client,
+                family=SMTP_LISTENERS,
+            )
+            if refused is not None:
+                self.refusal, reason = _REFUSALS[refused], refused
         if self.refusal is not None:
             self.refusal = self.refusal.format(host=snapshot.hostname)
             log.info("refused client=%s listener=%s reason=%s", self.peer_ip, self.listener.name, reason)
             return
         self.counted = True
-        self.services.sessions.opened(self.listener.name)
-        self.clients.add(self.peer_ip)
+        sessions.opened(self.listener.name, self.peer_ip)
         log.info("connect client=%s listener=%s", self.peer_ip, self.listener.name)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self.counted:
             self.counted = False
-            self.services.sessions.closed(self.listener.name)
-            self.clients.remove(self.peer_ip)
+            self.services.sessions.closed(self.listener.name, self.peer_ip)
             log.info(
                 "disconnect client=%s listener=%s messages=%d",
                 self.peer_ip,
@@ -695,4 +687,4 @@ def _printable(text: str) -> str:
     return "".join(c if "!" <= c <= "~" else "?" for c in text)[:MAX_HELO_LENGTH]
 
 
-__all__ = ["ClientCounter", "SMTPConnection"]
+__all__ = ["SMTPConnection"]
