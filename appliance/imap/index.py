@@ -23,7 +23,6 @@ F \\Flagged, R \\Answered, S \\Seen, T \\Deleted, and keywords as the letters a-
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 import shutil
@@ -32,7 +31,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from appliance.store.maildir import INFO_SEPARATOR, wire_size
+from appliance.store.maildir import (
+    INFO_SEPARATOR,
+    find_message,
+    fsync_directory,
+    message_size,
+    try_link,
+    wire_size,
+    write_all,
+)
 
 UIDLIST = "appliance-uidlist"
 KEYWORDS = "dovecot-keywords"
@@ -42,9 +49,6 @@ _HEADER = "appliance-uidlist 1"
 MAX_KEYWORDS = 26
 SYSTEM_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
 LETTER_FLAGS = {letter: flag for flag, letter in SYSTEM_LETTERS.items()}
-_WIRE_SIZE = re.compile(r",W=(\d+)")
-_STORED_SIZE = re.compile(r",S=(\d+)")
-_ORDER = re.compile(r"^(\d+)\.(?:[^.]*?M(\d+))?")
 COPY_CHUNK = 1 << 20
 HEADER_CHUNK = 8192
 MAX_HEADER = 1 << 20  # a header longer than this is searched by its first megabyte
@@ -136,9 +140,7 @@ def append_uidlist(folder: Path, lines: list[str], *, durable: bool) -> None:
     data = ("".join(line + "\n" for line in lines)).encode("utf-8", "surrogateescape")
     descriptor = os.open(folder / UIDLIST, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
+        write_all(descriptor, data)
         if durable:
             os.fsync(descriptor)
     finally:
@@ -162,14 +164,6 @@ def write_atomically(path: Path, text: str) -> None:
         os.fsync(handle.fileno())
     os.rename(temporary, path)
     fsync_directory(path.parent)
-
-
-def fsync_directory(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 # -- keywords --------------------------------------------------------------------------------------
@@ -232,49 +226,8 @@ def describe(folder: Path, sub: str, name: str) -> tuple[float, int] | None:
         internaldate = os.stat(path).st_mtime
     except FileNotFoundError:
         return None
-    key = name.partition(INFO_SEPARATOR)[0]
-    match = _WIRE_SIZE.search(key)
-    if match is not None:
-        return internaldate, int(match.group(1))
-    try:
-        with open(path, "rb") as handle:
-            return internaldate, wire_size(handle.read())
-    except FileNotFoundError:
-        return None
-
-
-def age_order(key: str) -> tuple[int, int, str]:
-    """Maildir delivery order from the unique name "<seconds>.M<usec>P<pid>..."."""
-    match = _ORDER.match(key)
-    if match is None:
-        return (0, 0, key)
-    return (int(match.group(1)), int(match.group(2) or 0), key)
-
-
-def stored_size(name: str, path: Path) -> int:
-    """Bytes on disk (the S= field, or a stat), for the quota."""
-    match = _STORED_SIZE.search(name)
-    if match is not None:
-        return int(match.group(1))
-    try:
-        return os.stat(path).st_size
-    except FileNotFoundError:
-        return 0
-
-
-def locate(folder: Path, key: str) -> Path | None:
-    """Where the message with `key` is now (another session may have renamed it)."""
-    for sub in ("cur", "new"):
-        if (folder / sub / key).exists():
-            return folder / sub / key
-        prefix = key + INFO_SEPARATOR
-        try:
-            for name in os.listdir(folder / sub):
-                if name.startswith(prefix):
-                    return folder / sub / name
-        except FileNotFoundError:
-            continue
-    return None
+    size = message_size(path, name.partition(INFO_SEPARATOR)[0])
+    return None if size is None else (internaldate, size)
 
 
 def read_crlf(path: str | Path, folder: Path, key: str) -> bytes | None:
@@ -283,7 +236,7 @@ def read_crlf(path: str | Path, folder: Path, key: str) -> bytes | None:
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
-        moved = locate(folder, key)
+        moved = find_message(folder, key)
         if moved is None:
             return None
         try:
@@ -297,7 +250,7 @@ def read_crlf(path: str | Path, folder: Path, key: str) -> bytes | None:
 def read_header(path: str | Path, folder: Path, key: str) -> bytes | None:
     """A message's header with CRLF line ends, blank line included (the body is not read)."""
     for attempt in (path, None):
-        target = attempt if attempt is not None else locate(folder, key)
+        target = attempt if attempt is not None else find_message(folder, key)
         if target is None:
             return None
         try:
@@ -339,10 +292,8 @@ def write_message(folder: Path, unique: str, data: bytes | Path, letters: str, m
         try:
             for chunk in _lf_chunks(data):
                 stored += len(chunk)
-                wire += len(chunk) + chunk.count(b"\n") - chunk.count(b"\r\n")
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(descriptor, view) :]
+                wire += wire_size(chunk)
+                write_all(descriptor, chunk)
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
@@ -383,16 +334,13 @@ def _lf_chunks(data: bytes | Path) -> Iterator[bytes]:
 def link_message(source: Path, folder: Path, name: str) -> None:
     """COPY: the same file under a new name in `folder`/cur/ (a hard link; a copy across devices)."""
     target = folder / "cur" / name
-    try:
-        os.link(source, target)
-    except OSError as error:
-        if error.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
-            raise
-        temporary = folder / "tmp" / name
-        shutil.copy2(source, temporary)
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.rename(temporary, target)
+    if try_link(source, target):
+        return
+    temporary = folder / "tmp" / name
+    shutil.copy2(source, temporary)
+    with open(temporary, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.rename(temporary, target)
 
 
 def remove_tree(path: Path) -> None:

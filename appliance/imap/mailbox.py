@@ -28,7 +28,14 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from appliance.imap import index
 from appliance.imap.index import INFO_SEPARATOR, LETTER_FLAGS, MAX_KEYWORDS, SYSTEM_LETTERS
-from appliance.store.maildir import Maildir, MailStore
+from appliance.store.maildir import (
+    Maildir,
+    MailStore,
+    age_order,
+    disk_size,
+    find_message,
+    fsync_directory,
+)
 
 if TYPE_CHECKING:
     from appliance.snapshot import AccountEntry
@@ -215,7 +222,7 @@ class _Folder:
             self._set_keywords(scan.keywords or [])
         listing = scan.listing
         # New messages get the next UIDs in delivery order (RFC 3501 §2.3.1.1: ascending).
-        fresh = sorted((key for key in scan.described if key not in records), key=index.age_order)
+        fresh = sorted((key for key in scan.described if key not in records), key=age_order)
         lines = []
         added: list[tuple[str, index.Record]] = []
         for key in fresh:
@@ -421,7 +428,7 @@ def _rename_all(folder: Path, moves: list[tuple[str, str, str, str]]) -> list[st
         try:
             os.rename(folder / sub / name, target)
         except FileNotFoundError:
-            current = index.locate(folder, key)
+            current = find_message(folder, key)
             if current is None:
                 names.append(None)
                 continue
@@ -431,7 +438,7 @@ def _rename_all(folder: Path, moves: list[tuple[str, str, str, str]]) -> list[st
                 names.append(None)
                 continue
         names.append(target_name)
-    index.fsync_directory(folder / "cur")
+    fsync_directory(folder / "cur")
     return names
 
 
@@ -441,13 +448,13 @@ def _unlink_all(folder: Path, places: list[tuple[str, str, str]]) -> int:
     for sub, name, key in places:
         path = folder / sub / name
         try:
-            size = index.stored_size(name, path)
+            size = disk_size(path)
             os.unlink(path)
         except FileNotFoundError:
-            current = index.locate(folder, key)
+            current = find_message(folder, key)
             if current is None:
                 continue
-            size = index.stored_size(current.name, current)
+            size = disk_size(current)
             try:
                 os.unlink(current)
             except FileNotFoundError:
@@ -456,7 +463,7 @@ def _unlink_all(folder: Path, places: list[tuple[str, str, str]]) -> int:
         freed += size
         touched.add(sub)
     for sub in touched:
-        index.fsync_directory(folder / sub)
+        fsync_directory(folder / sub)
     return freed
 
 
@@ -747,13 +754,13 @@ def _link_all(source: Path, target: Path, jobs: list[tuple[Path, str, str, str]]
         try:
             index.link_message(path, target, name)
         except FileNotFoundError:
-            current = index.locate(source, key)
+            current = find_message(source, key)
             if current is None:
                 done.append(None)
                 continue
             index.link_message(current, target, name)
         done.append(unique)
-    index.fsync_directory(target / "cur")
+    fsync_directory(target / "cur")
     return done
 
 
@@ -945,7 +952,7 @@ class AccountMailboxes:
             entry = folder.entries.get(file_name.partition(INFO_SEPARATOR)[0])
             if entry is None:
                 raise MailboxError("SERVERBUG", "The message vanished as it was stored")
-            self.charge(index.stored_size(file_name, folder.path / "cur" / file_name))
+            self.charge(disk_size(folder.path / "cur" / file_name))
             return folder.uidvalidity, entry.info.uid
 
     async def select(self, name: str, *, readonly: bool) -> FolderView:
@@ -1030,9 +1037,9 @@ def _delete_folder(root: Path, path: Path, unique: str) -> int:
             names = os.listdir(path / sub)
         except FileNotFoundError:
             continue
-        freed += sum(index.stored_size(name, path / sub / name) for name in names)
+        freed += sum(disk_size(path / sub / name) for name in names)
     os.rename(path, doomed)
-    index.fsync_directory(root)
+    fsync_directory(root)
     index.remove_tree(doomed)
     return freed
 
@@ -1042,7 +1049,7 @@ def _rename_folders(root: Path, moves: list[tuple[Path, Path]], parents: list[Pa
         Maildir(parent).ensure()
     for before, after in moves:
         os.rename(before, after)
-    index.fsync_directory(root)
+    fsync_directory(root)
 
 
 def _move_messages(root: Path, target: Path) -> None:
@@ -1055,8 +1062,8 @@ def _move_messages(root: Path, target: Path) -> None:
         for name in names:
             if not name.startswith("."):
                 os.rename(root / sub / name, target / sub / name)
-        index.fsync_directory(target / sub)
-        index.fsync_directory(root / sub)
+        fsync_directory(target / sub)
+        fsync_directory(root / sub)
 
 
 # -- the process-wide registry ---------------------------------------------------------------------

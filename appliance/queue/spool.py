@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from appliance.store.maildir import fsync_directory, write_all
+
 FLUSH_REQUEST = "flush"  # a file the CLI creates: retry everything now
 
 
@@ -105,9 +107,7 @@ class Spool:
         temporary = self.tmp / f"{name}.{threading.get_ident()}"
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -115,11 +115,7 @@ class Spool:
         self._sync_directory()
 
     def _sync_directory(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_directory(self.directory)
 
     def remove(self, queue_id: str) -> bool:
         """Remove the message (then its state). True when there was one."""

@@ -96,7 +96,7 @@ class Maildir:
                 pass
         # A new directory is durable only once its parent is synced.
         for parent in {path.parent for path in created}:
-            _fsync_directory(parent)
+            fsync_directory(parent)
 
     def folder(self, name: str) -> Maildir:
         """The Maildir++ folder `name` ("Sent", "Archive.2024"): `<maildir>/.<name>/`."""
@@ -133,7 +133,7 @@ class Maildir:
                 message = _message_file(directory / name, name, in_new)
                 if message is not None:
                     found[message.key] = message
-        return sorted(found.values(), key=_age_order)
+        return sorted(found.values(), key=lambda message: age_order(message.key))
 
     def open(self, message: MessageFile) -> BinaryIO:
         """The stored bytes (LF line ends), even when the file has moved or changed flags since."""
@@ -178,22 +178,10 @@ class Maildir:
             path = found
             os.unlink(path)
         if self._usage is not None:
-            self._usage.add(-_stored_size(path.name, default=message.size))
+            self._usage.add(-stored_size(path.name, default=message.size))
 
     def _find(self, key: str) -> Path | None:
-        """Where the message with `key` is now (another session may have moved it)."""
-        for sub in ("cur", "new"):
-            directory = self.path / sub
-            if (directory / key).exists():
-                return directory / key
-            prefix = key + INFO_SEPARATOR
-            try:
-                for name in os.listdir(directory):
-                    if name.startswith(prefix):
-                        return directory / name
-            except FileNotFoundError:
-                continue
-        return None
+        return find_message(self.path, key)
 
 
 class MailStore:
@@ -289,7 +277,7 @@ class MailStore:
         try:
             for root in maildirs:
                 target = root / "new" / name
-                if first is None or not _try_link(first, target):
+                if first is None or not try_link(first, target):
                     _write_new(root, name, data)
                 first = first or target
                 placed.append(target)
@@ -354,9 +342,7 @@ def _write_new(root: Path, name: str, data: bytes) -> None:
         descriptor = os.open(temporary, flags, 0o600)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(descriptor, view) :]
+            write_all(descriptor, data)
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
@@ -369,7 +355,7 @@ def _write_new(root: Path, name: str, data: bytes) -> None:
         raise
 
 
-def _try_link(source: Path, target: Path) -> bool:
+def try_link(source: Path, target: Path) -> bool:
     """Hard-link `source` as `target`; False when the filesystem cannot (then copy instead)."""
     try:
         os.link(source, target)
@@ -416,7 +402,7 @@ class _DirectorySync:
             covers = self._requested
         durable = False
         try:
-            _fsync_directory(self.path)
+            fsync_directory(self.path)
             durable = True
         finally:
             with self._condition:
@@ -426,7 +412,7 @@ class _DirectorySync:
                 self._condition.notify_all()
 
 
-def _fsync_directory(path: Path) -> None:
+def fsync_directory(path: Path) -> None:
     descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(descriptor)
@@ -457,28 +443,70 @@ def _message_file(path: Path, name: str, in_new: bool) -> MessageFile | None:
     key, separator, flags = name.partition(INFO_SEPARATOR)
     if not separator and ":" in name:
         return None  # some other info version: not ours to interpret
-    wire = _WIRE_SIZE_FIELD.search(key)
-    if wire is not None:
-        size = int(wire.group(1))
-    else:
-        try:
-            with open(path, "rb") as handle:
-                size = wire_size(handle.read())
-        except (FileNotFoundError, IsADirectoryError):
-            return None
+    size = message_size(path, key)
+    if size is None:
+        return None
     return MessageFile(key, path, size, flags if separator else "", in_new)
 
 
-def _age_order(message: MessageFile) -> tuple[int, int, str]:
-    match = _ORDER.match(message.key)
+def message_size(path: Path, key: str) -> int | None:
+    """RFC 822 size with CRLF: the W= field of the key, or counted from the file (None: gone)."""
+    wire = _WIRE_SIZE_FIELD.search(key)
+    if wire is not None:
+        return int(wire.group(1))
+    try:
+        with open(path, "rb") as handle:
+            return wire_size(handle.read())
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+
+
+def age_order(key: str) -> tuple[int, int, str]:
+    """Delivery order from the unique name "<seconds>.M<usec>P<pid>..." (others first, by name)."""
+    match = _ORDER.match(key)
     if match is None:
-        return (0, 0, message.key)
-    return (int(match.group(1)), int(match.group(2) or 0), message.key)
+        return (0, 0, key)
+    return (int(match.group(1)), int(match.group(2) or 0), key)
 
 
-def _stored_size(name: str, default: int) -> int:
+def stored_size(name: str, default: int) -> int:
+    """Bytes on disk from the S= field of a file name; `default` when it has none."""
     match = _SIZE_FIELD.search(name)
     return int(match.group(1)) if match else default
+
+
+def disk_size(path: Path) -> int:
+    """Bytes the message file takes, for the quota: its S= field, or a stat (0 when gone)."""
+    size = stored_size(path.name, -1)
+    if size >= 0:
+        return size
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def find_message(folder: Path, key: str) -> Path | None:
+    """Where the message with `key` is now in a Maildir (another session may have moved it)."""
+    for sub in ("cur", "new"):
+        directory = folder / sub
+        if (directory / key).exists():
+            return directory / key
+        prefix = key + INFO_SEPARATOR
+        try:
+            for name in os.listdir(directory):
+                if name.startswith(prefix):
+                    return directory / name
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def write_all(descriptor: int, data: bytes) -> None:
+    """Every byte of `data` to the file descriptor (os.write may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(descriptor, view) :]
 
 
 def _count_usage(root: Path) -> int:
@@ -497,13 +525,5 @@ def _count_usage(root: Path) -> int:
                 names = os.listdir(directory / sub)
             except (FileNotFoundError, NotADirectoryError):
                 continue
-            for name in names:
-                match = _SIZE_FIELD.search(name)
-                if match:
-                    total += int(match.group(1))
-                else:
-                    try:
-                        total += os.stat(directory / sub / name).st_size
-                    except OSError:
-                        pass
+            total += sum(disk_size(directory / sub / name) for name in names)
     return total
