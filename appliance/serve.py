@@ -440,21 +440,27 @@ def limit_malloc_arenas(count: int = 2) -> None:
     (up to 8 per core), and memory freed in one is not reused by another. Python allocates
     under its GIL anyway, so two arenas cost no concurrency; they keep a server that reloads a
     100k-account manifest from keeping every generation's freed memory. A no-op off glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
+    libc = _glibc()
+    if libc is not None:
         libc.mallopt(-8, count)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def release_memory() -> None:
     """After a reload: collect the old generation's cycles and give free pages back to the
     system (glibc malloc_trim), so the next reload starts from what is live."""
     gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (mallopt and malloc_trim are its own), else None."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
 
 
 async def run(manifest_path: Path) -> int:

@@ -30,6 +30,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from appliance.store.maildir import (
     INFO_SEPARATOR,
@@ -232,45 +233,47 @@ def describe(folder: Path, sub: str, name: str) -> tuple[float, int] | None:
 
 def read_crlf(path: str | Path, folder: Path, key: str) -> bytes | None:
     """A message's bytes with CRLF line ends (stored with LF); None when it is gone."""
+    handle = _open_current(path, folder, key)
+    if handle is None:
+        return None
+    with handle:
+        return to_crlf(handle.read())
+
+
+def read_header(path: str | Path, folder: Path, key: str) -> bytes | None:
+    """A message's header with CRLF line ends, blank line included (the body is not read)."""
+    handle = _open_current(path, folder, key)
+    if handle is None:
+        return None
+    with handle:
+        data = b""
+        while len(data) < MAX_HEADER:
+            chunk = handle.read(HEADER_CHUNK)
+            data += chunk
+            end = data.find(b"\n\n")
+            if end < 0:
+                end = data.find(b"\r\n\r\n")
+                end = end + 2 if end >= 0 else -1
+            if end >= 0:
+                return to_crlf(data[: end + 2])
+            if not chunk:
+                break
+        return to_crlf(data)
+
+
+def _open_current(path: str | Path, folder: Path, key: str) -> BinaryIO | None:
+    """The message file at `path`, or where it is now if another session renamed it meanwhile;
+    None when it is gone."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        return open(path, "rb")
     except FileNotFoundError:
         moved = find_message(folder, key)
         if moved is None:
             return None
         try:
-            with open(moved, "rb") as handle:
-                data = handle.read()
+            return open(moved, "rb")
         except FileNotFoundError:
             return None
-    return to_crlf(data)
-
-
-def read_header(path: str | Path, folder: Path, key: str) -> bytes | None:
-    """A message's header with CRLF line ends, blank line included (the body is not read)."""
-    for attempt in (path, None):
-        target = attempt if attempt is not None else find_message(folder, key)
-        if target is None:
-            return None
-        try:
-            with open(target, "rb") as handle:
-                data = b""
-                while len(data) < MAX_HEADER:
-                    chunk = handle.read(HEADER_CHUNK)
-                    data += chunk
-                    end = data.find(b"\n\n")
-                    if end < 0:
-                        end = data.find(b"\r\n\r\n")
-                        end = end + 2 if end >= 0 else -1
-                    if end >= 0:
-                        return to_crlf(data[: end + 2])
-                    if not chunk:
-                        break
-                return to_crlf(data)
-        except FileNotFoundError:
-            continue
-    return None
 
 
 def to_crlf(data: bytes) -> bytes:

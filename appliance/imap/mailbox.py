@@ -237,8 +237,7 @@ class _Folder:
             self.lines += len(added)
             live = len(listing)
             if self.lines > 2 * live + 1000:
-                keep = {key: records.get(key) for key in listing}
-                kept = {key: record for key, record in keep.items() if record is not None}
+                kept = {key: records[key] for key in listing if key in records}
                 for key, entry in self.entries.items():
                     if key in listing:
                         kept[key] = index.Record(entry.info.uid, entry.info.internaldate, entry.info.size)
@@ -256,7 +255,7 @@ class _Folder:
             if place is None or key in self.entries:
                 continue
             sub, name = place
-            letters = name.partition(INFO_SEPARATOR)[2] if sub == "cur" or INFO_SEPARATOR in name else ""
+            letters = name.partition(INFO_SEPARATOR)[2]
             info = MessageInfo(record.uid, key, self._flags(letters), record.internaldate, record.size)
             self.entries[key] = _Entry(info, sub, name, letters)
             self.by_uid[record.uid] = info
@@ -355,6 +354,7 @@ class _Folder:
         self, uids: Sequence[int], mode: Literal["set", "add", "remove"], flags: set[str]
     ) -> list[_Entry]:
         plan: list[tuple[_Entry, str, frozenset[str]]] = []
+        removed = {flag.lower() for flag in flags}  # keywords match without regard to case
         for uid in uids:
             info = self.by_uid.get(uid)
             if info is None:
@@ -364,7 +364,7 @@ class _Folder:
             elif mode == "add":
                 wanted = info.flags | flags
             else:
-                wanted = info.flags - {flag for flag in info.flags if _folded(flag) in _fold_all(flags)}
+                wanted = frozenset(flag for flag in info.flags if flag.lower() not in removed)
             if wanted == info.flags:
                 continue
             entry = self.entries[info.key]
@@ -408,14 +408,6 @@ class _Folder:
     async def write_recent(self) -> None:
         async with self.lock:
             await self.flush_recent()
-
-
-def _folded(flag: str) -> str:
-    return flag.lower()
-
-
-def _fold_all(flags: Collection[str]) -> set[str]:
-    return {flag.lower() for flag in flags}
 
 
 def _rename_all(folder: Path, moves: list[tuple[str, str, str, str]]) -> list[str | None]:

@@ -203,28 +203,21 @@ class _Compiler:
             return token.decode("utf-8", "replace")
         raise SearchError(f"{key} needs a string")
 
-    def number(self, key: str) -> int:
+    def plain(self, key: str) -> str:
+        """The next argument as text: an atom, or a string taken byte for byte; "" for a list."""
         token = self.next(f"{key} argument")
-        text = (
-            token.value
-            if isinstance(token, Atom)
-            else token.decode("latin-1")
-            if isinstance(token, bytes)
-            else ""
-        )
+        if isinstance(token, Atom):
+            return token.value
+        return token.decode("latin-1") if isinstance(token, bytes) else ""
+
+    def number(self, key: str) -> int:
+        text = self.plain(key)
         if not text.isdigit() or len(text) > 20:
             raise SearchError(f"{key} needs a number")
         return int(text)
 
     def date(self, key: str) -> datetime.date:
-        token = self.next(f"{key} argument")
-        text = (
-            token.value
-            if isinstance(token, Atom)
-            else token.decode("latin-1")
-            if isinstance(token, bytes)
-            else ""
-        )
+        text = self.plain(key)
         match = _DATE.match(text)
         month = _MONTHS.get(match.group(2).upper()) if match else None
         if match is None or month is None:

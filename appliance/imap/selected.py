@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 BATCH_MESSAGES = 200  # messages read from disk per executor call
 BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
 HEADER_BATCH = 5000  # messages per batch when SEARCH needs only cached header fields
+HEADER_BATCH_BYTES = BATCH_BYTES * HEADER_BATCH // BATCH_MESSAGES  # their sizes (only headers are read)
 _STORE_ITEM = re.compile(r"^([+-]?)FLAGS(\.SILENT)?$")
 _STORE_MODES: dict[str, Literal["set", "add", "remove"]] = {"": "set", "+": "add", "-": "remove"}
 
@@ -57,19 +58,16 @@ def resolve(view: FolderView, token: Token, uid: bool) -> list[int]:
 
 
 def batches(
-    view: FolderView, seqs: list[int], count: int = 0
+    view: FolderView, seqs: list[int], count: int = BATCH_MESSAGES, max_bytes: int = BATCH_BYTES
 ) -> Iterator[tuple[list[int], list[MessageInfo]]]:
-    """Sequence numbers and their messages, in batches bounded by count and by bytes."""
+    """Sequence numbers and their messages, in batches bounded by count and by message bytes."""
     messages = view.messages
-    count = count or BATCH_MESSAGES
     seq_batch: list[int] = []
     info_batch: list[MessageInfo] = []
     size = 0
     for seq in seqs:
         info = messages[seq - 1]
-        if seq_batch and (
-            len(seq_batch) >= count or size + info.size > BATCH_BYTES * count // BATCH_MESSAGES
-        ):
+        if seq_batch and (len(seq_batch) >= count or size + info.size > max_bytes):
             yield seq_batch, info_batch
             seq_batch, info_batch, size = [], [], 0
         seq_batch.append(seq)
@@ -171,13 +169,17 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
     found: list[int] = []
     empty = _Lazy(b"")
     names = sorted(compiled.fields)
-    for seqs, infos in batches(
-        view, list(range(1, len(messages) + 1)), HEADER_BATCH if compiled.header_only else 0
+    extract = _header_values(names)
+    every = list(range(1, len(messages) + 1))
+    for seqs, infos in (
+        batches(view, every, HEADER_BATCH, HEADER_BATCH_BYTES)
+        if compiled.header_only
+        else batches(view, every)
     ):
         raws: list[bytes | None] = [None] * len(infos)
         fields: list[dict[str, tuple[str, ...]] | None] = [None] * len(infos)
         if compiled.header_only:  # only header fields: from the folder's cache, no message read
-            fields = await view.header_fields(infos, names, _header_values(names))
+            fields = await view.header_fields(infos, names, extract)
         elif compiled.needs_message:
             raws = await view.read(infos)
         for seq, info, raw, values in zip(seqs, infos, raws, fields, strict=True):
