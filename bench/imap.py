@@ -51,7 +51,6 @@ import os
 import queue
 import random
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -66,13 +65,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.auth.passwords import hash_password
+from bench._mail import (
+    MAIL_GID,
+    MAIL_UID,
+    dovecot_config,
+    named_processes_cpu,
+    process_cpu,
+    run_dovecot,
+    stop_server,
+)
 from tests.fixtures.appliance import free_port
 
 PASSWORD = "benchpass"
 DOMAIN = "bench.test"
 USER = "user01"
 LOGIN = f"{USER}@{DOMAIN}"  # the same login name on both servers
-MAIL_UID = MAIL_GID = 8  # Debian's "mail"
 START_TIMEOUT = 60.0
 SOCKET_TIMEOUT = 300.0  # one recv; a stuck server fails the run instead of hanging it
 CLIENT_TIMEOUT = 900.0  # one command on every client, or a barrier
@@ -261,40 +268,11 @@ class RunningServer:
         started (one per session; login and auth are done before any timed command).
         """
         if self.name == "appliance":
-            return _process_cpu(self.process.pid)
-        total = 0.0
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                fields = _process_stat(int(entry))
-                if fields and fields[0] == "imap" and fields[2] == str(self.process.pid):
-                    total += _process_cpu(int(entry))
-        return total
+            return process_cpu(self.process.pid)
+        return named_processes_cpu("imap", parent=self.process.pid)
 
     def stop(self) -> None:
-        if self.stop_command is not None:
-            subprocess.run(self.stop_command, capture_output=True, timeout=30, check=False)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-
-
-def _process_stat(pid: int) -> list[str]:
-    """/proc/PID/stat as [name, state, ppid, ...] (proc(5) fields 2, 3, 4, ...); [] once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            text = handle.read()
-    except OSError:
-        return []
-    return [text[text.index("(") + 1 : text.rindex(")")], *text[text.rindex(")") + 2 :].split()]
-
-
-def _process_cpu(pid: int) -> float:
-    fields = _process_stat(pid)  # fields[12], [13]: utime, stime (proc(5) fields 14 and 15)
-    return (int(fields[12]) + int(fields[13])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+        stop_server(self.process, self.stop_command)
 
 
 def wait_for_greeting(port: int, process: subprocess.Popen[bytes], what: str) -> None:
@@ -335,9 +313,6 @@ def start_appliance(directory: Path, clients: int) -> RunningServer:
 
 
 def start_dovecot(directory: Path, maildir: Path, clients: int) -> RunningServer:
-    dovecot = shutil.which("dovecot")
-    if dovecot is None:
-        raise SystemExit("dovecot is not installed (apt-get install dovecot-core dovecot-imapd)")
     shutil.rmtree(directory / "run", ignore_errors=True)
     for sub in ("run", "state", "index", "control"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
@@ -345,52 +320,11 @@ def start_dovecot(directory: Path, maildir: Path, clients: int) -> RunningServer
         os.chown(directory / sub, MAIL_UID, MAIL_GID)
     port = free_port()
     (directory / "users").write_text(f"{LOGIN}:{{PLAIN}}{PASSWORD}:{MAIL_UID}:{MAIL_GID}::{maildir}::\n")
-    config = directory / "dovecot.conf"
-    config.write_text(
-        f"""
-protocols = imap
-listen = 127.0.0.1
-base_dir = {directory}/run
-state_dir = {directory}/state
-log_path = {directory}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-first_valid_uid = {MAIL_UID}
-first_valid_gid = {MAIL_GID}
-passdb {{
-  driver = passwd-file
-  args = {directory}/users
-}}
-userdb {{
-  driver = passwd-file
-  args = {directory}/users
-}}
-# The Maildir is the home itself; index and control files (dovecot-uidlist) go elsewhere.
-mail_location = maildir:~:INDEX={directory}/index/%u:CONTROL={directory}/control/%u
-service imap-login {{
-  inet_listener imap {{
-    port = {port}
-  }}
-  inet_listener imaps {{
-    port = 0
-  }}
-}}
-protocol imap {{
-  mail_max_userip_connections = {clients + 10}
-}}
-"""
-    )
-    log = directory / "dovecot.log"
-    with open(directory / "stderr.log", "wb") as errors:
-        process = subprocess.Popen(
-            [dovecot, "-F", "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=errors,
-            stdin=subprocess.DEVNULL,
-        )
+    # All the clients are one user on one address: Dovecot's default limit of 10 would refuse some.
+    extra = f"protocol imap {{\n  mail_max_userip_connections = {clients + 10}\n}}\n"
+    process, stop_command = run_dovecot(dovecot_config(directory, "imap", port, extra), "dovecot-imapd")
     wait_for_greeting(port, process, "dovecot")
-    doveadm = shutil.which("doveadm") or "doveadm"
-    return RunningServer("dovecot", port, process, log, [doveadm, "-c", str(config), "stop"])
+    return RunningServer("dovecot", port, process, directory / "dovecot.log", stop_command)
 
 
 # -- the clients ----------------------------------------------------------------------------------

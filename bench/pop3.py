@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import poplib
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -46,11 +45,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from appliance.auth.passwords import hash_password
+from bench._mail import (
+    MAIL_GID,
+    MAIL_UID,
+    dovecot_config,
+    named_processes_cpu,
+    process_cpu,
+    run_dovecot,
+    stop_server,
+)
 from tests.fixtures.appliance import free_port
 
 PASSWORD = "benchpass"
 DOMAIN = "bench.test"
-MAIL_UID = MAIL_GID = 8  # Debian's "mail"
 START_TIMEOUT = 60.0
 CLIENT_TIMEOUT = 600.0
 
@@ -108,43 +115,11 @@ class RunningServer:
         login and auth processes have done their part before RETR starts).
         """
         if self.name == "appliance":
-            return _process_cpu(self.process.pid)
-        total = 0.0
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and _process_name(int(entry)) == "pop3":
-                total += _process_cpu(int(entry))
-        return total
+            return process_cpu(self.process.pid)
+        return named_processes_cpu("pop3")
 
     def stop(self) -> None:
-        if self.stop_command is not None:
-            subprocess.run(self.stop_command, capture_output=True, timeout=30, check=False)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(5)
-
-
-def _process_stat(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            text = handle.read()
-    except OSError:
-        return []
-    name = text[text.index("(") + 1 : text.rindex(")")]
-    return [name, *text[text.rindex(")") + 2 :].split()]
-
-
-def _process_name(pid: int) -> str:
-    fields = _process_stat(pid)
-    return fields[0] if fields else ""
-
-
-def _process_cpu(pid: int) -> float:
-    fields = _process_stat(pid)  # fields[12], [13]: utime, stime (proc(5) fields 14 and 15)
-    return (int(fields[12]) + int(fields[13])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+        stop_server(self.process, self.stop_command)
 
 
 def wait_for_banner(port: int, process: subprocess.Popen[bytes], what: str) -> None:
@@ -186,9 +161,6 @@ def start_appliance(work: Path, users: int) -> RunningServer:
 
 
 def start_dovecot(work: Path, maildirs: Path, users: int) -> RunningServer:
-    dovecot = shutil.which("dovecot")
-    if dovecot is None:
-        raise SystemExit("dovecot is not installed (apt-get install dovecot-core dovecot-pop3d)")
     directory = work / "dovecot"
     shutil.rmtree(directory, ignore_errors=True)  # a fresh instance, index included
     for sub in ("run", "state", "index", "control"):
@@ -200,47 +172,9 @@ def start_dovecot(work: Path, maildirs: Path, users: int) -> RunningServer:
         for u in range(1, users + 1):
             home = maildirs / user_name(u)
             passwd.write(f"{user_name(u)}:{{PLAIN}}{PASSWORD}:{MAIL_UID}:{MAIL_GID}::{home}::\n")
-    config = directory / "dovecot.conf"
-    config.write_text(
-        f"""
-protocols = pop3
-listen = 127.0.0.1
-base_dir = {directory}/run
-state_dir = {directory}/state
-log_path = {directory}/dovecot.log
-ssl = no
-disable_plaintext_auth = no
-first_valid_uid = {MAIL_UID}
-first_valid_gid = {MAIL_GID}
-passdb {{
-  driver = passwd-file
-  args = {directory}/users
-}}
-userdb {{
-  driver = passwd-file
-  args = {directory}/users
-}}
-# The Maildir is the home itself; index and control files go elsewhere so the Maildir is only read.
-mail_location = maildir:~:INDEX={directory}/index/%u:CONTROL={directory}/control/%u
-service pop3-login {{
-  inet_listener pop3 {{
-    port = {port}
-  }}
-  inet_listener pop3s {{
-    port = 0
-  }}
-}}
-"""
-    )
-    process = subprocess.Popen(
-        [dovecot, "-F", "-c", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=open(directory / "stderr.log", "wb"),  # noqa: SIM115
-        stdin=subprocess.DEVNULL,
-    )
+    process, stop_command = run_dovecot(dovecot_config(directory, "pop3", port), "dovecot-pop3d")
     wait_for_banner(port, process, "dovecot")
-    doveadm = shutil.which("doveadm") or "doveadm"
-    return RunningServer("dovecot", port, process, [doveadm, "-c", str(config), "stop"])
+    return RunningServer("dovecot", port, process, stop_command)
 
 
 # -- the clients ----------------------------------------------------------------------------------

@@ -1,0 +1,108 @@
+"""What bench/pop3.py and bench/imap.py share: a Dovecot instance of their own, and CPU figures
+read from /proc for the processes that serve the sessions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+MAIL_UID = MAIL_GID = 8  # Debian's "mail": Dovecot reads the Maildirs as this user
+
+
+def dovecot_config(directory: Path, protocol: str, port: int, extra: str = "") -> Path:
+    """`directory`/dovecot.conf for one protocol ("pop3" or "imap") in clear on 127.0.0.1:`port`,
+    users from `directory`/users (passwd-file), base/state/log/index/control all under `directory`,
+    Dovecot's defaults otherwise; `extra` is appended. /etc/dovecot is not used."""
+    config = directory / "dovecot.conf"
+    config.write_text(
+        f"""
+protocols = {protocol}
+listen = 127.0.0.1
+base_dir = {directory}/run
+state_dir = {directory}/state
+log_path = {directory}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+first_valid_uid = {MAIL_UID}
+first_valid_gid = {MAIL_GID}
+passdb {{
+  driver = passwd-file
+  args = {directory}/users
+}}
+userdb {{
+  driver = passwd-file
+  args = {directory}/users
+}}
+# The Maildir is the home itself; index and control files (dovecot-uidlist) go elsewhere, so the
+# Maildir is only read.
+mail_location = maildir:~:INDEX={directory}/index/%u:CONTROL={directory}/control/%u
+service {protocol}-login {{
+  inet_listener {protocol} {{
+    port = {port}
+  }}
+  inet_listener {protocol}s {{
+    port = 0
+  }}
+}}
+{extra}"""
+    )
+    return config
+
+
+def run_dovecot(config: Path, package: str) -> tuple[subprocess.Popen[bytes], list[str]]:
+    """Dovecot in the foreground on `config` (stderr to stderr.log beside it), and the command
+    that stops it. `package` names what to install when it is missing."""
+    dovecot = shutil.which("dovecot")
+    if dovecot is None:
+        raise SystemExit(f"dovecot is not installed (apt-get install dovecot-core {package})")
+    with open(config.parent / "stderr.log", "wb") as errors:
+        process = subprocess.Popen(
+            [dovecot, "-F", "-c", str(config)],
+            stdout=subprocess.DEVNULL,
+            stderr=errors,
+            stdin=subprocess.DEVNULL,
+        )
+    return process, [shutil.which("doveadm") or "doveadm", "-c", str(config), "stop"]
+
+
+def stop_server(process: subprocess.Popen[bytes], stop_command: list[str] | None) -> None:
+    """Its own stop command first (Dovecot), then SIGTERM; SIGKILL after 30 s."""
+    if stop_command is not None:
+        subprocess.run(stop_command, capture_output=True, timeout=30, check=False)
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+def process_stat(pid: int) -> list[str]:
+    """/proc/PID/stat as [name, state, ppid, ...] (proc(5) fields 2, 3, 4, ...); [] once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            text = handle.read()
+    except OSError:
+        return []
+    return [text[text.index("(") + 1 : text.rindex(")")], *text[text.rindex(")") + 2 :].split()]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, threads included) of one process."""
+    fields = process_stat(pid)  # fields[12], [13]: utime, stime (proc(5) fields 14 and 15)
+    return (int(fields[12]) + int(fields[13])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
+def named_processes_cpu(name: str, parent: int | None = None) -> float:
+    """CPU seconds of every live process called `name` (children of `parent` only, if given)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = process_stat(int(entry))
+            if fields and fields[0] == name and (parent is None or fields[2] == str(parent)):
+                total += process_cpu(int(entry))
+    return total
