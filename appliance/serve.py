@@ -243,6 +243,7 @@ class Server:
                     functools.partial(parse_manifest, raw, str(self.manifest_path), file=self.manifest_path),
                 )
                 snapshot = await loop.run_in_executor(self.loader, build_snapshot, loaded)
+                git_commit = await loop.run_in_executor(self.loader, git_revision, self.manifest_path)
             except ManifestError as error:
                 self.reloads_rejected += 1
                 self.last_error, self.last_error_at = error.lines(), time.time()
@@ -267,13 +268,15 @@ class Server:
                 )
             self.holder.swap(snapshot)
             self.reloads_applied += 1
+            self.git_commit = git_commit
+            self.last_error, self.last_error_at = [], None
+            # Status names the new revision from the moment it serves (listeners follow below).
+            self.write_status()
             # The old manifest and snapshot hold cycles that only the cyclic collector frees (and
             # it was paused while the new one was built): collect now, or the next reload of a
             # large manifest runs with three generations in memory instead of two.
             del current, loaded
             await loop.run_in_executor(self.loader, release_memory)
-            self.git_commit = git_revision(self.manifest_path)
-            self.last_error, self.last_error_at = [], None
             await self.apply_listeners(snapshot)
             self.log_loaded(
                 snapshot, f"reloaded trigger={trigger} ms={(time.monotonic() - started) * 1000:.0f}"
