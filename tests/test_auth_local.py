@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import bcrypt
 import crypt_r
@@ -15,6 +18,7 @@ import pytest
 from appliance.auth import Outcome
 from appliance.auth.passwords import hash_password
 from tests.fixtures.auth_service import AuthServices, Logins
+from tests.fixtures.certificates import CertificateAuthority
 from tests.fixtures.pam import PamUsers
 
 PASSWORD = "Local!Passw0rd1"
@@ -248,3 +252,63 @@ linked = {{ active_directory = {{ domain = "cloudtech.local", user = "gt" }} }}
     assert (outcome, cause) == (Outcome.UNAVAILABLE, "timeout")
     assert time.monotonic() - started < 5
     assert ticks >= 30  # about 1 s of 10 ms ticks: the loop was never blocked by the login
+
+
+@pytest.fixture
+def mute_ldaps_server(tmp_path: Path) -> Iterator[tuple[int, bytes]]:
+    """(port, CA PEM) of an LDAPS server that completes TLS, reads requests and never answers."""
+    ca = CertificateAuthority(tmp_path / "mute-ca", name="mute DC CA")
+    issued = ca.issue("mute", ips=["127.0.0.1"], dns=[])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(issued.certificate, issued.key)
+    stop = threading.Event()
+    held: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            client.settimeout(5)
+            try:
+                held.append(context.wrap_socket(client, server_side=True))
+            except OSError:
+                client.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1]), ca.certificate.read_bytes()
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+        for connection in held:
+            connection.close()
+
+
+def test_a_directory_that_never_answers_the_bind_times_out_as_unavailable(
+    auth_services: AuthServices, mute_ldaps_server: tuple[int, bytes]
+) -> None:
+    port, ca = mute_ldaps_server
+    login = auth_services.start(
+        f"""
+[directories."cloudtech.local"]
+type = "active-directory"
+servers = ["ldaps://127.0.0.1:{port}"]
+ca_file = "ca.pem"
+connect_timeout = 1
+response_timeout = 1
+
+[domains."example.test".accounts]
+linked = {{ active_directory = {{ domain = "cloudtech.local", user = "gt" }} }}
+""",
+        files={"ca.pem": ca},
+    )
+    started = time.monotonic()
+    result = login("linked@example.test", PASSWORD)
+    assert (result.outcome, result.cause) == (Outcome.UNAVAILABLE, "timeout")
+    assert time.monotonic() - started < 6  # one bind, one retry on a new connection: ~2 s

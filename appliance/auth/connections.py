@@ -31,6 +31,8 @@ from urllib.parse import urlsplit
 import ldap3
 from ldap3.core import exceptions as ldap_errors
 
+from appliance.auth.simple_bind import BindProtocolError, simple_bind
+
 T = TypeVar("T")
 
 DOWN_BACKOFF = 10.0  # seconds a failed server is tried only after the others
@@ -248,20 +250,23 @@ class ServerPool:
         self.drop_idle()
 
     def bind(self, connection: ldap3.Connection, name: str, password: str) -> dict[str, Any]:
-        """A simple bind as `name`; the password is wiped from the connection afterwards."""
+        """A simple bind as `name`, encoded here (`simple_bind`): ldap3 never holds the password."""
         if connection.closed:
             raise ConnectionLost("connection closed")  # never let ldap3 reopen it (without TLS)
         if not self._encrypted and not self._settings.allow_plaintext:
             raise ServerFailure("tls_error", "refusing a simple bind without TLS")
-        connection.authentication = ldap3.SIMPLE
-        connection.user = name
-        connection.password = password
+        if not name or not password:
+            return {"result": 53, "message": "empty name or password: not sent", "dn": ""}
         try:
-            connection.bind(read_server_info=False)
-        finally:
-            connection.password = None
-            connection.request = None  # ldap3 keeps the last request, password included
-        result: dict[str, Any] = connection.result or {}
+            result = simple_bind(connection.socket, name, password)
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError) as error:
+            # SO_RCVTIMEO (ldap3's receive_timeout) ends a blocking read with EAGAIN.
+            raise ConnectionLost(f"bind timed out: {error}") from error
+        except (OSError, BindProtocolError) as error:
+            raise ConnectionLost(f"bind failed: {error}") from error
+        # ldap3 did not see this bind: keep its idea of the connection's identity in step.
+        connection.bound = result.get("result") == 0
+        connection.result = result
         return result
 
     def bind_anonymously(self, connection: ldap3.Connection) -> dict[str, Any]:

@@ -69,6 +69,8 @@ def password_problem(password: str) -> str | None:
         return "empty_password"
     if len(password) > MAX_PASSWORD_LENGTH:
         return "password_too_long"
+    if password.isprintable():
+        return None  # no character of categories C* or Z* but the space: the common case, fast
     if any(unicodedata.category(character) == "Cc" for character in password):
         return "control_character_in_password"  # NUL, C0, DEL, C1
     if any(unicodedata.category(character) == "Cs" for character in password):
@@ -170,7 +172,7 @@ class AuthService:
     def _client(self, name: str, model: DirectoryModel, base_dir: Path) -> DirectoryClient:
         """The client (and its connection pools) for a directory, rebuilt when a reload changed it."""
         known = self._clients.get(name)
-        if known is not None and known[0] == model and known[1] == base_dir:
+        if known is not None and (known[0] is model or known[0] == model) and known[1] == base_dir:
             return known[2]
         client: DirectoryClient
         if isinstance(model, ActiveDirectory):
