@@ -299,7 +299,7 @@ def start_appliance(directory: Path, clients: int) -> RunningServer:
         f"[server.limits]\nmax_connections_per_client = {clients + 10}\n"
         f'[domains."{DOMAIN}".accounts]\n{USER} = {{ password_hash = "{hash_password(PASSWORD)}" }}\n'
     )
-    log = directory / "serve.log"
+    log = directory.parent / "appliance-serve.log"
     with open(log, "wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "appliance", "serve", "--manifest", str(manifest)],

@@ -148,7 +148,7 @@ def start_appliance(work: Path, users: int) -> RunningServer:
         f"[server.limits]\nmax_connections_per_client = {users + 10}\n"  # all clients are 127.0.0.1
         f'[domains."{DOMAIN}".accounts]\n{accounts}\n'
     )
-    log = open(directory / "serve.log", "wb")  # noqa: SIM115 - kept open for the child's life
+    log = open(work / "appliance-serve.log", "wb")  # noqa: SIM115 - kept open for the child's life
     process = subprocess.Popen(
         [sys.executable, "-m", "appliance", "serve", "--manifest", str(manifest)],
         cwd=directory,

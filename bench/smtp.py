@@ -109,7 +109,7 @@ def start_appliance(work: Path, sessions: int) -> RunningServer:
         f"[server.limits]\nmax_connections_per_client = {sessions * 10}\n"
         f'[domains."{DOMAIN}".accounts]\n{accounts}\n'
     )
-    log = open(directory / "serve.log", "wb")  # noqa: SIM115 - kept open for the child's life
+    log = open(work / "appliance-serve.log", "wb")  # noqa: SIM115 - kept open for the child's life
     process = subprocess.Popen(
         [sys.executable, "-m", "appliance", "serve", "--manifest", str(manifest)],
         cwd=directory,
