@@ -204,5 +204,6 @@ def test_a_client_that_leaves_during_data_stores_nothing(server: RunningApplianc
     client = open_transaction(server)
     client.send(b"Subject: cut\r\n\r\nhalf a message\r\n")
     client.close()
+    server.wait_for_log(r"data aborted client=127\.0\.0\.1 listener=smtp")
     server.wait_for_log(r"disconnect client=127\.0\.0\.1 listener=smtp messages=0")
     assert stored(server) == []

@@ -26,7 +26,7 @@ from aiosmtpd.smtp import SMTP, Envelope
 from appliance.auth.service import Outcome, log_field
 from appliance.smtp import replies
 from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
-from appliance.smtp.data import DataState, read_data
+from appliance.smtp.data import Data, DataState, read_data
 from appliance.smtp.outbound import hand_to_queue, queue_available
 from appliance.store.maildir import QuotaExceeded
 
@@ -582,14 +582,17 @@ class SMTPConnection(SMTP):
         snapshot = self.services.holder.current
         self._reset_timeout(snapshot.manifest.server.limits.data_timeout)
         await self.push(replies.START_DATA)
+        data: Data | None = None
         try:
             data = await read_data(self._reader, tx.size_limit, self.line_length_limit)
         except asyncio.CancelledError:
-            log.info("disconnect during DATA client=%s listener=%s", self.peer_ip, self.listener.name)
             self._writer.close()
             raise
+        finally:
+            if data is None:  # the client went away before the end of the message
+                log.info("data aborted client=%s listener=%s", self.peer_ip, self.listener.name)
         if data is None:
-            return  # the client went away before the end of the message
+            return
         if data.state is not DataState.NOMINAL:
             too_long = data.state is DataState.TOO_LONG
             reply = replies.LINE_TOO_LONG if too_long else replies.MESSAGE_TOO_BIG

@@ -38,6 +38,7 @@ class _LineMeter:
         self.cr = False  # whether the last piece ended with CR (a CRLF may be split)
 
     def feed(self, piece: bytes) -> int:
+        """The longest line `piece` ends or leaves open, with its CRLF."""
         longest = 0
         if self.cr and piece.startswith(b"\n"):
             self.open = 0  # the open line, measured with its CR, has ended
@@ -46,7 +47,7 @@ class _LineMeter:
         if len(lines) == 1:
             self.open += len(piece)
         else:
-            longest = max(longest, self.open + len(lines[0]) + 2)
+            longest = self.open + len(lines[0]) + 2
             if len(lines) > 2:
                 longest = max(longest, max(map(len, lines[1:-1])) + 2)
             self.open = len(lines[-1])

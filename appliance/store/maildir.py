@@ -377,23 +377,22 @@ _NO_NAMELESS_FILES = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOTSU
 
 
 def _open_nameless(root: Path) -> int:
-    flags = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC
+    return _open_in_maildir(root, root / "tmp", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC)
+
+
+def _open_in_maildir(root: Path, path: Path, flags: int) -> int:
+    """os.open(path) for writing, creating the Maildir at `root` first if it is missing."""
     try:
-        return os.open(root / "tmp", flags, 0o600)
+        return os.open(path, flags, 0o600)
     except FileNotFoundError:
         Maildir(root).ensure()
-        return os.open(root / "tmp", flags, 0o600)
+        return os.open(path, flags, 0o600)
 
 
 def _write_new_by_rename(root: Path, name: str, data: bytes) -> None:
     """tmp/<name> written and fsynced, then renamed into new/."""
     temporary = root / "tmp" / name
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    try:
-        descriptor = os.open(temporary, flags, 0o600)
-    except FileNotFoundError:
-        Maildir(root).ensure()
-        descriptor = os.open(temporary, flags, 0o600)
+    descriptor = _open_in_maildir(root, temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC)
     try:
         try:
             write_all(descriptor, data)
