@@ -126,6 +126,7 @@ class Server:
         from appliance.queue import OutboundQueue
         from appliance.security import AutoBan
         from appliance.store.maildir import MailStore
+        from appliance.store.writer import DeliveryProcess
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "state").mkdir(exist_ok=True)
@@ -141,6 +142,9 @@ class Server:
             sessions=SessionCounter(),
             autoban=autoban,
         )
+        delivery_process = DeliveryProcess()
+        await delivery_process.start()
+        self.services.store.delivery_process = delivery_process
         self.services.queue = OutboundQueue(self.holder, self.services.store, self.executor, self.data_dir)
         await self.services.queue.start()
         await self.apply_listeners(self.holder.current)
@@ -181,6 +185,8 @@ class Server:
             if self.services.queue is not None:
                 await self.services.queue.stop()
             await self.services.auth.close()
+            if self.services.store.delivery_process is not None:
+                await self.services.store.delivery_process.close()
             self.services.readers.shutdown(wait=True)
         self.executor.shutdown(wait=True)
         self.loader.shutdown(wait=True)
@@ -346,9 +352,14 @@ class Server:
             "accounts": snapshot.account_count,
             "sessions": self.services.sessions.counts() if self.services else {},
             "process": _process_figures(),
+            "delivery_process_pid": self._delivery_pid(),
             "reloads": {"applied": self.reloads_applied, "rejected": self.reloads_rejected},
             "written_at": time.time(),
         }
+
+    def _delivery_pid(self) -> int | None:
+        process = self.services.store.delivery_process if self.services else None
+        return process.pid if process is not None else None
 
     def status_line(self) -> str:
         snapshot = self.holder.current

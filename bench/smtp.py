@@ -82,11 +82,28 @@ class RunningServer:
                 self.process.wait(5)
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU of the server's main process so far (the appliance only)."""
+        """User + system CPU so far of the appliance: its main process and the delivery process
+        it starts (its child). None for Postfix."""
         if self.process is None:
             return None
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        pids = [self.process.pid]
+        try:
+            pids += [
+                int(p)
+                for p in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
+                .read_text()
+                .split()
+            ]
+        except OSError:
+            pass
+        total = 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
 
 
 def wait_for_banner(port: int, what: str, process: subprocess.Popen[bytes] | None = None) -> None:

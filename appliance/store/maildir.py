@@ -9,7 +9,8 @@ ends, as Dovecot and mutt expect.
 Delivery is durable before anyone is told it succeeded: write the file in `tmp/`, fsync it,
 give it its name in `new/` (a rename, or a link of a nameless O_TMPFILE file), fsync `new/`.
 Every method here touches the disk and must run in an executor; `MailStore.deliver` and
-`MailStore.usage` do that themselves.
+`MailStore.usage` do that themselves (the server has `deliver` written by a process of its own,
+store/writer.py).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 if TYPE_CHECKING:
     from appliance.snapshot import AccountEntry
+    from appliance.store.writer import DeliveryProcess
 
 INFO_SEPARATOR = ":2,"  # Maildir "experimental semantics" info, version 2: the flags follow
 SUBDIRECTORIES = ("cur", "new", "tmp")
@@ -193,12 +195,10 @@ class MailStore:
         self.executor = executor
         self._usage: dict[str, _Usage] = {}
         self._usage_lock = threading.Lock()
-        self._syncs: dict[str, _DirectorySync] = {}
-        # Maildir unique names: "<seconds>.M<usec>P<pid>Q<counter>.<host>", with "/" and ":"
-        # escaped in the host name as the Maildir convention says.
-        self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072") or "localhost"
-        self._counter = itertools.count(1)
-        self._pid = os.getpid()
+        self.writer = MaildirWriter()
+        # When set (the server sets it), deliveries are written by a process of their own
+        # instead of this process's disk threads: see store/writer.py for why.
+        self.delivery_process: DeliveryProcess | None = None
         # Called on the event loop after each delivery with the Maildirs it reached (IMAP IDLE).
         self.listeners: list[Callable[[list[Path]], None]] = []
 
@@ -249,7 +249,10 @@ class MailStore:
             if await self.over_quota(account, len(data)):
                 raise QuotaExceeded(account.mailbox)
         paths = [self.path(account) for account in mailboxes]
-        await asyncio.get_running_loop().run_in_executor(self.executor, self.deliver_now, data, paths)
+        if self.delivery_process is not None:
+            await self.delivery_process.deliver(data, paths)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.deliver_now, data, paths)
         with self._usage_lock:
             for account in mailboxes:
                 usage = self._usage.get(account.mailbox)
@@ -266,6 +269,27 @@ class MailStore:
             usage.add(delta)
 
     def deliver_now(self, data: bytes, maildirs: Sequence[Path]) -> list[Path]:
+        """`MaildirWriter.deliver` in this process (blocking)."""
+        return self.writer.deliver(data, maildirs)
+
+    def unique_name(self) -> str:
+        return self.writer.unique_name()
+
+
+class MaildirWriter:
+    """Blocking delivery into Maildirs' new/: unique file names, the files, and group-committed
+    syncs of new/. Thread-safe; one per process (the names carry the process id)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._syncs: dict[str, _DirectorySync] = {}
+        # Maildir unique names: "<seconds>.M<usec>P<pid>Q<counter>.<host>", with "/" and ":"
+        # escaped in the host name as the Maildir convention says.
+        self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072") or "localhost"
+        self._counter = itertools.count(1)
+        self._pid = os.getpid()
+
+    def deliver(self, data: bytes, maildirs: Sequence[Path]) -> list[Path]:
         """Write `data` (final bytes, LF line ends) into each Maildir's new/; blocking.
 
         The first mailbox gets the file written, fsynced and renamed; the others get hard links to
@@ -294,7 +318,7 @@ class MailStore:
 
     def _directory_sync(self, path: Path) -> _DirectorySync:
         key = str(path)
-        with self._usage_lock:
+        with self._lock:
             syncer = self._syncs.get(key)
             if syncer is None:
                 if len(self._syncs) >= MAX_DIRECTORY_SYNCS:

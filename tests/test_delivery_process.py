@@ -1,0 +1,235 @@
+"""The delivery process (appliance/store/writer.py): messages written by a process of its own.
+
+Real processes and a real disk: the server's end (DeliveryProcess) starts the process, hands it
+messages over the socket pair and gets its replies; the process is stopped, killed and paused
+with real signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import signal
+import smtplib
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.store import writer as writer_module
+from appliance.store.maildir import DeliveryError, Maildir
+from appliance.store.writer import DeliveryProcess
+from tests.fixtures.appliance import ApplianceFactory
+
+MESSAGE = b"Return-Path: <a@example.test>\nSubject: hello\n\nbody line\n"
+
+
+def run(coroutine_function, *args):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coroutine_function(*args), 60))
+
+
+def files_in(maildir: Path, sub: str = "new") -> list[Path]:
+    return sorted((maildir / sub).iterdir())
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers signal 0: it is gone for every purpose here.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture
+def maildir(tmp_path: Path) -> Path:
+    root = tmp_path / "mail" / "example.test" / "john"
+    Maildir(root).ensure()
+    return root
+
+
+def test_a_message_is_written_by_the_process_byte_for_byte(maildir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "mail" / "example.test" / "jane"  # missing: created on the way
+
+    async def scenario() -> int:
+        process = DeliveryProcess()
+        await process.start()
+        try:
+            await process.deliver(MESSAGE, [maildir, other])
+            assert process.pid is not None and process.pid != os.getpid()
+            return process.pid
+        finally:
+            await process.close()
+
+    pid = run(scenario)
+    for root in (maildir, other):
+        [path] = files_in(root)
+        assert path.read_bytes() == MESSAGE
+        # The unique name carries the process that wrote it: the delivery process, not this one.
+        assert re.search(rf"P{pid}Q\d+\.", path.name), path.name
+        assert f",S={len(MESSAGE)}," in path.name
+        assert files_in(root, "tmp") == []
+    assert not pid_alive(pid), "the process did not exit after close()"
+
+
+def test_a_disk_error_comes_back_with_its_errno_and_nothing_is_stored(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    Maildir(broken).ensure()
+    (broken / "new").rmdir()
+    (broken / "new").write_bytes(b"a file where new/ should be")
+
+    async def scenario() -> DeliveryError:
+        process = DeliveryProcess()
+        await process.start()
+        try:
+            with pytest.raises(DeliveryError) as caught:
+                await process.deliver(MESSAGE, [broken])
+            return caught.value
+        finally:
+            await process.close()
+
+    error = run(scenario)
+    assert error.errno == errno.ENOTDIR
+    assert error.filename  # the name the failing call was given travels back too
+    assert files_in(broken, "tmp") == []
+
+
+def test_close_lets_every_delivery_in_flight_finish(maildir: Path) -> None:
+    async def scenario() -> list[BaseException | None]:
+        process = DeliveryProcess()
+        await process.start()
+        tasks = [asyncio.ensure_future(process.deliver(MESSAGE + b"%d\n" % n, [maildir])) for n in range(40)]
+        await asyncio.sleep(0)  # every request written, none answered yet
+        await process.close()
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+    results = run(scenario)
+    assert results == [None] * 40
+    assert len(files_in(maildir)) == 40
+
+
+def test_a_killed_process_fails_its_deliveries_in_flight_and_the_next_one_starts_anew(
+    maildir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        process = DeliveryProcess()
+        await process.start()
+        first = process.pid
+        assert first is not None
+        try:
+            os.kill(first, signal.SIGSTOP)  # the request reaches it but is never answered
+            in_flight = asyncio.ensure_future(process.deliver(MESSAGE, [maildir]))
+            await asyncio.sleep(0.2)
+            assert not in_flight.done()
+            os.kill(first, signal.SIGKILL)
+            with pytest.raises(DeliveryError) as caught:
+                await in_flight
+            assert caught.value.errno == errno.EIO
+
+            # Right after a start, a dead process is not restarted for every message...
+            monkeypatch.setattr(writer_module, "RESTART_PAUSE", 3600.0)
+            with pytest.raises(DeliveryError):
+                await process.deliver(MESSAGE, [maildir])
+            # ...but once the pause is over the next delivery starts a new one and succeeds.
+            monkeypatch.setattr(writer_module, "RESTART_PAUSE", 0.0)
+            await process.deliver(MESSAGE, [maildir])
+            assert process.pid not in (None, first)
+        finally:
+            await process.close()
+
+    run(scenario)
+    assert len(files_in(maildir)) == 1  # only the delivery that was answered with success
+
+
+def test_the_process_ignores_sigterm_and_sigint(maildir: Path) -> None:
+    """A service stop or a Ctrl-C reaches the whole process group; the server says when to end."""
+
+    async def scenario() -> None:
+        process = DeliveryProcess()
+        await process.start()
+        try:
+            assert process.pid is not None
+            os.kill(process.pid, signal.SIGTERM)
+            os.kill(process.pid, signal.SIGINT)
+            await asyncio.sleep(0.3)
+            await process.deliver(MESSAGE, [maildir])
+        finally:
+            await process.close()
+
+    run(scenario)
+    assert len(files_in(maildir)) == 1
+
+
+# -- with the server ---------------------------------------------------------------------------
+
+DOMAINS = """
+[domains."example.test".accounts]
+john = {}
+"""
+
+
+def writer_pid(log: str) -> int:
+    match = re.search(r"delivery process started pid=(\d+)", log)
+    assert match, log
+    return int(match.group(1))
+
+
+def test_the_server_delivers_through_its_process_and_stops_it(appliance: ApplianceFactory) -> None:
+    running = appliance.start(DOMAINS, listeners=("smtp",))
+    pid = writer_pid(running.log())
+    with smtplib.SMTP("127.0.0.1", running.ports["smtp"], timeout=10) as client:
+        client.sendmail("a@remote.example", ["john@example.test"], b"Subject: via\r\n\r\nhello\r\n")
+    [path] = files_in(running.data_dir / "mail" / "example.test" / "john")
+    assert re.search(rf"P{pid}Q\d+\.", path.name), path.name
+    assert running.stop() == 0
+    assert wait_for(lambda: not pid_alive(pid)), "the delivery process outlived the server"
+
+
+def test_the_process_ends_when_the_server_is_killed(appliance: ApplianceFactory) -> None:
+    running = appliance.start(DOMAINS, listeners=("smtp",))
+    pid = writer_pid(running.log())
+    running.process.kill()
+    running.process.wait(10)
+    assert wait_for(lambda: not pid_alive(pid)), "an orphaned delivery process kept running"
+
+
+def test_a_delivery_cut_short_by_a_dead_process_is_a_temporary_error(appliance: ApplianceFactory) -> None:
+    running = appliance.start(DOMAINS, listeners=("smtp",))
+    pid = writer_pid(running.log())
+    maildir = running.data_dir / "mail" / "example.test" / "john"
+    os.kill(pid, signal.SIGSTOP)  # the message reaches the process but is never written
+    with smtplib.SMTP("127.0.0.1", running.ports["smtp"], timeout=20) as client:
+        client.ehlo()
+        client.mail("a@remote.example")
+        client.rcpt("john@example.test")
+        client.putcmd("data")
+        assert client.getreply()[0] == 354
+        client.send(b"Subject: first\r\n\r\nhello\r\n.\r\n")
+        running.wait_for_log(r"connect client=")
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        code, text = client.getreply()
+        assert code == 451, text
+    running.wait_for_log(rf"delivery process stopped pid={pid} exit=-9 failed_deliveries=1")
+    assert not (maildir / "new").exists() or files_in(maildir) == []
+    # The next message, once the restart pause is over, starts a new process and is stored.
+    time.sleep(writer_module.RESTART_PAUSE)
+    with smtplib.SMTP("127.0.0.1", running.ports["smtp"], timeout=10) as client:
+        client.sendmail("a@remote.example", ["john@example.test"], b"Subject: second\r\n\r\nhello\r\n")
+    assert writer_pid(running.log().split(f"pid={pid}", 1)[1]) != pid
+    [path] = files_in(maildir)
+    assert b"Subject: second" in path.read_bytes()
