@@ -49,6 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._mail import process_cpu
 from tests.fixtures.appliance import free_port
 
 DOMAIN = "bench.test"
@@ -86,24 +87,12 @@ class RunningServer:
         it starts (its child). None for Postfix."""
         if self.process is None:
             return None
-        pids = [self.process.pid]
+        pid = self.process.pid
         try:
-            pids += [
-                int(p)
-                for p in Path(f"/proc/{self.process.pid}/task/{self.process.pid}/children")
-                .read_text()
-                .split()
-            ]
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         except OSError:
-            pass
-        total = 0
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])
-        return total / os.sysconf("SC_CLK_TCK")
+            children = []
+        return process_cpu(pid) + sum(process_cpu(int(child)) for child in children)
 
 
 def wait_for_banner(port: int, what: str, process: subprocess.Popen[bytes] | None = None) -> None:

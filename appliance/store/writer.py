@@ -25,6 +25,7 @@ delivery starts a new process.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import errno
 import itertools
 import json
@@ -40,6 +41,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from appliance.store.maildir import DeliveryError, MaildirWriter
+
 log = logging.getLogger("appliance.store")
 
 REQUEST = struct.Struct("!QIQ")
@@ -48,12 +51,6 @@ THREADS = 2  # measured: 1 to 4 differ little; the disk work itself is short (se
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0
 RESTART_PAUSE = 1.0  # a process that keeps dying is not restarted more often than this
-
-
-def _delivery_error(number: int, text: str, filename: str | None = None) -> Exception:
-    from appliance.store.maildir import DeliveryError
-
-    return DeliveryError(number, text, filename)
 
 
 class DeliveryProcess:
@@ -122,12 +119,12 @@ class DeliveryProcess:
         transport = self._transport
         if transport is None or transport.is_closing():
             if self._closing or time.monotonic() - self._started_at < RESTART_PAUSE:
-                raise _delivery_error(errno.EIO, "the delivery process is not running")
+                raise DeliveryError(errno.EIO, "the delivery process is not running")
             try:
                 await self.start()
             except OSError as error:
                 log.error("delivery process restart failed error=%s", error)
-                raise _delivery_error(errno.EIO, "the delivery process is not running") from error
+                raise DeliveryError(errno.EIO, "the delivery process is not running") from error
             transport = self._transport
             assert transport is not None
         request_id = next(self._ids)
@@ -149,7 +146,7 @@ class DeliveryProcess:
             future.set_result(None)
             return
         problem = json.loads(body)
-        future.set_exception(_delivery_error(problem["errno"], problem["strerror"], problem.get("filename")))
+        future.set_exception(DeliveryError(problem["errno"], problem["strerror"], problem.get("filename")))
 
     def _lost(self, protocol: _Replies) -> None:
         if self._transport is None or self._transport.get_protocol() is not protocol:
@@ -160,7 +157,7 @@ class DeliveryProcess:
             self._ready.set_exception(OSError(errno.EIO, "it exited before it was ready"))
         for future in pending.values():
             if not future.done():
-                future.set_exception(_delivery_error(errno.EIO, "the delivery process stopped"))
+                future.set_exception(DeliveryError(errno.EIO, "the delivery process stopped"))
         if not self._closing and self._process is not None:
             task = asyncio.get_running_loop().create_task(self._report_exit(self._process, len(pending)))
             self._reports.add(task)
@@ -226,10 +223,6 @@ class _Replies(asyncio.Protocol):
 # -- the process -----------------------------------------------------------------------------
 def serve(connection: socket.socket, threads: int) -> None:
     """Read requests until the server closes its end; each one is delivered by a pool thread."""
-    import concurrent.futures
-
-    from appliance.store.maildir import MaildirWriter
-
     writer = MaildirWriter()
     sending = threading.Lock()
 
