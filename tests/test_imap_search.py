@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from appliance.imap.message import ParsedMessage
-from appliance.imap.search import SearchContext, SearchError, compile_search
+from appliance.imap.search import Search, SearchBatch, SearchError, compile_search, joined_values
 from appliance.imap.tokens import Atom, Token
 
 
@@ -55,19 +55,16 @@ INFOS = [
 RECENT = {20, 35}
 
 
-def contexts(counter: list[int] | None = None) -> list[SearchContext]:
-    found = []
-    for seq, (raw, info) in enumerate(zip(MESSAGES, INFOS, strict=True), 1):
+def run(compiled: Search, counter: list[int] | None = None) -> list[int]:
+    """The sequence numbers of MESSAGES that `compiled` selects; `counter` gets a 1 per parse."""
 
-        def message(raw: bytes = raw) -> ParsedMessage:
-            if counter is not None:
-                counter.append(1)
-            return ParsedMessage.parse(raw)
+    def message(position: int) -> ParsedMessage:
+        if counter is not None:
+            counter.append(1)
+        return ParsedMessage.parse(MESSAGES[position])
 
-        found.append(
-            SearchContext(seq=seq, uid=info.uid, info=info, recent=info.uid in RECENT, message=message)
-        )
-    return found
+    batch = SearchBatch([1, 2, 3], INFOS, RECENT.__contains__, message)  # type: ignore[arg-type]
+    return [position + 1 for position in compiled.select(batch)]
 
 
 def tokens(text: str) -> list[Token]:
@@ -102,7 +99,7 @@ def tokens(text: str) -> list[Token]:
 
 def search(text: str, charset: str | None = None) -> list[int]:
     compiled = compile_search(tokens(text), max_seq=3, max_uid=35, charset=charset)
-    return [context.seq for context in contexts() if compiled.matches(context)]
+    return run(compiled)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +140,7 @@ def test_keys_on_flags_sizes_and_sets_need_no_message(criteria: str, expected: l
     reads: list[int] = []
     compiled = compile_search(tokens(criteria), max_seq=3, max_uid=35)
     assert not compiled.needs_message
-    assert [context.seq for context in contexts(reads) if compiled.matches(context)] == expected
+    assert run(compiled, reads) == expected
     assert reads == []
 
 
@@ -254,6 +251,45 @@ def test_deep_nesting_is_refused_not_a_recursion_error() -> None:
 def test_a_message_is_parsed_only_when_a_key_needs_it() -> None:
     reads: list[int] = []
     compiled = compile_search(tokens("OR SEEN SUBJECT lunch"), max_seq=3, max_uid=35)
-    matched = [context.seq for context in contexts(reads) if compiled.matches(context)]
+    matched = run(compiled, reads)
     assert matched == [1, 2, 3]
     assert len(reads) == 1  # messages 1 and 3 matched on their flags alone
+
+
+def test_cached_header_fields_answer_without_parsing_any_message() -> None:
+    """A header-only search over SearchBatch.fields (the folder's cache) reads no message, and a
+    field's values match one at a time, never across the boundary between two of them."""
+    two_to = crlf("From: dan@example.test\nTo: ab@one.test\nTo: cd@two.test\nSubject: two\n\nx\n")
+    raws = [*MESSAGES[:2], two_to]
+
+    def refuse(position: int) -> ParsedMessage:
+        raise AssertionError("a cached search parsed a message")
+
+    names = ("from", "to", "subject", "x-priority", "bcc")
+    fields = {name: [joined_values(ParsedMessage.parse(raw).header(name)) for raw in raws] for name in names}
+    batch = SearchBatch([1, 2, 3], INFOS, RECENT.__contains__, refuse, fields)  # type: ignore[arg-type]
+    cases = [
+        ("FROM JANE", [1]),
+        ('SUBJECT "strasse"', [1]),
+        ('HEADER X-Priority ""', [1]),
+        ('HEADER Bcc ""', [2]),
+        ("TO cd@two", [3]),
+        ("TO test", [1, 2, 3]),
+        ('TO "test cd"', []),  # "ab@one.test" and "cd@two.test" are two values, not one text
+        ("TO testcd", []),
+        ("OR TO ab@ SUBJECT lunch", [2, 3]),
+        ("NOT TO one.test", [1, 2]),
+        ("SEEN NOT FROM bob", [1, 3]),
+    ]
+    for criteria, expected in cases:
+        compiled = compile_search(tokens(criteria), max_seq=3, max_uid=35)
+        assert compiled.header_only
+        assert [position + 1 for position in compiled.select(batch)] == expected, criteria
+
+
+def test_keys_that_read_no_message_narrow_the_ones_that_do() -> None:
+    """ANDed keys: flags first whatever the order written, so only the unseen message is parsed."""
+    reads: list[int] = []
+    compiled = compile_search(tokens("BODY noon UNSEEN"), max_seq=3, max_uid=35)
+    assert run(compiled, reads) == [2]
+    assert len(reads) == 1

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.imap.fetch import parse_items
+from appliance.imap.fetch import metadata_line, parse_items, render
+from appliance.imap.mailbox import MessageInfo
 from appliance.imap.responses import Bad, internaldate, parse_date_time
+from appliance.imap.sequence import SequenceSet, SequenceSetError
 from appliance.imap.syntax import CommandSyntaxError, Tokenizer
 from appliance.imap.tokens import Atom
 
@@ -76,3 +78,42 @@ def test_date_time_round_trips_through_internaldate() -> None:
     assert parse_date_time(internaldate(stamp).decode().strip('"')) == stamp
     with pytest.raises(Bad):
         parse_date_time("31-Foo-2020 10:00:00 +0000")
+
+
+@pytest.mark.parametrize(
+    ("items", "uid"),
+    [
+        ([Atom("FLAGS")], True),  # the resync: UID FETCH 1:* (FLAGS)
+        ([Atom("FLAGS")], False),
+        ([Atom("UID")], False),
+        ([[Atom("FLAGS"), Atom("UID")]], False),
+        ([Atom("FAST")], True),
+        ([[Atom("RFC822.SIZE"), Atom("INTERNALDATE")]], False),
+    ],
+)
+def test_metadata_lines_are_what_render_gives(items: list, uid: bool) -> None:
+    request = parse_items(items, uid)
+    line = metadata_line(request)
+    infos = [
+        MessageInfo(7, "k7", frozenset({"\\Seen", "$Work"}), 1_700_000_000.0, 4321),
+        MessageInfo(9, "k9", frozenset(), 1_700_086_400.0, 12),
+    ]
+    recent = {9}
+    for seq, info in enumerate(infos, 1):
+        expected = render(seq, info, info.uid in recent, request, None, None)
+        assert line(seq, info, recent.__contains__) == expected
+
+
+def test_sequence_sets_resolve_ranges_overlaps_and_star() -> None:
+    uids = [1, 2, 3, 5, 9, 12]
+    assert SequenceSet.parse("1:*").select(uids, 12) == uids
+    assert SequenceSet.parse("4:2,3,9:*").select(uids, 12) == [2, 3, 9, 12]
+    assert SequenceSet.parse("20:*").select(uids, 12) == [12]  # RFC 3501 §6.4.8: "*" is the largest
+    assert SequenceSet.parse("6:8").select(uids, 12) == []
+    assert SequenceSet.parse("1:*").seqs(5) == [1, 2, 3, 4, 5]
+    assert SequenceSet.parse("5,1:2,2,*").seqs(5) == [1, 2, 5]
+    assert SequenceSet.parse("3:1").seqs(3) == [1, 2, 3]
+    with pytest.raises(SequenceSetError):
+        SequenceSet.parse("6").seqs(5)
+    with pytest.raises(SequenceSetError):
+        SequenceSet.parse("1").seqs(0)

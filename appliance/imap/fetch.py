@@ -9,6 +9,7 @@ never parsed, so a full download costs a slice and a join per message.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.imap import responses, wire
@@ -133,6 +134,35 @@ def _section(value: str) -> Item:
     if partial is not None:
         head += b"<%d>" % partial[0]  # RFC 3501 §7.4.2: only the origin is echoed
     return Item("BODY[]", head, part, text, fields, partial, kind.upper() == "BODY.PEEK")
+
+
+Line = Callable[[int, MessageInfo, Callable[[int], bool]], bytes]
+
+
+def metadata_line(request: Request) -> Line:
+    """For a request that needs no message bytes (UID, FLAGS, INTERNALDATE, RFC822.SIZE): one
+    message's response, `line(seq, info, is_recent)`, as one format operation. The full
+    `UID FETCH 1:* (FLAGS)` resync a client does on reconnecting is one such line per message."""
+    names = tuple(item.name for item in request.items)
+    flag_list = responses.flag_list
+    if names == ("UID", "FLAGS"):
+        return lambda seq, info, is_recent: (
+            b"* %d FETCH (UID %d FLAGS %s)\r\n"
+            % (
+                seq,
+                info.uid,
+                flag_list(info.flags, is_recent(info.uid)),
+            )
+        )
+    if names == ("FLAGS",):
+        return lambda seq, info, is_recent: (
+            b"* %d FETCH (FLAGS %s)\r\n"
+            % (
+                seq,
+                flag_list(info.flags, is_recent(info.uid)),
+            )
+        )
+    return lambda seq, info, is_recent: render(seq, info, is_recent(info.uid), request, None, None)
 
 
 def render(

@@ -167,9 +167,10 @@ class _Folder:
         self.views: set[FolderView] = set()
         self.last_used = time.monotonic()
         self._flag_sets: dict[str, frozenset[str]] = {}
-        # Header field values SEARCH asked for: field → Maildir key → values. A message's bytes
-        # never change under its key, so nothing here goes stale; it lives as long as the index.
-        self.fields: dict[str, dict[str, tuple[str, ...]]] = {}
+        # Header field values SEARCH asked for: field → Maildir key → the values as
+        # SearchBatch.fields holds them. A message's bytes never change under its key, so nothing
+        # here goes stale; it lives as long as the index.
+        self.fields: dict[str, dict[str, str | None]] = {}
 
     # -- reading the disk (lock held) ------------------------------------------------------------
     def maybe_changed(self) -> bool:
@@ -481,6 +482,11 @@ class FolderView:
         folder.views.add(self)
 
     # -- what the session asks ---------------------------------------------------------------------
+    @property
+    def uids(self) -> list[int]:
+        """The UIDs of `messages`, in the same order (ascending); not to be changed."""
+        return self._uids
+
     def uidnext(self) -> int:
         return self._folder.uidnext
 
@@ -676,43 +682,47 @@ class FolderView:
             expunged = self._drop_uids(copied)
         return uidvalidity, copied, created, expunged
 
-    async def header_fields(
+    async def header_columns(
         self,
         infos: Sequence[MessageInfo],
         names: Sequence[str],
-        extract: Callable[[bytes], dict[str, tuple[str, ...]]],
-    ) -> list[dict[str, tuple[str, ...]] | None]:
-        """The values of header fields `names` for each message (None: it vanished), from the
-        folder's cache; the header of a message not cached yet is read (only the header) and
-        given to `extract` (CRLF bytes → field → values) in the executor."""
+        extract: Callable[[bytes], dict[str, str | None]],
+    ) -> tuple[dict[str, list[str | None]], set[int]]:
+        """The header fields `names` of each message, as columns (field → value per position in
+        `infos`, as SearchBatch.fields holds them), and the positions of messages that vanished.
+        Values come from the folder's cache; the header of a message not cached yet is read (only
+        the header) and given to `extract` (CRLF bytes → field → value) in the executor."""
         folder = self._folder
         caches = [folder.fields.setdefault(name, {}) for name in names]
-        missing = [info for info in infos if any(info.key not in cache for cache in caches)]
-        fresh: dict[str, dict[str, tuple[str, ...]] | None] = {}
+        missing = [
+            position for position, info in enumerate(infos) if any(info.key not in cache for cache in caches)
+        ]
+        columns = {
+            name: [cache.get(info.key) for info in infos] for name, cache in zip(names, caches, strict=True)
+        }
+        gone: set[int] = set()
         if missing:
             places = []
-            for info in missing:
-                entry = folder.entries.get(info.key)
+            for position in missing:
+                key = infos[position].key
+                entry = folder.entries.get(key)
                 path = (
                     f"{folder.prefix}{entry.sub}/{entry.name}"
                     if entry is not None
-                    else f"{folder.prefix}cur/{info.key}"
+                    else f"{folder.prefix}cur/{key}"
                 )
-                places.append((path, info.key))
+                places.append((path, key))
             found = await self._account.read_files(_read_headers, folder.path, places, extract)
-            for info, values in zip(missing, found, strict=True):
-                fresh[info.key] = values
-                if values is not None:
-                    for name, cache in zip(names, caches, strict=True):
-                        if len(cache) < MAX_CACHED_FIELDS:
-                            cache[info.key] = values.get(name, ())
-        results: list[dict[str, tuple[str, ...]] | None] = []
-        for info in infos:
-            if info.key in fresh:
-                results.append(fresh[info.key])
-            else:
-                results.append({name: cache[info.key] for name, cache in zip(names, caches, strict=True)})
-        return results
+            for position, values in zip(missing, found, strict=True):
+                if values is None:
+                    gone.add(position)
+                    continue
+                key = infos[position].key
+                for name, cache in zip(names, caches, strict=True):
+                    value = columns[name][position] = values.get(name)
+                    if len(cache) < MAX_CACHED_FIELDS:
+                        cache[key] = value
+        return columns, gone
 
     async def read(self, infos: Sequence[MessageInfo]) -> list[bytes | None]:
         folder = self._folder
@@ -724,7 +734,7 @@ class FolderView:
                 if entry is not None
                 else f"{folder.prefix}cur/{info.key}"
             )
-            places.append((path, info.key))
+            places.append((path, info.key, info.size))
         return await self._account.read_files(_read_all, folder.path, places)
 
     def close(self) -> None:
@@ -756,14 +766,14 @@ def _link_all(source: Path, target: Path, jobs: list[tuple[Path, str, str, str]]
     return done
 
 
-def _read_all(folder: Path, places: list[tuple[str, str]]) -> list[bytes | None]:
-    return [index.read_crlf(path, folder, key) for path, key in places]
+def _read_all(folder: Path, places: list[tuple[str, str, int]]) -> list[bytes | None]:
+    return [index.read_crlf(path, folder, key, size) for path, key, size in places]
 
 
 def _read_headers(
-    folder: Path, places: list[tuple[str, str]], extract: Callable[[bytes], dict[str, tuple[str, ...]]]
-) -> list[dict[str, tuple[str, ...]] | None]:
-    found: list[dict[str, tuple[str, ...]] | None] = []
+    folder: Path, places: list[tuple[str, str]], extract: Callable[[bytes], dict[str, str | None]]
+) -> list[dict[str, str | None] | None]:
+    found: list[dict[str, str | None] | None] = []
     for path, key in places:
         header = index.read_header(path, folder, key)
         found.append(None if header is None else extract(header))

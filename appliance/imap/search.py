@@ -1,10 +1,12 @@
-"""SEARCH criteria (RFC 3501 §6.4.4) compiled once per command into a predicate over messages.
+"""SEARCH criteria (RFC 3501 §6.4.4) compiled once per command, run over a batch of messages.
 
-`compile_search` parses the search keys into nested closures; `Search.needs_message` tells the
-session whether any key looks at the message itself (headers, dates sent, text), so a search on
-flags, sizes, internal dates and sets never reads a file. Strings match as case-insensitive
-substrings with Unicode case folding, against RFC 2047-decoded header values and text with its
-transfer-encoding and charset undone.
+`compile_search` parses the search keys into nested selectors: each takes the positions still
+in question and returns those that match, one list comprehension per key over the whole batch
+rather than a call chain per message. `Search.needs_message` tells the session whether any key
+looks at the message itself (headers, dates sent, text), so a search on flags, sizes, internal
+dates and sets never reads a file. Strings match as case-insensitive substrings with Unicode case
+folding, against RFC 2047-decoded header values and text with its transfer-encoding and charset
+undone.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import datetime
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -57,46 +59,56 @@ class SearchError(ValueError):
         self.code = code
 
 
+FIELD_SEPARATOR = "\0"  # between a field's values in SearchBatch.fields (RFC 3501 text has no NUL)
+
+
 @dataclass(slots=True)
-class SearchContext:
-    """What one message offers to a search."""
+class SearchBatch:
+    """Messages a search runs over; keys look at them by position (0-based) in the batch."""
 
-    seq: int
-    uid: int
-    info: MessageInfo
-    recent: bool
-    message: Callable[[], ParsedMessage]  # parsed at first use (the bytes were read before)
-    # The folded values of a header field, when the caller has them cached (Search.fields);
-    # otherwise they come from message().
-    fields: Callable[[str], Sequence[str]] | None = None
+    seqs: Sequence[int]
+    infos: Sequence[MessageInfo]
+    recent: Callable[[int], bool]  # by UID
+    message: Callable[[int], ParsedMessage]  # by position; parsed at first use (most keys never need it)
+    # Header fields the caller has cached: field → per position, the folded values joined by
+    # FIELD_SEPARATOR (None: the message has no such field). Otherwise they come from message().
+    fields: Mapping[str, Sequence[str | None]] | None = None
 
 
-Matcher = Callable[[SearchContext], bool]
+# A compiled key: the positions among `candidates` (ascending) whose message matches, ascending.
+Selector = Callable[[SearchBatch, list[int]], list[int]]
 
 
 class Search:
-    """A compiled search: `matches` per message; `needs_message` when a key reads the message.
+    """A compiled search; `needs_message` when a key reads the message.
+
+    Each key runs over a whole batch at once, and only over the messages the keys before it left
+    (an AND narrows, an OR asks its second key only about what the first did not match), so a key
+    that needs the message parses only the ones that are still in question.
 
     `header_only`: every key that reads the message reads only the header fields named in
-    `fields` (folded values, SearchContext.fields), so a caller with those cached needs no bytes.
+    `fields`, so a caller with those cached (SearchBatch.fields) needs no bytes.
     """
 
-    __slots__ = ("_matcher", "fields", "header_only", "needs_message")
+    __slots__ = ("_selector", "fields", "header_only", "needs_message")
 
     def __init__(
         self,
-        matcher: Matcher,
+        selector: Selector,
         needs_message: bool,
         fields: frozenset[str] = frozenset(),
         header_only: bool = False,
     ) -> None:
-        self._matcher = matcher
+        self._selector = selector
         self.needs_message = needs_message
         self.fields = fields
         self.header_only = header_only and needs_message
 
-    def matches(self, context: SearchContext) -> bool:
-        return self._matcher(context)
+    def select(self, batch: SearchBatch, candidates: list[int] | None = None) -> list[int]:
+        """The positions in `batch` (of `candidates`, by default all) that match, ascending."""
+        if candidates is None:
+            candidates = list(range(len(batch.infos)))
+        return self._selector(batch, candidates) if candidates else []
 
 
 def compile_search(args: list[Token], *, max_seq: int, max_uid: int, charset: str | None = None) -> Search:
@@ -119,18 +131,23 @@ def compile_search(args: list[Token], *, max_seq: int, max_uid: int, charset: st
     if not args:
         raise SearchError("Missing search keys")
     compiler = _Compiler(args, max_seq, max_uid)
-    matchers = []
-    while not compiler.done():
-        matchers.append(compiler.key(0))
     return Search(
-        _all_of(matchers), compiler.needs_message, frozenset(compiler.fields), not compiler.needs_body
+        compiler.all_keys(0), compiler.needs_message, frozenset(compiler.fields), not compiler.needs_body
     )
 
 
-def _all_of(matchers: list[Matcher]) -> Matcher:
-    if len(matchers) == 1:
-        return matchers[0]
-    return lambda context: all(matcher(context) for matcher in matchers)
+def _all_of(selectors: list[Selector]) -> Selector:
+    if len(selectors) == 1:
+        return selectors[0]
+
+    def select(batch: SearchBatch, candidates: list[int]) -> list[int]:
+        for selector in selectors:
+            candidates = selector(batch, candidates)
+            if not candidates:
+                break
+        return candidates
+
+    return select
 
 
 def fold(text: str) -> str:
@@ -160,7 +177,20 @@ class _Compiler:
         self.pos += 1
         return token
 
-    def key(self, depth: int) -> Matcher:
+    def all_keys(self, depth: int) -> Selector:
+        """Every key up to the end, ANDed: those that read no message first (they are cheap and
+        narrow what the others must read)."""
+        cheap: list[Selector] = []
+        costly: list[Selector] = []
+        while not self.done():
+            before = self.needs_message
+            self.needs_message = False
+            selector = self.key(depth)
+            (costly if self.needs_message else cheap).append(selector)
+            self.needs_message |= before
+        return _all_of(cheap + costly)
+
+    def key(self, depth: int) -> Selector:
         if depth > MAX_DEPTH:
             raise SearchError("Search keys nested too deeply")
         token = self.next("search key")
@@ -168,30 +198,29 @@ class _Compiler:
             if not token:
                 raise SearchError("Empty parenthesized search keys")
             inner = _Compiler(token, self.max_seq, self.max_uid)
-            matchers = []
-            while not inner.done():
-                matchers.append(inner.key(depth + 1))
+            selector = inner.all_keys(depth + 1)
             self.needs_message |= inner.needs_message
             self.needs_body |= inner.needs_body
             self.fields |= inner.fields
-            return _all_of(matchers)
+            return selector
         if not isinstance(token, Atom):
             raise SearchError("Search key expected, found a string")
         word = token.upper()
         if _SEQUENCE_SET.match(word):
             numbers = self.sequence_set(token.value)
             max_seq = self.max_seq
-            return lambda context: numbers.contains(context.seq, max_seq)
+            return lambda batch, candidates: [
+                i for i in candidates if numbers.contains(batch.seqs[i], max_seq)
+            ]
         handler = getattr(self, "key_" + word, None)
         if handler is None:
             if word in _FLAG_KEYS:
-                flag, wanted = _FLAG_KEYS[word]
-                return lambda context: (flag in context.info.flags) == wanted
+                return _flag_key(*_FLAG_KEYS[word])
             if word in _ADDRESS_KEYS:
                 return self.header_key(_ADDRESS_KEYS[word], self.string(word))
             raise SearchError(f"Unknown search key {token.value[:40]}")
-        matcher: Matcher = handler(depth)
-        return matcher
+        compiled: Selector = handler(depth)
+        return compiled
 
     # -- arguments ------------------------------------------------------------------------------
     def string(self, key: str) -> str:
@@ -234,130 +263,198 @@ class _Compiler:
             raise SearchError(str(error)) from None
 
     # -- keys -----------------------------------------------------------------------------------
-    def key_ALL(self, depth: int) -> Matcher:
-        return lambda context: True
+    def key_ALL(self, depth: int) -> Selector:
+        return lambda batch, candidates: candidates
 
-    def key_NOT(self, depth: int) -> Matcher:
+    def key_NOT(self, depth: int) -> Selector:
         inner = self.key(depth + 1)
-        return lambda context: not inner(context)
 
-    def key_OR(self, depth: int) -> Matcher:
+        def select(batch: SearchBatch, candidates: list[int]) -> list[int]:
+            matched = set(inner(batch, candidates))
+            return [i for i in candidates if i not in matched]
+
+        return select
+
+    def key_OR(self, depth: int) -> Selector:
         first = self.key(depth + 1)
         second = self.key(depth + 1)
-        return lambda context: first(context) or second(context)
 
-    def key_UID(self, depth: int) -> Matcher:
+        def select(batch: SearchBatch, candidates: list[int]) -> list[int]:
+            matched = first(batch, candidates)
+            if len(matched) == len(candidates):
+                return matched
+            taken = set(matched)
+            rest = second(batch, [i for i in candidates if i not in taken])
+            return sorted(matched + rest) if rest else matched  # two ascending runs: one merge
+
+        return select
+
+    def key_UID(self, depth: int) -> Selector:
         token = self.next("UID set")
         if not isinstance(token, Atom):
             raise SearchError("UID needs a sequence set")
         numbers = self.sequence_set(token.value)
         max_uid = self.max_uid
-        return lambda context: numbers.contains(context.uid, max_uid)
+        return lambda batch, candidates: [
+            i for i in candidates if numbers.contains(batch.infos[i].uid, max_uid)
+        ]
 
-    def key_NEW(self, depth: int) -> Matcher:
-        return lambda context: context.recent and "\\Seen" not in context.info.flags
+    def key_NEW(self, depth: int) -> Selector:
+        def select(batch: SearchBatch, candidates: list[int]) -> list[int]:
+            infos, recent = batch.infos, batch.recent
+            return [i for i in candidates if recent(infos[i].uid) and "\\Seen" not in infos[i].flags]
 
-    def key_OLD(self, depth: int) -> Matcher:
-        return lambda context: not context.recent
+        return select
 
-    def key_RECENT(self, depth: int) -> Matcher:
-        return lambda context: context.recent
+    def key_OLD(self, depth: int) -> Selector:
+        return lambda batch, candidates: [i for i in candidates if not batch.recent(batch.infos[i].uid)]
 
-    def key_KEYWORD(self, depth: int) -> Matcher:
+    def key_RECENT(self, depth: int) -> Selector:
+        return lambda batch, candidates: [i for i in candidates if batch.recent(batch.infos[i].uid)]
+
+    def key_KEYWORD(self, depth: int) -> Selector:
         wanted = fold(self.string("KEYWORD"))
-        return lambda context: any(fold(flag) == wanted for flag in context.info.flags)
+        return lambda batch, candidates: [
+            i for i in candidates if any(fold(flag) == wanted for flag in batch.infos[i].flags)
+        ]
 
-    def key_UNKEYWORD(self, depth: int) -> Matcher:
+    def key_UNKEYWORD(self, depth: int) -> Selector:
         wanted = fold(self.string("UNKEYWORD"))
-        return lambda context: not any(fold(flag) == wanted for flag in context.info.flags)
+        return lambda batch, candidates: [
+            i for i in candidates if not any(fold(flag) == wanted for flag in batch.infos[i].flags)
+        ]
 
-    def key_LARGER(self, depth: int) -> Matcher:
+    def key_LARGER(self, depth: int) -> Selector:
         size = self.number("LARGER")
-        return lambda context: context.info.size > size
+        return lambda batch, candidates: [i for i in candidates if batch.infos[i].size > size]
 
-    def key_SMALLER(self, depth: int) -> Matcher:
+    def key_SMALLER(self, depth: int) -> Selector:
         size = self.number("SMALLER")
-        return lambda context: context.info.size < size
+        return lambda batch, candidates: [i for i in candidates if batch.infos[i].size < size]
 
     # RFC 3501 §6.4.4: BEFORE/ON/SINCE compare the internal date, disregarding time and timezone:
     # its day in the server's local zone.
-    def key_BEFORE(self, depth: int) -> Matcher:
-        day = self.date("BEFORE")
-        return lambda context: _internal_day(context) < day
+    def key_BEFORE(self, depth: int) -> Selector:
+        day = self.date("BEFORE").toordinal()
+        return lambda batch, candidates: [i for i in candidates if _internal_day(batch, i) < day]
 
-    def key_ON(self, depth: int) -> Matcher:
-        day = self.date("ON")
-        return lambda context: _internal_day(context) == day
+    def key_ON(self, depth: int) -> Selector:
+        day = self.date("ON").toordinal()
+        return lambda batch, candidates: [i for i in candidates if _internal_day(batch, i) == day]
 
-    def key_SINCE(self, depth: int) -> Matcher:
-        day = self.date("SINCE")
-        return lambda context: _internal_day(context) >= day
+    def key_SINCE(self, depth: int) -> Selector:
+        day = self.date("SINCE").toordinal()
+        return lambda batch, candidates: [i for i in candidates if _internal_day(batch, i) >= day]
 
     # SENT*: the Date: field's own date, disregarding time and timezone.
-    def key_SENTBEFORE(self, depth: int) -> Matcher:
-        day = self.date("SENTBEFORE")
+    def key_SENTBEFORE(self, depth: int) -> Selector:
+        day = self.date("SENTBEFORE").toordinal()
         self.needs_message = self.needs_body = True
-        return lambda context: _sent_day(context) < day
+        return lambda batch, candidates: [i for i in candidates if _sent_day(batch, i) < day]
 
-    def key_SENTON(self, depth: int) -> Matcher:
-        day = self.date("SENTON")
+    def key_SENTON(self, depth: int) -> Selector:
+        day = self.date("SENTON").toordinal()
         self.needs_message = self.needs_body = True
-        return lambda context: _sent_day(context) == day
+        return lambda batch, candidates: [i for i in candidates if _sent_day(batch, i) == day]
 
-    def key_SENTSINCE(self, depth: int) -> Matcher:
-        day = self.date("SENTSINCE")
+    def key_SENTSINCE(self, depth: int) -> Selector:
+        day = self.date("SENTSINCE").toordinal()
         self.needs_message = self.needs_body = True
-        return lambda context: _sent_day(context) >= day
+        return lambda batch, candidates: [i for i in candidates if _sent_day(batch, i) >= day]
 
-    def key_HEADER(self, depth: int) -> Matcher:
+    def key_HEADER(self, depth: int) -> Selector:
         name = self.string("HEADER field name")
         return self.header_key(name.lower(), self.string("HEADER"))
 
-    def key_BODY(self, depth: int) -> Matcher:
+    def key_BODY(self, depth: int) -> Selector:
         needle = fold(self.string("BODY"))
         self.needs_message = self.needs_body = True
-        return lambda context: needle in fold(context.message().text())
+        return lambda batch, candidates: [i for i in candidates if needle in fold(batch.message(i).text())]
 
-    def key_TEXT(self, depth: int) -> Matcher:
+    def key_TEXT(self, depth: int) -> Selector:
         needle = fold(self.string("TEXT"))
         self.needs_message = self.needs_body = True
 
-        def matches(context: SearchContext) -> bool:
-            message = context.message()
+        def matches(message: ParsedMessage) -> bool:
             header = decode_header_value(message.section((), "HEADER"))
             return needle in fold(header) or needle in fold(message.text())
 
-        return matches
+        return lambda batch, candidates: [i for i in candidates if matches(batch.message(i))]
 
-    def header_key(self, name: str, value: str) -> Matcher:
+    def header_key(self, name: str, value: str) -> Selector:
         """A header field containing `value`; an empty value: any message with the field."""
         needle = fold(value)
         self.needs_message = True
         self.fields.add(name)
 
-        def matches(context: SearchContext) -> bool:
-            if context.fields is not None:
-                return any(needle in found for found in context.fields(name))
-            return any(needle in fold(found) for found in context.message().header(name))
+        def select(batch: SearchBatch, candidates: list[int]) -> list[int]:
+            cached = batch.fields.get(name) if batch.fields is not None else None
+            column: Sequence[str | None] | _Column = cached if cached is not None else _Column(batch, name)
+            if not needle:
+                return [i for i in candidates if column[i] is not None]
+            if FIELD_SEPARATOR in needle:  # never in RFC 3501 text; match within one value then
+                return [
+                    i
+                    for i in candidates
+                    if (found := column[i]) is not None
+                    and any(needle in part for part in found.split(FIELD_SEPARATOR))
+                ]
+            return [i for i in candidates if (found := column[i]) is not None and needle in found]
 
-        return matches
+        return select
 
 
-def folded_fields(message: ParsedMessage, names: Iterable[str]) -> dict[str, tuple[str, ...]]:
-    """What SearchContext.fields gives: each field's RFC 2047-decoded values, case-folded."""
-    return {name: tuple(fold(value) for value in message.header(name)) for name in names}
+def _flag_key(flag: str, wanted: bool) -> Selector:
+    if wanted:
+        return lambda batch, candidates: [i for i in candidates if flag in batch.infos[i].flags]
+    return lambda batch, candidates: [i for i in candidates if flag not in batch.infos[i].flags]
 
 
-def _internal_day(context: SearchContext) -> datetime.date:
-    return datetime.date(*time.localtime(context.info.internaldate)[:3])
+class _Column:
+    """A header field's values read from the messages themselves (no cache), by position."""
+
+    __slots__ = ("_batch", "_name")
+
+    def __init__(self, batch: SearchBatch, name: str) -> None:
+        self._batch = batch
+        self._name = name
+
+    def __getitem__(self, position: int) -> str | None:
+        return joined_values(self._batch.message(position).header(self._name))
 
 
-def _sent_day(context: SearchContext) -> datetime.date:
+def joined_values(values: Sequence[str]) -> str | None:
+    """A field's values as SearchBatch.fields holds them: case-folded, joined; None: no field."""
+    if not values:
+        return None
+    return FIELD_SEPARATOR.join(fold(value) for value in values)
+
+
+def folded_fields(message: ParsedMessage, names: Iterable[str]) -> dict[str, str | None]:
+    """The fields `names` of a message as SearchBatch.fields holds them (joined_values)."""
+    return {name: joined_values(message.header(name)) for name in names}
+
+
+_DAYS: dict[float, int] = {}  # internal date → its day (ordinal) in the server's zone
+MAX_DAYS = 200_000
+
+
+def _internal_day(batch: SearchBatch, position: int) -> int:
+    internaldate = batch.infos[position].internaldate
+    day = _DAYS.get(internaldate)
+    if day is None:
+        if len(_DAYS) >= MAX_DAYS:
+            _DAYS.clear()
+        day = _DAYS[internaldate] = datetime.date(*time.localtime(internaldate)[:3]).toordinal()
+    return day
+
+
+def _sent_day(batch: SearchBatch, position: int) -> int:
     """The Date field's day as written; a message without a usable one counts by its internal date."""
-    parsed = sent_date(context.message())
+    parsed = sent_date(batch.message(position))
     if parsed is not None:
         try:
-            return datetime.date(parsed[0], parsed[1], parsed[2])
+            return datetime.date(parsed[0], parsed[1], parsed[2]).toordinal()
         except ValueError:
             pass
-    return _internal_day(context)
+    return _internal_day(batch, position)

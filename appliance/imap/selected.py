@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 from appliance.imap import responses
 from appliance.imap.commands import SELECTED, command
-from appliance.imap.fetch import parse_items, render
+from appliance.imap.fetch import metadata_line, parse_items, render
 from appliance.imap.folders import folder_name, store_flags
 from appliance.imap.mailbox import FolderView, MailboxError, MessageInfo
 from appliance.imap.message import ParsedMessage
 from appliance.imap.responses import Bad, No
-from appliance.imap.search import SearchContext, SearchError, compile_search, folded_fields
+from appliance.imap.search import SearchBatch, SearchError, compile_search, folded_fields
 from appliance.imap.sequence import SequenceSet, format_set
 from appliance.imap.session import FLUSH_ABOVE
 from appliance.imap.tokens import Atom, Token, as_text
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 BATCH_MESSAGES = 200  # messages read from disk per executor call
 BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
+METADATA_CHUNK = 1000  # messages per write when FETCH needs no message bytes
 HEADER_BATCH = 5000  # messages per batch when SEARCH needs only cached header fields
 HEADER_BATCH_BYTES = BATCH_BYTES * HEADER_BATCH // BATCH_MESSAGES  # their sizes (only headers are read)
 _STORE_ITEM = re.compile(r"^([+-]?)FLAGS(\.SILENT)?$")
@@ -50,7 +51,7 @@ def resolve(view: FolderView, token: Token, uid: bool) -> list[int]:
     messages = view.messages
     if not uid:
         return numbers.seqs(len(messages))
-    uids = [info.uid for info in messages]
+    uids = view.uids
     chosen = numbers.select(uids, uids[-1] if uids else 0)
     if len(chosen) == len(uids):
         return list(range(1, len(uids) + 1))  # every message (the usual "1:*" resync)
@@ -121,28 +122,29 @@ async def expunge(session: Session, tag: str, args: list[Token], uid: bool) -> s
 
 
 # -- SEARCH (RFC 3501 §6.4.4) ---------------------------------------------------------------------
-def _header_values(names: list[str]) -> Callable[[bytes], dict[str, tuple[str, ...]]]:
-    """For the executor: a message's header (CRLF) → the folded values of the fields `names`."""
+def _header_values(names: list[str]) -> Callable[[bytes], dict[str, str | None]]:
+    """For the executor: a message's header (CRLF) → the fields `names` as SEARCH compares them."""
 
-    def extract(header: bytes) -> dict[str, tuple[str, ...]]:
+    def extract(header: bytes) -> dict[str, str | None]:
         return folded_fields(ParsedMessage.parse(header), names)
 
     return extract
 
 
-class _Lazy:
-    """A message parsed at its first use by a search key (most keys never need it)."""
+class _Parsed:
+    """The messages of a batch, each parsed at its first use by a search key."""
 
-    __slots__ = ("_parsed", "_raw")
+    __slots__ = ("_parsed", "_raws")
 
-    def __init__(self, raw: bytes) -> None:
-        self._raw = raw
-        self._parsed: ParsedMessage | None = None
+    def __init__(self, raws: list[bytes | None]) -> None:
+        self._raws = raws
+        self._parsed: dict[int, ParsedMessage] = {}
 
-    def __call__(self) -> ParsedMessage:
-        if self._parsed is None:
-            self._parsed = ParsedMessage.parse(self._raw)
-        return self._parsed
+    def __call__(self, position: int) -> ParsedMessage:
+        parsed = self._parsed.get(position)
+        if parsed is None:
+            parsed = self._parsed[position] = ParsedMessage.parse(self._raws[position] or b"")
+        return parsed
 
 
 @command("SEARCH", SELECTED, uid=True, holds_expunges=True)
@@ -167,34 +169,27 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
             raise No(text, code or "BADCHARSET (US-ASCII UTF-8)") from None  # RFC 3501 §6.4.4, §7.1
         raise Bad(text) from None
     found: list[int] = []
-    empty = _Lazy(b"")
-    names = sorted(compiled.fields)
-    extract = _header_values(names)
     every = list(range(1, len(messages) + 1))
-    for seqs, infos in (
-        batches(view, every, HEADER_BATCH, HEADER_BATCH_BYTES)
-        if compiled.header_only
-        else batches(view, every)
-    ):
-        raws: list[bytes | None] = [None] * len(infos)
-        fields: list[dict[str, tuple[str, ...]] | None] = [None] * len(infos)
+    if not compiled.needs_message:  # flags, sizes, dates, sets: all in memory, one batch
+        parts: Iterable[tuple[list[int], list[MessageInfo]]] = [(every, list(messages))]
+    elif compiled.header_only:
+        parts = batches(view, every, HEADER_BATCH, HEADER_BATCH_BYTES)
+    else:
+        parts = batches(view, every)
+    names = sorted(compiled.fields)
+    for seqs, infos in parts:
+        batch = SearchBatch(seqs, infos, view.is_recent, _Parsed([]))
+        candidates: list[int] | None = None
         if compiled.header_only:  # only header fields: from the folder's cache, no message read
-            fields = await view.header_fields(infos, names, extract)
+            batch.fields, gone = await view.header_columns(infos, names, _header_values(names))
+            if gone:  # vanished meanwhile
+                candidates = [i for i in range(len(infos)) if i not in gone]
         elif compiled.needs_message:
             raws = await view.read(infos)
-        for seq, info, raw, values in zip(seqs, infos, raws, fields, strict=True):
-            if compiled.needs_message and raw is None and values is None:
-                continue  # vanished meanwhile
-            context = SearchContext(
-                seq=seq,
-                uid=info.uid,
-                info=info,
-                recent=view.is_recent(info.uid),
-                message=_Lazy(raw) if raw is not None else empty,
-                fields=values.__getitem__ if values is not None else None,
-            )
-            if compiled.matches(context):
-                found.append(info.uid if uid else seq)
+            batch.message = _Parsed(raws)
+            candidates = [i for i, raw in enumerate(raws) if raw is not None]
+        matched = compiled.select(batch, candidates)
+        found += [infos[i].uid for i in matched] if uid else [seqs[i] for i in matched]
     session.send(b"* SEARCH" + b"".join(b" %d" % number for number in found) + b"\r\n")
     return "SEARCH completed"
 
@@ -209,13 +204,12 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
     request = parse_items(args[1:], uid)
     sets_seen = request.sets_seen and not view.readonly
     if not request.needs_bytes and not sets_seen:
-        # Flags, UIDs, sizes, dates: all in memory, rendered in one pass.
-        messages, is_recent, send = view.messages, view.is_recent, session.send
-        for seq in seqs:
-            info = messages[seq - 1]
-            send(render(seq, info, is_recent(info.uid), request, None, None))
-            if session.unflushed >= FLUSH_ABOVE:
-                await session.flush()
+        # Flags, UIDs, sizes, dates: all in memory, rendered a chunk of messages at a time.
+        messages, is_recent, line = view.messages, view.is_recent, metadata_line(request)
+        for start in range(0, len(seqs), METADATA_CHUNK):
+            chunk = seqs[start : start + METADATA_CHUNK]
+            session.send(b"".join([line(seq, messages[seq - 1], is_recent) for seq in chunk]))
+            await session.flush()  # the client reads one chunk while the next is rendered
         return "FETCH completed"
     missing = False
     for batch, infos in batches(view, seqs):

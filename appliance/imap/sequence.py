@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,14 +54,13 @@ class SequenceSet:
         """
         if not numbers:
             return []
-        import bisect
-
-        chosen: set[int] = set()
-        for low, high in self.bounds(largest):
-            start = bisect.bisect_left(numbers, low)
-            stop = bisect.bisect_right(numbers, high)
-            chosen.update(numbers[start:stop])
-        return sorted(chosen)
+        spans = [
+            numbers[bisect.bisect_left(numbers, low) : bisect.bisect_right(numbers, high)]
+            for low, high in self.bounds(largest)
+        ]
+        if len(spans) == 1:
+            return list(spans[0])  # one range (the usual "1:*"): ascending, no duplicates
+        return sorted({number for span in spans for number in span})
 
     def seqs(self, count: int) -> list[int]:
         """Sequence numbers 1..count in the set, ascending; raises if one lies beyond `count`.
@@ -68,12 +68,14 @@ class SequenceSet:
         RFC 3501 §6.4.8 / §9: a sequence number above the number of messages is an error (BAD),
         unlike a UID, and so is any number when the folder is empty.
         """
-        chosen: set[int] = set()
+        spans = []
         for low, high in self.bounds(count):
             if low < 1 or high > count:
                 raise SequenceSetError("no such message" if count else "the folder is empty")
-            chosen.update(range(low, high + 1))
-        return sorted(chosen)
+            spans.append(range(low, high + 1))
+        if len(spans) == 1:
+            return list(spans[0])
+        return sorted({number for span in spans for number in span})
 
     def __str__(self) -> str:
         return ",".join(
