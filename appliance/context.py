@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from appliance.snapshot import SnapshotHolder
+from appliance.store.reader import Readers, ThreadReaders
 from appliance.tls import TLSProvider
 
 if TYPE_CHECKING:
@@ -68,14 +69,16 @@ class Services:
     tls: TLSProvider
     executor: concurrent.futures.ThreadPoolExecutor
     sessions: SessionCounter = field(default_factory=SessionCounter)
-    # Message reads for POP3 RETR and IMAP FETCH/SEARCH: one thread. Their work is mostly Python
-    # under the GIL; with one thread per busy session they spent more time passing the GIL around
-    # than reading (bench/imap.py, 20 clients: 81 us a message against 19 us with one thread).
-    readers: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="read"
-        )
-    )
+    # Message reads for IMAP FETCH/SEARCH, a batch of up to 200 messages at a time: one thread.
+    # Its work is mostly Python under the GIL; with one thread per busy session they spent more
+    # time passing the GIL around than reading (bench/imap.py, 20 clients: 81 us a message against
+    # 19 us with one thread). The reader process costs more per message for batches this large
+    # (bench/imap.py FETCH 1:*: 19-21 us of CPU a message against 14-17).
+    readers: Readers = field(default_factory=ThreadReaders)
+    # Message reads for POP3 RETR (read-ahead windows of a few messages, one round trip per
+    # message): the reader process when the server started one (store/reader.py says why),
+    # else `readers`.
+    reader_process: Readers | None = None
     queue: Any = None  # the outbound queue, once there is one
     autoban: AutoBan | None = None  # refuse clients (and stop asking directories) after failed logins
 

@@ -126,6 +126,7 @@ class Server:
         from appliance.queue import OutboundQueue
         from appliance.security import AutoBan
         from appliance.store.maildir import MailStore
+        from appliance.store.reader import ReaderProcess
         from appliance.store.writer import DeliveryProcess
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +134,8 @@ class Server:
         self.tls.ensure_files()
         self.tls.server_context()  # fail now, not at the first client, when the files are unusable
         autoban = AutoBan(self.holder)
+        reader_process = ReaderProcess()
+        await reader_process.start()
         self.services = Services(
             holder=self.holder,
             auth=AuthService(self.holder, autoban=autoban),
@@ -141,6 +144,7 @@ class Server:
             executor=self.executor,
             sessions=SessionCounter(),
             autoban=autoban,
+            reader_process=reader_process,
         )
         delivery_process = DeliveryProcess()
         await delivery_process.start()
@@ -187,7 +191,9 @@ class Server:
             await self.services.auth.close()
             if self.services.store.delivery_process is not None:
                 await self.services.store.delivery_process.close()
-            self.services.readers.shutdown(wait=True)
+            await self.services.readers.close()
+            if self.services.reader_process is not None:
+                await self.services.reader_process.close()
         self.executor.shutdown(wait=True)
         self.loader.shutdown(wait=True)
         self.write_status(stopped=True)
@@ -353,6 +359,9 @@ class Server:
             "sessions": self.services.sessions.counts() if self.services else {},
             "process": _process_figures(),
             "delivery_process_pid": self._delivery_pid(),
+            "reader_process_pid": getattr(self.services.reader_process, "pid", None)
+            if self.services
+            else None,
             "reloads": {"applied": self.reloads_applied, "rejected": self.reloads_rejected},
             "written_at": time.time(),
         }

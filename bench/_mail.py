@@ -97,6 +97,16 @@ def process_cpu(pid: int) -> float:
     return (int(fields[12]) + int(fields[13])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds of a process and its live children (the appliance's delivery and reader
+    processes), threads included."""
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    return process_cpu(pid) + sum(process_cpu(int(child)) for child in children)
+
+
 def named_processes_cpu(name: str, parent: int | None = None) -> float:
     """CPU seconds of every live process called `name` (children of `parent` only, if given)."""
     total = 0.0

@@ -70,7 +70,7 @@ from bench._mail import (
     MAIL_UID,
     dovecot_config,
     named_processes_cpu,
-    process_cpu,
+    process_tree_cpu,
     run_dovecot,
     stop_server,
 )
@@ -264,11 +264,11 @@ class RunningServer:
     def cpu_seconds(self) -> float:
         """CPU (user + system) used so far by the processes that serve IMAP sessions.
 
-        The appliance: its one process, threads included. Dovecot: the `imap` processes its master
+        The appliance: its process and the reader and delivery processes it starts. Dovecot: the `imap` processes its master
         started (one per session; login and auth are done before any timed command).
         """
         if self.name == "appliance":
-            return process_cpu(self.process.pid)
+            return process_tree_cpu(self.process.pid)
         return named_processes_cpu("imap", parent=self.process.pid)
 
     def stop(self) -> None:

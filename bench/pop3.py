@@ -50,7 +50,7 @@ from bench._mail import (
     MAIL_UID,
     dovecot_config,
     named_processes_cpu,
-    process_cpu,
+    process_tree_cpu,
     run_dovecot,
     stop_server,
 )
@@ -111,11 +111,12 @@ class RunningServer:
     def cpu_seconds(self) -> float:
         """CPU (user + system) of the processes serving POP3 sessions, threads included.
 
-        The appliance: its one process. Dovecot: every live `pop3` process (one per session; the
-        login and auth processes have done their part before RETR starts).
+        The appliance: its process and the reader and delivery processes it starts. Dovecot: every
+        live `pop3` process (one per session; the login and auth processes have done their part
+        before RETR starts).
         """
         if self.name == "appliance":
-            return process_cpu(self.process.pid)
+            return process_tree_cpu(self.process.pid)
         return named_processes_cpu("pop3")
 
     def stop(self) -> None:

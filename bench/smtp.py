@@ -49,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._mail import process_cpu
+from bench._mail import process_tree_cpu
 from tests.fixtures.appliance import free_port
 
 DOMAIN = "bench.test"
@@ -87,12 +87,7 @@ class RunningServer:
         it starts (its child). None for Postfix."""
         if self.process is None:
             return None
-        pid = self.process.pid
-        try:
-            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        except OSError:
-            children = []
-        return process_cpu(pid) + sum(process_cpu(int(child)) for child in children)
+        return process_tree_cpu(self.process.pid)
 
 
 def wait_for_banner(port: int, what: str, process: subprocess.Popen[bytes] | None = None) -> None:

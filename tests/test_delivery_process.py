@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from appliance.store import writer as writer_module
 from appliance.store.maildir import DeliveryError, Maildir
 from appliance.store.writer import DeliveryProcess
 from tests.fixtures.appliance import ApplianceFactory
@@ -141,11 +140,11 @@ def test_a_killed_process_fails_its_deliveries_in_flight_and_the_next_one_starts
             assert caught.value.errno == errno.EIO
 
             # Right after a start, a dead process is not restarted for every message...
-            monkeypatch.setattr(writer_module, "RESTART_PAUSE", 3600.0)
+            monkeypatch.setattr(DeliveryProcess, "restart_pause", 3600.0)
             with pytest.raises(DeliveryError):
                 await process.deliver(MESSAGE, [maildir])
             # ...but once the pause is over the next delivery starts a new one and succeeds.
-            monkeypatch.setattr(writer_module, "RESTART_PAUSE", 0.0)
+            monkeypatch.setattr(DeliveryProcess, "restart_pause", 0.0)
             await process.deliver(MESSAGE, [maildir])
             assert process.pid not in (None, first)
         finally:
@@ -227,7 +226,7 @@ def test_a_delivery_cut_short_by_a_dead_process_is_a_temporary_error(appliance: 
     running.wait_for_log(rf"delivery process stopped pid={pid} exit=-9 failed_deliveries=1")
     assert not (maildir / "new").exists() or files_in(maildir) == []
     # The next message, once the restart pause is over, starts a new process and is stored.
-    time.sleep(writer_module.RESTART_PAUSE)
+    time.sleep(DeliveryProcess.restart_pause)
     with smtplib.SMTP("127.0.0.1", running.ports["smtp"], timeout=10) as client:
         client.sendmail("a@remote.example", ["john@example.test"], b"Subject: second\r\n\r\nhello\r\n")
     assert writer_pid(running.log().split(f"pid={pid}", 1)[1]) != pid

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.imap.fetch import metadata_line, parse_items, render
+from appliance.imap.fetch import metadata_line, parse_items, render_pieces
 from appliance.imap.mailbox import MessageInfo
 from appliance.imap.responses import Bad, internaldate, parse_date_time
 from appliance.imap.sequence import SequenceSet, SequenceSetError
@@ -100,7 +100,7 @@ def test_metadata_lines_are_what_render_gives(items: list, uid: bool) -> None:
     ]
     recent = {9}
     for seq, info in enumerate(infos, 1):
-        expected = render(seq, info, info.uid in recent, request, None, None)
+        expected = b"".join(render_pieces(seq, info, info.uid in recent, request, None, None))
         assert line(seq, info, recent.__contains__) == expected
 
 
@@ -117,3 +117,34 @@ def test_sequence_sets_resolve_ranges_overlaps_and_star() -> None:
         SequenceSet.parse("6").seqs(5)
     with pytest.raises(SequenceSetError):
         SequenceSet.parse("1").seqs(0)
+
+
+RAW = b"Subject: hi\r\n\r\nbody\r\n"  # 21 octets
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        ([Atom("BODY.PEEK[]")], b"* 3 FETCH (UID 7 BODY[] {21}\r\n" + RAW + b" FLAGS (\\Seen))\r\n"),
+        (
+            [[Atom("FLAGS"), Atom("BODY[]"), Atom("RFC822.SIZE")]],
+            b"* 3 FETCH (UID 7 FLAGS (\\Seen) BODY[] {21}\r\n" + RAW + b" RFC822.SIZE 21)\r\n",
+        ),
+        (
+            [[Atom("RFC822"), Atom("BODY.PEEK[]<2.5>"), Atom("BODY.PEEK[]")]],
+            b"* 3 FETCH (UID 7 RFC822 {21}\r\n"
+            + RAW
+            + b" BODY[]<2> {5}\r\nbject BODY[] {21}\r\n"
+            + RAW
+            + b" FLAGS (\\Seen))\r\n",
+        ),
+        ([[Atom("UID"), Atom("RFC822.SIZE")]], b"* 3 FETCH (UID 7 RFC822.SIZE 21 FLAGS (\\Seen))\r\n"),
+    ],
+)
+def test_fetch_responses_carry_whole_messages_as_read(items: list, expected: bytes) -> None:
+    request = parse_items(items, uid=True)
+    info = MessageInfo(7, "k7", frozenset({"\\Seen"}), 1_700_000_000.0, len(RAW))
+    pieces = render_pieces(3, info, False, request, RAW, None, extra_flags=True)
+    assert b"".join(pieces) == expected
+    if any(item.whole and item.partial is None for item in request.items):
+        assert any(piece is RAW for piece in pieces)  # not copied into a response of its own

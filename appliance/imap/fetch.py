@@ -1,9 +1,10 @@
 """FETCH data items (RFC 3501 §6.4.5, §7.4.2): parsing the request, rendering the responses.
 
-`parse_items` turns the arguments into `Item`s once per command; `render` builds one message's
-`* n FETCH (...)` response from its MessageInfo and, when an item needs them, its bytes (CRLF
-line ends) and parsed form. The whole message (BODY[], RFC822) is sent from the bytes as read,
-never parsed, so a full download costs a slice and a join per message.
+`parse_items` turns the arguments into `Item`s once per command; `render_pieces` builds one
+message's `* n FETCH (...)` response from its MessageInfo and, when an item needs them, its bytes
+(CRLF line ends) and parsed form. The whole message (BODY[], RFC822) is sent from the bytes as
+read, never parsed nor copied into the response; `metadata_line` renders responses that need no
+bytes (the flag resync) with one format operation each.
 """
 
 from __future__ import annotations
@@ -162,10 +163,12 @@ def metadata_line(request: Request) -> Line:
                 flag_list(info.flags, is_recent(info.uid)),
             )
         )
-    return lambda seq, info, is_recent: render(seq, info, is_recent(info.uid), request, None, None)
+    return lambda seq, info, is_recent: b"".join(
+        render_pieces(seq, info, is_recent(info.uid), request, None, None)
+    )
 
 
-def render(
+def render_pieces(
     seq: int,
     info: MessageInfo,
     recent: bool,
@@ -173,10 +176,13 @@ def render(
     raw: bytes | None,
     parsed: ParsedMessage | None,
     extra_flags: bool = False,
-) -> bytes:
-    """`* seq FETCH (...)` for one message. `extra_flags`: FLAGS changed by this fetch (\\Seen
-    set implicitly) and must be sent even when not asked for (RFC 3501 §6.4.5)."""
+) -> list[bytes]:
+    """`* seq FETCH (...)` for one message, in pieces: a whole message is one of them as it was
+    read, so the caller writes it out without copying it into a response of its own first.
+    `extra_flags`: FLAGS changed by this fetch (\\Seen set implicitly) and must be sent even when
+    not asked for (RFC 3501 §6.4.5)."""
     out: list[bytes] = []
+    whole: list[tuple[int, bytes]] = []  # (position in out, message bytes) of whole-message literals
     for item in request.items:
         name = item.name
         if name == "UID":
@@ -189,8 +195,9 @@ def render(
             out.append(b"RFC822.SIZE %d" % info.size)
         elif raw is None:
             continue  # the caller checked; unreachable for items that need the bytes
-        elif name == "RFC822":
-            out.append(b"RFC822 " + wire.literal(raw))
+        elif name == "RFC822" or (item.whole and item.partial is None):
+            out.append(b"%s {%d}\r\n" % (b"RFC822" if name == "RFC822" else item.label, len(raw)))
+            whole.append((len(out), raw))
         elif item.whole:
             out.append(item.label + b" " + wire.literal(_partial(raw, item.partial)))
         else:
@@ -210,7 +217,19 @@ def render(
                 out.append(item.label + b" " + wire.literal(_partial(data, item.partial)))
     if extra_flags and not any(item.name == "FLAGS" for item in request.items):
         out.append(b"FLAGS " + responses.flag_list(info.flags, recent))
-    return b"* %d FETCH (" % seq + b" ".join(out) + b")\r\n"
+    if not whole:
+        return [b"* %d FETCH (" % seq + b" ".join(out) + b")\r\n"]
+    pieces = [b"* %d FETCH (" % seq]
+    literals = dict(whole)
+    for position, text in enumerate(out):
+        if position:
+            pieces.append(b" ")
+        pieces.append(text)
+        message = literals.get(position + 1)
+        if message is not None:
+            pieces.append(message)
+    pieces.append(b")\r\n")
+    return pieces
 
 
 def _partial(data: bytes, partial: tuple[int, int] | None) -> bytes:

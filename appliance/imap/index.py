@@ -37,6 +37,7 @@ from appliance.store.maildir import (
     find_message,
     fsync_directory,
     message_size,
+    read_message_file,
     try_link,
     wire_size,
     write_all,
@@ -232,30 +233,10 @@ def describe(folder: Path, sub: str, name: str) -> tuple[float, int] | None:
 
 
 def read_crlf(path: str | Path, folder: Path, key: str, size: int = 0) -> bytes | None:
-    """A message's bytes with CRLF line ends (stored with LF); None when it is gone.
-
-    `size` (RFC822.SIZE, never below the size on disk) lets one read take the whole file: three
-    system calls (open, read, close) instead of a buffered file object's eight or more.
-    """
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        handle = _open_current(path, folder, key)
-        if handle is None:
-            return None
-        with handle:
-            return to_crlf(handle.read())
-    try:
-        wanted = size + 1 if size > 0 else 1 << 20
-        data = os.read(descriptor, wanted)
-        if len(data) >= wanted:  # larger than expected (or no size given): read on to the end
-            chunks = [data]
-            while chunk := os.read(descriptor, 1 << 20):
-                chunks.append(chunk)
-            data = b"".join(chunks)
-    finally:
-        os.close(descriptor)
-    return to_crlf(data)
+    """A message's bytes with CRLF line ends (stored with LF); None when it is gone. `size`:
+    RFC822.SIZE, so that one read takes the whole file (store.maildir.read_message_file)."""
+    data = read_message_file(path, size, folder, key)
+    return None if data is None else to_crlf(data)
 
 
 def read_header(path: str | Path, folder: Path, key: str) -> bytes | None:

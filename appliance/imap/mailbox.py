@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from appliance.imap import index
 from appliance.imap.index import INFO_SEPARATOR, LETTER_FLAGS, MAX_KEYWORDS, SYSTEM_LETTERS
+from appliance.imap.message import ParsedMessage
+from appliance.imap.search import folded_fields
 from appliance.store.maildir import (
     Maildir,
     MailStore,
@@ -39,6 +41,7 @@ from appliance.store.maildir import (
 
 if TYPE_CHECKING:
     from appliance.snapshot import AccountEntry
+    from appliance.store.reader import Readers
 
 log = logging.getLogger("appliance.imap")
 
@@ -686,12 +689,11 @@ class FolderView:
         self,
         infos: Sequence[MessageInfo],
         names: Sequence[str],
-        extract: Callable[[bytes], dict[str, str | None]],
     ) -> tuple[dict[str, list[str | None]], set[int]]:
         """The header fields `names` of each message, as columns (field → value per position in
         `infos`, as SearchBatch.fields holds them), and the positions of messages that vanished.
         Values come from the folder's cache; the header of a message not cached yet is read (only
-        the header) and given to `extract` (CRLF bytes → field → value) in the executor."""
+        the header) and its fields taken out where message reads are done."""
         folder = self._folder
         caches = [folder.fields.setdefault(name, {}) for name in names]
         missing = [
@@ -712,7 +714,7 @@ class FolderView:
                     else f"{folder.prefix}cur/{key}"
                 )
                 places.append((path, key))
-            found = await self._account.read_files(_read_headers, folder.path, places, extract)
+            found = await self._account.read_files(_read_headers, folder.path, places, list(names))
             for position, values in zip(missing, found, strict=True):
                 if values is None:
                     gone.add(position)
@@ -771,12 +773,13 @@ def _read_all(folder: Path, places: list[tuple[str, str, int]]) -> list[bytes | 
 
 
 def _read_headers(
-    folder: Path, places: list[tuple[str, str]], extract: Callable[[bytes], dict[str, str | None]]
+    folder: Path, places: list[tuple[str, str]], names: list[str]
 ) -> list[dict[str, str | None] | None]:
+    """Each message's header fields `names` as SEARCH compares them (None: it vanished)."""
     found: list[dict[str, str | None] | None] = []
     for path, key in places:
         header = index.read_header(path, folder, key)
-        found.append(None if header is None else extract(header))
+        found.append(None if header is None else folded_fields(ParsedMessage.parse(header), names))
     return found
 
 
@@ -808,10 +811,12 @@ class AccountMailboxes:
     def run(self, function: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
         return self._owner.run(function, *args)
 
-    def read_files(self, function: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
-        return asyncio.get_running_loop().run_in_executor(
-            self._owner.readers or self._owner.executor, function, *args
-        )
+    async def read_files(self, function: Callable[..., _T], *args: object) -> _T:
+        """`function(*args)` where message reads are done (Services.readers: the reader process)."""
+        readers = self._owner.readers
+        if readers is None:
+            return await self._owner.run(function, *args)
+        return await readers.run(function, *args)
 
     def background(self, work: Coroutine[Any, Any, None]) -> None:
         self._owner.background(work)
@@ -1079,7 +1084,7 @@ class Mailboxes:
     _folders: dict[Path, _Folder] = field(default_factory=dict)
     _locks: dict[Path, asyncio.Lock] = field(default_factory=dict)
     _tasks: set[asyncio.Future[None]] = field(default_factory=set)
-    readers: concurrent.futures.Executor | None = None  # message reads (Services.readers)
+    readers: Readers | None = None  # message reads (Services.readers)
 
     def __post_init__(self) -> None:
         self.store.listeners.append(self._delivered)

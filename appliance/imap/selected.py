@@ -8,19 +8,20 @@ a few slices per message.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 from appliance.imap import responses
 from appliance.imap.commands import SELECTED, command
-from appliance.imap.fetch import metadata_line, parse_items, render
+from appliance.imap.fetch import metadata_line, parse_items, render_pieces
 from appliance.imap.folders import folder_name, store_flags
 from appliance.imap.mailbox import FolderView, MailboxError, MessageInfo
 from appliance.imap.message import ParsedMessage
 from appliance.imap.responses import Bad, No
-from appliance.imap.search import SearchBatch, SearchError, compile_search, folded_fields
+from appliance.imap.search import SearchBatch, SearchError, compile_search
 from appliance.imap.sequence import SequenceSet, format_set
 from appliance.imap.session import FLUSH_ABOVE
 from appliance.imap.tokens import Atom, Token, as_text
@@ -122,15 +123,6 @@ async def expunge(session: Session, tag: str, args: list[Token], uid: bool) -> s
 
 
 # -- SEARCH (RFC 3501 §6.4.4) ---------------------------------------------------------------------
-def _header_values(names: list[str]) -> Callable[[bytes], dict[str, str | None]]:
-    """For the executor: a message's header (CRLF) → the fields `names` as SEARCH compares them."""
-
-    def extract(header: bytes) -> dict[str, str | None]:
-        return folded_fields(ParsedMessage.parse(header), names)
-
-    return extract
-
-
 class _Parsed:
     """The messages of a batch, each parsed at its first use by a search key."""
 
@@ -181,7 +173,7 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
         batch = SearchBatch(seqs, infos, view.is_recent, _Parsed([]))
         candidates: list[int] | None = None
         if compiled.header_only:  # only header fields: from the folder's cache, no message read
-            batch.fields, gone = await view.header_columns(infos, names, _header_values(names))
+            batch.fields, gone = await view.header_columns(infos, names)
             if gone:  # vanished meanwhile
                 candidates = [i for i in range(len(infos)) if i not in gone]
         elif compiled.needs_message:
@@ -212,24 +204,39 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
             await session.flush()  # the client reads one chunk while the next is rendered
         return "FETCH completed"
     missing = False
-    for batch, infos in batches(view, seqs):
-        changed: set[int] = set()
-        if sets_seen:  # RFC 3501 §6.4.5: BODY[...] without PEEK sets \Seen
-            unseen = [info.uid for info in infos if "\\Seen" not in info.flags]
-            if unseen:
-                updated = {info.uid: info for info in await view.mark_seen(unseen)}
-                changed = set(updated)
-                infos = [updated.get(info.uid, info) for info in infos]
-        raws: list[bytes | None] = await view.read(infos) if request.needs_bytes else [None] * len(infos)
-        for seq, info, raw in zip(batch, infos, raws, strict=True):
-            if request.needs_bytes and raw is None:
-                missing = True  # RFC 2180 §4.1: expunged by another session meanwhile
-                continue
-            parsed = ParsedMessage.parse(raw) if request.needs_parse and raw is not None else None
-            recent = view.is_recent(info.uid)
-            session.send(render(seq, info, recent, request, raw, parsed, info.uid in changed))
-            if session.unflushed >= FLUSH_ABOVE:
-                await session.flush()
+    planned = list(batches(view, seqs))
+    ahead: asyncio.Future[list[bytes | None]] | None = None  # the next batch, read meanwhile
+    try:
+        for number, (batch, infos) in enumerate(planned):
+            changed: set[int] = set()
+            if sets_seen:  # RFC 3501 §6.4.5: BODY[...] without PEEK sets \Seen
+                unseen = [info.uid for info in infos if "\\Seen" not in info.flags]
+                if unseen:
+                    updated = {info.uid: info for info in await view.mark_seen(unseen)}
+                    changed = set(updated)
+                    infos = [updated.get(info.uid, info) for info in infos]
+                raws = await view.read(infos)
+            else:
+                raws = await (ahead if ahead is not None else view.read(infos))
+                ahead = None
+                if number + 1 < len(planned):  # read the next batch while this one goes out
+                    ahead = asyncio.ensure_future(view.read(planned[number + 1][1]))
+            for seq, info, raw in zip(batch, infos, raws, strict=True):
+                if raw is None:
+                    missing = True  # RFC 2180 §4.1: expunged by another session meanwhile
+                    continue
+                parsed = ParsedMessage.parse(raw) if request.needs_parse else None
+                recent = view.is_recent(info.uid)
+                session.send_pieces(
+                    render_pieces(seq, info, recent, request, raw, parsed, info.uid in changed)
+                )
+                if session.unflushed >= FLUSH_ABOVE:
+                    await session.flush()
+    finally:
+        if ahead is not None:  # the session ended or failed meanwhile: nobody wants that read
+            ahead.cancel()
+            if ahead.done() and not ahead.cancelled():
+                ahead.exception()  # seen, so that it is not logged as never retrieved
     if missing:
         raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
     return "FETCH completed"

@@ -75,6 +75,12 @@ class Session:
         self._out.append(data)
         self._out_size += len(data)
 
+    def send_pieces(self, pieces: list[bytes]) -> None:
+        """Queue a response given in pieces (fetch.render_pieces)."""
+        self._out += pieces
+        for piece in pieces:
+            self._out_size += len(piece)
+
     @property
     def unflushed(self) -> int:
         return self._out_size

@@ -1,9 +1,9 @@
 """Read-ahead: the next messages read and converted before the client asks for them.
 
-POP3 clients download in order, one RETR per round trip. Handing each small read to the disk
-executor costs a thread hop per message (about 150 µs here, more than reading 4 KB from the page
-cache); reading a window of the following messages in one executor job spreads that cost over the
-window, and the job for the next window runs while the client reads the current one. The loop
+POP3 clients download in order, one RETR per round trip. Handing each small read to the reader
+process (Services.readers) costs a round trip per message, more than reading 4 KB from the page
+cache; reading a window of the following messages in one request spreads that cost over the
+window, and the request for the next window runs while the client reads the current one. The loop
 itself never touches the disk.
 
 Memory is bounded: a window holds at most `WINDOW_BYTES` (and `MAX_WINDOW` messages), messages
@@ -15,25 +15,25 @@ fetches one message does not make the server read sixty-four.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from appliance.pop3.maildrop import Maildrop
+from appliance.pop3.maildrop import Maildrop, Place, read_wire
+
+if TYPE_CHECKING:
+    from appliance.store.reader import Readers
 
 SMALL_MESSAGE = 1024 * 1024  # larger messages are streamed, never read ahead
 WINDOW_BYTES = 256 * 1024  # per window; with the next one in flight, about 0.5 MB a session
 FIRST_WINDOW = 4
 MAX_WINDOW = 128
 
-Reader = Callable[[int], bytes]  # index → the message on the wire (runs in the executor)
 Outcome = bytes | OSError
 
 
 class ReadAhead:
-    def __init__(self, maildrop: Maildrop, executor: concurrent.futures.Executor, read: Reader) -> None:
+    def __init__(self, maildrop: Maildrop, readers: Readers) -> None:
         self._maildrop = maildrop
-        self._executor = executor
-        self._read = read
+        self._readers = readers
         self._ready: dict[int, Outcome] = {}
         self._pending: asyncio.Future[dict[int, Outcome]] | None = None
         self._pending_indexes: frozenset[int] = frozenset()
@@ -57,8 +57,7 @@ class ReadAhead:
             await self._collect()
         outcome = self._ready.pop(index, None)
         if outcome is None:  # not readable ahead (e.g. over the window's byte budget by itself)
-            loop = asyncio.get_running_loop()
-            outcome = await loop.run_in_executor(self._executor, _attempt, self._read, index)
+            outcome = await self._readers.run(_attempt, self._maildrop.place(index))
         if sequential and self._pending is None and len(self._ready) * 2 <= self._window:
             self._start(max(self._ready, default=index) + 1)  # in the background
         if isinstance(outcome, OSError):
@@ -75,8 +74,8 @@ class ReadAhead:
         indexes = self._plan(first)
         if not indexes:
             return
-        loop = asyncio.get_running_loop()
-        self._pending = loop.run_in_executor(self._executor, _read_all, self._read, indexes)
+        places = {index: self._maildrop.place(index) for index in indexes}
+        self._pending = asyncio.ensure_future(self._readers.run(_read_all, places))
         self._pending_indexes = frozenset(indexes)
         self._window = min(self._window * 2, MAX_WINDOW)
 
@@ -106,7 +105,7 @@ class ReadAhead:
         self._ready.update(results)
 
     async def close(self) -> None:
-        """Wait for a read in flight, so no executor job outlives the session's files."""
+        """Wait for a read in flight, so no read outlives the session's lock on its files."""
         if self._pending is not None:
             try:
                 await self._pending
@@ -116,12 +115,12 @@ class ReadAhead:
         self._ready.clear()
 
 
-def _attempt(read: Reader, index: int) -> Outcome:
+def _attempt(place: Place) -> Outcome:
     try:
-        return read(index)
+        return read_wire(place)
     except OSError as error:
         return error
 
 
-def _read_all(read: Reader, indexes: list[int]) -> dict[int, Outcome]:
-    return {index: _attempt(read, index) for index in indexes}
+def _read_all(places: dict[int, Place]) -> dict[int, Outcome]:
+    return {index: _attempt(place) for index, place in places.items()}

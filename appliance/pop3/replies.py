@@ -56,6 +56,7 @@ STLS_UNAVAILABLE = err("TLS is not available now", "SYS/TEMP")
 NO_SUCH_MESSAGE = err("No such message")
 ALREADY_DELETED = err("Message is deleted")
 MESSAGE_VANISHED = err("Message cannot be read any more")
+READ_FAILED = err("Message cannot be read now; try again later", "SYS/TEMP")
 
 # UPDATE (RFC 1939 §6)
 UPDATE_FAILED = err("Some deleted messages were not removed", "SYS/TEMP")

@@ -340,7 +340,7 @@ class Session:
             self.write(replies.MAILDROP_UNAVAILABLE)
             return
         self.maildrop, self.login, self.state = maildrop, account.address, State.TRANSACTION
-        self.readahead = ReadAhead(maildrop, self.services.readers, maildrop.read_wire)
+        self.readahead = ReadAhead(maildrop, self.services.reader_process or self.services.readers)
         count, octets = maildrop.totals()
         self._log_login("accepted", login, mechanism, "ok", f" messages={count} octets={octets}")
         self.write(replies.ok(f"Logged in; {count} messages ({octets} octets)"))
@@ -436,8 +436,12 @@ class Session:
         if message.size <= SMALL_MESSAGE and self.readahead is not None:
             try:
                 body = await self.readahead.message(index)
-            except OSError:
+            except FileNotFoundError:
                 self.write(replies.MESSAGE_VANISHED)
+                return
+            except OSError as error:  # the disk, or the reader process gone: worth a retry
+                log.error("pop3 read failed key=%s error=%s", message.key, error)
+                self.write(replies.READ_FAILED)
                 return
             self.write(header + body)
         else:

@@ -563,6 +563,38 @@ def disk_size(path: Path) -> int:
         return 0
 
 
+def read_message_file(path: str | Path, size: int, folder: Path, key: str) -> bytes | None:
+    """A message file's stored bytes, or None when it is gone (looked for under `key` first if
+    another session moved it meanwhile).
+
+    Three system calls (open, read, close) rather than the eight or more of a buffered file
+    object: at thousands of messages a second, that is a tenth of the server's CPU. `size` (the
+    size with CRLF line ends, W=, never below the size on disk; 0 when unknown) lets one read
+    take the whole file.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        moved = find_message(folder, key)
+        if moved is None:
+            return None
+        try:
+            descriptor = os.open(moved, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+    try:
+        wanted = size + 1 if size > 0 else 1 << 20
+        data = os.read(descriptor, wanted)
+        if len(data) >= wanted:  # larger than expected (or no size given): read on to the end
+            chunks = [data]
+            while chunk := os.read(descriptor, 1 << 20):
+                chunks.append(chunk)
+            data = b"".join(chunks)
+    finally:
+        os.close(descriptor)
+    return data
+
+
 def find_message(folder: Path, key: str) -> Path | None:
     """Where the message with `key` is now in a Maildir (another session may have moved it)."""
     for sub in ("cur", "new"):
