@@ -1,8 +1,8 @@
 """Read-ahead: the next messages read and converted before the client asks for them.
 
 POP3 clients download in order, one RETR per round trip. Handing each small read to the reader
-process (Services.readers) costs a round trip per message, more than reading 4 KB from the page
-cache; reading a window of the following messages in one request spreads that cost over the
+process (Services.reader_process) costs a round trip per message, more than reading 4 KB from the
+page cache; reading a window of the following messages in one request spreads that cost over the
 window, and the request for the next window runs while the client reads the current one. The loop
 itself never touches the disk.
 
