@@ -3,10 +3,11 @@
 A read is three system calls and a conversion (LF to CRLF, dot-stuffing for POP3), a few
 microseconds each; in a thread of the server, each one then waited for Python's global lock,
 held by the event loop serving the sessions. Measured with bench/pop3.py, 20 clients: the server
-spent 62 µs of CPU a message with reads in a thread and 43 µs with the same reads done in the
-event loop itself (which would stall every session whenever the disk is slow); with the reader
-process (child.py: started, stopped and restarted like every helper process), 32 µs, the reads
-running beside the event loop, on another core when there is one.
+spent 62 µs of CPU a message with reads in a thread (0.74-0.80x Dovecot's rate) and 43 µs with the
+same reads done in the event loop itself (0.94x; but every session would stall whenever the disk
+is slow); with the reader process (child.py: started, stopped and restarted like every helper
+process) 48 µs, the reader's own CPU counted, and 1.09-1.11x: the reads run beside the event
+loop, on another core when there is one.
 
 `ReaderProcess.run(function, *args)` runs a module-level function there and returns its result
 (or raises its exception). Both travel pickled, message texts out of band (protocol 5: sent
