@@ -10,13 +10,18 @@ reader process (readahead.py, store/reader.py), large ones streamed, and sent as
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from appliance.context import ListenerSpec, Services
-from appliance.pop3.connection import listen
-from appliance.pop3.session import Session
+if TYPE_CHECKING:
+    from appliance.context import ListenerSpec, Services
 
 __all__ = ["start_pop3"]
 
 
 async def start_pop3(services: Services, listener: ListenerSpec) -> asyncio.Server:
+    # Imported here, not above: the reader process imports this package for its read functions
+    # and has no use for the sessions (nor for the manifest models they bring in).
+    from appliance.pop3.connection import listen
+    from appliance.pop3.session import Session
+
     return await listen(services, listener, lambda connection: Session(services, listener, connection).run())

@@ -126,8 +126,7 @@ def _out_of_band_item(item: Any) -> Any:
 
 
 if __name__ == "__main__":
-    # What the reads call, imported once now rather than at the first request.
-    import appliance.imap.mailbox
-    import appliance.pop3.maildrop  # noqa: F401
+    # What the reads call (POP3 read-ahead), imported once now rather than at the first request.
+    import appliance.pop3.readahead  # noqa: F401
 
     sys.exit(main(sys.argv[1:], _handle, "read"))
