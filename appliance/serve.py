@@ -95,6 +95,12 @@ class SystemdNotifier:
             log.warning("sd_notify failed error=%s", error)
 
 
+def _pid(process: object) -> int | None:
+    """The pid of a helper process (store/child.py) the server started, if it did."""
+    pid: int | None = getattr(process, "pid", None)
+    return pid
+
+
 class Server:
     def __init__(self, loaded: LoadedManifest, manifest_path: Path) -> None:
         self.manifest_path = manifest_path
@@ -358,17 +364,11 @@ class Server:
             "accounts": snapshot.account_count,
             "sessions": self.services.sessions.counts() if self.services else {},
             "process": _process_figures(),
-            "delivery_process_pid": self._delivery_pid(),
-            "reader_process_pid": getattr(self.services.reader_process, "pid", None)
-            if self.services
-            else None,
+            "delivery_process_pid": _pid(self.services.store.delivery_process if self.services else None),
+            "reader_process_pid": _pid(self.services.reader_process if self.services else None),
             "reloads": {"applied": self.reloads_applied, "rejected": self.reloads_rejected},
             "written_at": time.time(),
         }
-
-    def _delivery_pid(self) -> int | None:
-        process = self.services.store.delivery_process if self.services else None
-        return process.pid if process is not None else None
 
     def status_line(self) -> str:
         snapshot = self.holder.current

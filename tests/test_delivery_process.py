@@ -14,6 +14,7 @@ import re
 import signal
 import smtplib
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,18 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+async def killed_in_flight(pid: int, request: Awaitable[object]) -> OSError:
+    """Stop the process, send it `request`, kill it: the error the request ends with."""
+    os.kill(pid, signal.SIGSTOP)  # the request reaches it but is never answered
+    in_flight = asyncio.ensure_future(request)
+    await asyncio.sleep(0.2)
+    assert not in_flight.done()
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(OSError) as caught:
+        await in_flight
+    return caught.value
 
 
 def wait_for(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
@@ -130,14 +143,9 @@ def test_a_killed_process_fails_its_deliveries_in_flight_and_the_next_one_starts
         first = process.pid
         assert first is not None
         try:
-            os.kill(first, signal.SIGSTOP)  # the request reaches it but is never answered
-            in_flight = asyncio.ensure_future(process.deliver(MESSAGE, [maildir]))
-            await asyncio.sleep(0.2)
-            assert not in_flight.done()
-            os.kill(first, signal.SIGKILL)
-            with pytest.raises(DeliveryError) as caught:
-                await in_flight
-            assert caught.value.errno == errno.EIO
+            error = await killed_in_flight(first, process.deliver(MESSAGE, [maildir]))
+            assert isinstance(error, DeliveryError)
+            assert error.errno == errno.EIO
 
             # Right after a start, a dead process is not restarted for every message...
             monkeypatch.setattr(DeliveryProcess, "restart_pause", 3600.0)

@@ -26,7 +26,7 @@ from appliance.store.maildir import Maildir
 from appliance.store.reader import ReaderProcess
 from tests import pop3_support
 from tests.fixtures.appliance import ApplianceFactory
-from tests.test_delivery_process import pid_alive, wait_for
+from tests.test_delivery_process import killed_in_flight, pid_alive, wait_for
 
 
 def run(coroutine_function, *args):  # type: ignore[no-untyped-def]
@@ -144,14 +144,8 @@ def test_a_killed_process_fails_its_reads_and_the_next_one_starts_anew(
         first = process.pid
         assert first is not None
         try:
-            os.kill(first, signal.SIGSTOP)
-            in_flight = asyncio.ensure_future(process.run(read_wire, where))
-            await asyncio.sleep(0.2)
-            assert not in_flight.done()
-            os.kill(first, signal.SIGKILL)
-            with pytest.raises(OSError) as caught:
-                await in_flight
-            assert caught.value.errno == errno.EIO
+            error = await killed_in_flight(first, process.run(read_wire, where))
+            assert error.errno == errno.EIO
             monkeypatch.setattr(ReaderProcess, "restart_pause", 0.0)
             assert await process.run(read_wire, where) == read_wire(where)
             assert process.pid not in (None, first)

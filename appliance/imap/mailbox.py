@@ -285,6 +285,12 @@ class _Folder:
             self.changed()
 
     # -- the index (event loop only) -------------------------------------------------------------
+    def file_path(self, key: str) -> str:
+        """Where the message with `key` is as far as the index knows (str, not Path: built per
+        message); a reader falls back to looking it up by key if it moved meanwhile."""
+        entry = self.entries.get(key)
+        return f"{self.prefix}{entry.sub}/{entry.name}" if entry is not None else f"{self.prefix}cur/{key}"
+
     def changed(self) -> None:
         self.version += 1
         for view in self.views:
@@ -704,16 +710,7 @@ class FolderView:
         }
         gone: set[int] = set()
         if missing:
-            places = []
-            for position in missing:
-                key = infos[position].key
-                entry = folder.entries.get(key)
-                path = (
-                    f"{folder.prefix}{entry.sub}/{entry.name}"
-                    if entry is not None
-                    else f"{folder.prefix}cur/{key}"
-                )
-                places.append((path, key))
+            places = [(folder.file_path(infos[position].key), infos[position].key) for position in missing]
             found = await self._account.read_files(_read_headers, folder.path, places, list(names))
             for position, values in zip(missing, found, strict=True):
                 if values is None:
@@ -728,15 +725,7 @@ class FolderView:
 
     async def read(self, infos: Sequence[MessageInfo]) -> list[bytes | None]:
         folder = self._folder
-        places = []
-        for info in infos:
-            entry = folder.entries.get(info.key)
-            path = (
-                f"{folder.prefix}{entry.sub}/{entry.name}"
-                if entry is not None
-                else f"{folder.prefix}cur/{info.key}"
-            )
-            places.append((path, info.key, info.size))
+        places = [(folder.file_path(info.key), info.key, info.size) for info in infos]
         return await self._account.read_files(_read_all, folder.path, places)
 
     def close(self) -> None:
@@ -812,7 +801,7 @@ class AccountMailboxes:
         return self._owner.run(function, *args)
 
     async def read_files(self, function: Callable[..., _T], *args: object) -> _T:
-        """`function(*args)` where message reads are done (Services.readers: the reader process)."""
+        """`function(*args)` where message reads are done (Services.readers), else in the executor."""
         readers = self._owner.readers
         if readers is None:
             return await self._owner.run(function, *args)

@@ -3,8 +3,9 @@
 `start_pop3` opens one listener: "pop3" (port 110, STLS) or "pop3s" (port 995, implicit TLS,
 RFC 8314). Each connection runs a `Session` (session.py: the state machine and one method per
 command) over a `Connection` (connection.py: bounded line reads, idle timeout, STLS). After login
-the account's Maildir is locked and listed (maildrop.py); messages are read ahead by the
-reader process (readahead.py, store/reader.py), large ones streamed, and sent as RFC 1939 wants them (wire.py).
+the account's Maildir is locked and listed (maildrop.py); messages are read ahead by the reader
+process (readahead.py, store/reader.py), large ones streamed, and sent as RFC 1939 wants them
+(wire.py).
 """
 
 from __future__ import annotations

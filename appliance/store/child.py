@@ -57,9 +57,11 @@ class ChildProcess:
     label = "helper process"  # in log lines: "<label> started pid=..."
     failed_name = "failed_requests"  # "<label> stopped pid=... exit=... <failed_name>=N"
     restart_pause = 1.0  # a process that keeps dying is not restarted more often than this
+    threads = 1  # the process's pool threads, unless given
 
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
+    def __init__(self, threads: int | None = None) -> None:
+        if threads is not None:
+            self.threads = threads
         self._process: subprocess.Popen[bytes] | None = None
         self._transport: asyncio.Transport | None = None
         self._pending: dict[int, asyncio.Future[Any]] = {}

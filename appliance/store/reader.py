@@ -48,9 +48,7 @@ class ReaderProcess(ChildProcess):
     module = "appliance.store.reader"
     label = "reader process"
     failed_name = "failed_reads"
-
-    def __init__(self, threads: int = THREADS) -> None:
-        super().__init__(threads)
+    threads = THREADS
 
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:
         ok, value = await self.request(pickle.dumps((function, args), pickle.HIGHEST_PROTOCOL))
@@ -111,17 +109,16 @@ def _handle(meta: bytes, data: bytes) -> Reply:
 def _out_of_band(value: Any) -> Any:
     """`value` with the bytes in it (itself, or one level down in a list, tuple or dict) marked
     to travel out of band."""
-    if isinstance(value, bytes):
-        return pickle.PickleBuffer(value) if len(value) >= OUT_OF_BAND else value
-    if isinstance(value, list | tuple):
-        marked = [_out_of_band_item(item) for item in value]
-        return marked if isinstance(value, list) else tuple(marked)
+    if isinstance(value, list):
+        return [_marked(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_marked(item) for item in value)
     if isinstance(value, dict):
-        return {key: _out_of_band_item(item) for key, item in value.items()}
-    return value
+        return {key: _marked(item) for key, item in value.items()}
+    return _marked(value)
 
 
-def _out_of_band_item(item: Any) -> Any:
+def _marked(item: Any) -> Any:
     return pickle.PickleBuffer(item) if isinstance(item, bytes) and len(item) >= OUT_OF_BAND else item
 
 

@@ -38,9 +38,7 @@ class DeliveryProcess(ChildProcess):
     module = "appliance.store.writer"
     label = "delivery process"
     failed_name = "failed_deliveries"
-
-    def __init__(self, threads: int = THREADS) -> None:
-        super().__init__(threads)
+    threads = THREADS
 
     def lost_error(self, text: str) -> OSError:
         return DeliveryError(errno.EIO, f"the delivery process {text}")
