@@ -13,6 +13,7 @@ from appliance.tls import TLSProvider
 
 if TYPE_CHECKING:
     from appliance.auth.service import AuthService
+    from appliance.imap.sender import Senders
     from appliance.security import AutoBan
     from appliance.store.maildir import MailStore
 
@@ -79,6 +80,8 @@ class Services:
     # message): the reader process when the server started one (store/reader.py says why),
     # else `readers`.
     reader_process: Readers | None = None
+    # FETCH responses of clear-text IMAP sessions written by processes of their own (imap/sender.py).
+    fetch_senders: Senders | None = None
     queue: Any = None  # the outbound queue, once there is one
     autoban: AutoBan | None = None  # refuse clients (and stop asking directories) after failed logins
 

@@ -129,6 +129,7 @@ class Server:
     # -- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
         from appliance.auth.service import AuthService
+        from appliance.imap.sender import Senders
         from appliance.queue import OutboundQueue
         from appliance.security import AutoBan
         from appliance.store.maildir import MailStore
@@ -151,6 +152,7 @@ class Server:
             sessions=SessionCounter(),
             autoban=autoban,
             reader_process=reader_process,
+            fetch_senders=Senders(),  # their processes start when a FETCH first needs one
         )
         delivery_process = DeliveryProcess()
         await delivery_process.start()
@@ -200,6 +202,8 @@ class Server:
             await self.services.readers.close()
             if self.services.reader_process is not None:
                 await self.services.reader_process.close()
+            if self.services.fetch_senders is not None:
+                await self.services.fetch_senders.close()
         self.executor.shutdown(wait=True)
         self.loader.shutdown(wait=True)
         self.write_status(stopped=True)
@@ -366,6 +370,9 @@ class Server:
             "process": _process_figures(),
             "delivery_process_pid": _pid(self.services.store.delivery_process if self.services else None),
             "reader_process_pid": _pid(self.services.reader_process if self.services else None),
+            "fetch_sender_pids": self.services.fetch_senders.pids
+            if self.services and self.services.fetch_senders
+            else [],
             "reloads": {"applied": self.reloads_applied, "rejected": self.reloads_rejected},
             "written_at": time.time(),
         }

@@ -16,15 +16,11 @@ CHILDREN (RFC 3348), SPECIAL-USE (RFC 6154).
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
-from appliance.context import ListenerSpec, Services
-
-# The command modules register their handlers in the command table when imported.
-from appliance.imap import folders, idle, selected  # noqa: F401
-from appliance.imap.mailbox import Mailboxes
-from appliance.imap.session import Session
-from appliance.imap.syntax import remove_spool
-from appliance.pop3.connection import listen
+if TYPE_CHECKING:
+    from appliance.context import ListenerSpec, Services
+    from appliance.imap.mailbox import Mailboxes
 
 __all__ = ["start_imap"]
 
@@ -34,6 +30,9 @@ _MAILBOXES: dict[int, tuple[Services, Mailboxes]] = {}
 
 
 def _mailboxes(services: Services) -> Mailboxes:
+    from appliance.imap.mailbox import Mailboxes
+    from appliance.imap.syntax import remove_spool
+
     found = _MAILBOXES.get(id(services))
     if found is None or found[0] is not services:
         found = (services, Mailboxes(services.store, services.executor, readers=services.readers))
@@ -44,6 +43,13 @@ def _mailboxes(services: Services) -> Mailboxes:
 
 
 async def start_imap(services: Services, listener: ListenerSpec) -> asyncio.Server:
+    # Imported here, not above: the FETCH sender processes import this package for the
+    # rendering of FETCH responses and have no use for the sessions (nor the manifest models).
+    # The command modules register their handlers in the command table when imported.
+    from appliance.imap import folders, idle, selected  # noqa: F401
+    from appliance.imap.session import Session
+    from appliance.pop3.connection import listen
+
     mailboxes = _mailboxes(services)
     return await listen(
         services, listener, lambda connection: Session(services, listener, connection, mailboxes).run()

@@ -728,6 +728,21 @@ class FolderView:
         places = [(folder.file_path(info.key), info.key, info.size) for info in infos]
         return await self._account.read_files(_read_all, folder.path, places)
 
+    @property
+    def path(self) -> Path:
+        """The folder's Maildir."""
+        return self._folder.path
+
+    def file_names(self, infos: Sequence[MessageInfo]) -> list[str]:
+        """Where the messages are in the folder as far as the index knows ("cur/<name>"; a
+        reader looks a moved one up by key)."""
+        entries = self._folder.entries
+        names = []
+        for info in infos:
+            entry = entries.get(info.key)
+            names.append(f"{entry.sub}/{entry.name}" if entry is not None else f"cur/{info.key}")
+        return names
+
     def close(self) -> None:
         if self._closed:
             return

@@ -10,24 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import logging
 import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Literal
 
 from appliance.imap import responses
 from appliance.imap.commands import SELECTED, command
-from appliance.imap.fetch import metadata_line, parse_items, render_pieces
+from appliance.imap.fetch import Request, metadata_line, parse_items, render_pieces
 from appliance.imap.folders import folder_name, store_flags
 from appliance.imap.mailbox import FolderView, MailboxError, MessageInfo
 from appliance.imap.message import ParsedMessage
 from appliance.imap.responses import Bad, No
 from appliance.imap.search import SearchBatch, SearchError, compile_search
+from appliance.imap.sender import FetchJob, Senders, Unavailable
 from appliance.imap.sequence import SequenceSet, format_set
 from appliance.imap.session import FLUSH_ABOVE
 from appliance.imap.tokens import Atom, Token, as_text
 
 if TYPE_CHECKING:
     from appliance.imap.session import Session
+
+log = logging.getLogger("appliance.imap")
 
 BATCH_MESSAGES = 200  # messages read from disk per executor call
 BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
@@ -203,6 +207,21 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
             session.send(b"".join([line(seq, messages[seq - 1], is_recent) for seq in chunk]))
             await session.flush()  # the client reads one chunk while the next is rendered
         return "FETCH completed"
+    senders = session.services.fetch_senders
+    if (
+        senders is not None
+        and not sets_seen
+        and len(seqs) >= senders.min_messages
+        and session.connection.plain_descriptor() is not None
+    ):
+        try:
+            gone = await _fetch_by_sender(session, view, seqs, request, senders)
+        except Unavailable as error:
+            log.warning("fetch rendered by the session: no sender process error=%s", error)
+        else:
+            if gone:
+                raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
+            return "FETCH completed"
     missing = False
     planned = list(batches(view, seqs))
     ahead: asyncio.Future[list[bytes | None]] | None = None  # the next batch, read meanwhile
@@ -240,6 +259,32 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
     if missing:
         raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
     return "FETCH completed"
+
+
+async def _fetch_by_sender(
+    session: Session, view: FolderView, seqs: list[int], request: Request, senders: Senders
+) -> int:
+    """The FETCH responses written by a sender process (sender.py says when and why); the
+    messages that vanished meanwhile. Unavailable when none could take it: nothing was sent."""
+    messages = view.messages
+    infos = [messages[seq - 1] for seq in seqs]
+    names = {item.name for item in request.items}
+    with_flags = "FLAGS" in names
+    job = FetchJob(
+        folder=str(view.path),
+        request=request,
+        seqs=seqs,
+        uids=[info.uid for info in infos],
+        names=view.file_names(infos),
+        sizes=[info.size for info in infos],
+        flags=[info.flags for info in infos] if with_flags else None,
+        dates=[info.internaldate for info in infos] if "INTERNALDATE" in names else None,
+        recent=[view.is_recent(info.uid) for info in infos] if with_flags else None,
+    )
+    await session.flush()
+    sent, gone = await senders.send(session.connection, job)
+    session.bytes_out += sent
+    return gone
 
 
 # -- STORE (RFC 3501 §6.4.6) ----------------------------------------------------------------------

@@ -8,6 +8,8 @@ flaw, CVE-2011-0411), and so that reading stays cheap: one buffer, one search pe
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
@@ -221,6 +223,42 @@ class Connection(asyncio.Protocol):
             await self._drain_waiter
         finally:
             self._drain_waiter = None
+
+    async def drain_all(self) -> None:
+        """Wait until everything written so far has left for the socket (none of it is left in
+        the transport's buffer): before another process writes to the socket."""
+        transport = self._transport
+        if transport is None or self._closed:
+            raise ConnectionClosed()
+        while transport.get_write_buffer_size():
+            transport.set_write_buffer_limits(high=0)  # paused until the buffer is empty
+            try:
+                await self.drain()
+            finally:
+                transport.set_write_buffer_limits()
+            if self._closed:
+                raise ConnectionClosed()
+
+    def plain_descriptor(self) -> int | None:
+        """The socket's file descriptor, for a clear-text connection that is open (a TLS one's
+        bytes must go through this process's TLS state)."""
+        transport = self._transport
+        if transport is None or self._closed or transport.is_closing() or self.is_tls:
+            return None
+        sock = transport.get_extra_info("socket")
+        return sock.fileno() if sock is not None else None
+
+    def shutdown(self) -> None:
+        """Shut the socket down both ways: whoever else holds a copy of its descriptor (a FETCH
+        sender) can no longer write to it. Then closed."""
+        descriptor = self.plain_descriptor()
+        if descriptor is not None:
+            try:
+                with socket.socket(fileno=os.dup(descriptor)) as copy:
+                    copy.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already shut down or gone
+        self.abort()
 
     async def start_tls(self, context: ssl.SSLContext, timeout: float) -> None:
         """Upgrade to TLS. Bytes that arrived before the handshake are discarded (RFC 2595 §4)."""

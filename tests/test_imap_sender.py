@@ -1,0 +1,331 @@
+"""FETCH responses written by the sender processes (appliance/imap/sender.py), on a running server.
+
+A FETCH of many messages on a clear-text connection is written to the client's socket by a sender
+process; on a TLS connection the session renders it itself. The same FETCHes over both must give
+the same bytes (literals, partials, headers, ENVELOPE, flags; a message of 3 MB; LF, CRLF and mixed
+files), in order with what the session writes before and after (pipelined commands). A client that
+does not read holds up no other client and does not hold up the server's stop; a sender killed in
+the middle of a response ends that session only. The sender process itself, over a real socket
+pair: what it writes is what render_pieces gives here, a message moved meanwhile is found, a
+vanished one is counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import re
+import signal
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import pytest
+
+from appliance.auth.passwords import hash_password
+from appliance.imap.fetch import parse_items, render_pieces
+from appliance.imap.index import to_crlf
+from appliance.imap.mailbox import MessageInfo
+from appliance.imap.message import ParsedMessage
+from appliance.imap.sender import FetchJob, SenderProcess
+from appliance.imap.tokens import Atom
+from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+
+PASSWORD = "Sender!Passw0rd"
+ACCOUNTS = ("ann", "bob", "cy", "dee", "eve", "fay")
+DOMAINS = (
+    '[domains."example.test"]\n[domains."example.test".accounts]\n'
+    + "".join(f'{name} = {{ password_hash = "{hash_password(PASSWORD)}" }}\n' for name in ACCOUNTS)
+    + "\n[security.auto_ban]\nenabled = false\n"
+)
+PLAINTEXT = "allow_plaintext_auth = true"
+MESSAGES = 260  # more than one batch of 200, well over sender.MIN_MESSAGES
+SOCKET_TIMEOUT = 30
+
+
+def compose(number: int, size: int = 0) -> bytes:
+    """Message `number`: LF, CRLF or mixed line ends, a few MIME shapes, about `size` bytes of body."""
+    body = b"".join(b"line %d of message %d\n" % (n, number) for n in range(3 + number % 7))
+    if size:
+        body += b"x" * 70 + b"\n"
+        body *= max(1, size // len(body))
+    if number % 5 == 0:
+        text = (
+            b"From: Ann <ann@remote.example>\nTo: bob@example.test\nSubject: multipart %d\n"
+            b"MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=XX\n\n"
+            b"--XX\nContent-Type: text/plain\n\n%s\n--XX\nContent-Type: text/html\n\n<p>%d</p>\n--XX--\n"
+        ) % (number, body, number)
+    else:
+        text = (
+            b"From: Bob <bob@remote.example>\nSubject: note %d\nDate: Mon, 7 Feb 1994 21:52:25 -0800\n\n%s"
+            % (
+                number,
+                body,
+            )
+        )
+    if number % 3 == 1:
+        return text.replace(b"\n", b"\r\n")  # stored by another program, with CRLF
+    if number % 3 == 2:
+        return text.replace(b"\n", b"\r\n", 2)  # mixed
+    return text
+
+
+def fill(server: RunningAppliance, account: str, count: int, big: dict[int, int] | None = None) -> None:
+    """Messages written straight into the account's Maildir (as another delivery agent would)."""
+    maildir = server.data_dir / "mail" / "example.test" / account
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    for number in range(1, count + 1):
+        flags = "S" if number % 4 else "FS"
+        path = maildir / "cur" / f"{1_700_000_000 + number}.M{number}P1Q1.test:2,{flags}"
+        path.write_bytes(compose(number, (big or {}).get(number, 0)))
+        os.utime(path, (1_700_000_000 + number * 3600,) * 2)
+
+
+def context(server: RunningAppliance) -> ssl.SSLContext:
+    result = ssl.create_default_context(cafile=str(server.cafile))
+    result.check_hostname = False
+    return result
+
+
+class Wire:
+    """A raw IMAP connection that keeps every byte of a response (literals included)."""
+
+    def __init__(self, server: RunningAppliance, tls: bool = False) -> None:
+        sock = socket.create_connection(
+            ("127.0.0.1", server.ports["imaps" if tls else "imap"]), SOCKET_TIMEOUT
+        )
+        self.sock = context(server).wrap_socket(sock) if tls else sock
+        self.file = self.sock.makefile("rb")
+        self.tag = 0
+        assert self.file.readline().startswith(b"* OK")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_until(self, tag: bytes) -> bytes:
+        """Everything up to and including the tagged response `tag`, byte for byte."""
+        out = bytearray()
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError(f"closed before {tag!r}; got {bytes(out[-300:])!r}")
+            out += line
+            literal = re.search(rb"\{(\d+)\}\r\n$", line)
+            if literal is not None:
+                out += self.file.read(int(literal.group(1)))
+                continue
+            if line.startswith(tag + b" "):
+                return bytes(out)
+
+    def command(self, text: str) -> bytes:
+        self.tag += 1
+        tag = b"w%d" % self.tag
+        self.send(tag + b" " + text.encode() + b"\r\n")
+        response = self.read_until(tag)
+        assert response.rsplit(b"\r\n", 2)[-2].startswith(tag + b" OK"), response[-300:]
+        return response
+
+    def login(self, account: str) -> None:
+        self.command(f'LOGIN {account}@example.test "{PASSWORD}"')
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def normalized(response: bytes) -> bytes:
+    """The response without its tag (the two sessions number their commands alike, but still)."""
+    return re.sub(rb"(^|\r\n)w\d+ ", rb"\1TAG ", response)
+
+
+@pytest.fixture
+def server(appliance: ApplianceFactory) -> RunningAppliance:
+    return appliance.start(DOMAINS, listeners=("imap", "imaps"), server_extra=PLAINTEXT)
+
+
+FETCHES = (
+    "FETCH 1:* (BODY.PEEK[])",
+    "UID FETCH 1:* (FLAGS INTERNALDATE RFC822.SIZE BODY.PEEK[HEADER.FIELDS (Subject From)] BODY.PEEK[]<10.200>)",
+    "FETCH 2:150 (ENVELOPE BODYSTRUCTURE BODY.PEEK[1] BODY.PEEK[TEXT]<0.64>)",
+    "FETCH 1:* (RFC822 RFC822.HEADER FLAGS)",  # EXAMINE: RFC822 sets no \\Seen, so it is sent from afar too
+)
+
+
+def test_the_sender_writes_the_same_bytes_as_the_session(server: RunningAppliance) -> None:
+    fill(server, "ann", MESSAGES, big={7: 3_000_000})
+    first = Wire(server, tls=True)
+    first.login("ann")
+    first.command("SELECT INBOX")  # \Recent claimed here: the sessions below see none
+    first.close()
+    sessions = {}
+    for tls in (True, False):  # TLS first: rendered by the session, no sender started
+        wire = Wire(server, tls=tls)
+        wire.login("ann")
+        wire.command("EXAMINE INBOX")
+        sessions[tls] = [normalized(wire.command(text)) for text in FETCHES]
+        wire.command("LOGOUT")
+        wire.close()
+        if tls:
+            assert "fetch sender process started" not in server.log()
+    server.wait_for_log(r"fetch sender process started pid=\d+")
+    assert "rendered by the session" not in server.log()
+    for text, by_session, by_sender in zip(FETCHES, sessions[True], sessions[False], strict=True):
+        assert by_session == by_sender, text
+    whole = sessions[False][0]
+    assert whole.count(b" FETCH (BODY[] {") == MESSAGES
+    assert to_crlf(compose(7, 3_000_000)) in whole
+    assert b"\r\n\r\n" in whole and b"\n\n" not in whole.replace(b"\r\n", b"")  # CRLF only
+
+
+def test_responses_stay_in_order_with_pipelined_commands(server: RunningAppliance) -> None:
+    fill(server, "bob", 100)
+    wire = Wire(server)
+    wire.login("bob")
+    wire.send(
+        b"p1 SELECT INBOX\r\np2 FETCH 1:* (UID BODY.PEEK[])\r\np3 FETCH 100 (UID)\r\n"
+        b"p4 UID FETCH 1:* (BODY.PEEK[HEADER])\r\np5 NOOP\r\n"
+    )
+    parts = [wire.read_until(b"p%d" % n) for n in range(1, 6)]
+    assert b"* 100 EXISTS" in parts[0] and parts[0].endswith(b"p1 OK [READ-WRITE] SELECT completed\r\n")
+    for part, count in ((parts[1], 100), (parts[3], 100), (parts[2], 1)):
+        lines = [line for line in re.split(rb"\r\n(?=\* |p\d )", part) if line.startswith(b"* ")]
+        assert len(lines) == count
+        assert [int(line.split()[1]) for line in lines] == list(range(101 - count, 101))
+    assert parts[4] == b"p5 OK NOOP completed\r\n"
+    wire.close()
+
+
+def stalled(server: RunningAppliance, account: str) -> socket.socket:
+    """A session that asks for every message and then reads nothing."""
+    sock = socket.create_connection(("127.0.0.1", server.ports["imap"]), SOCKET_TIMEOUT)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.recv(1000)
+    sock.sendall(
+        f'a LOGIN {account}@example.test "{PASSWORD}"\r\nb EXAMINE INBOX\r\nc FETCH 1:* (BODY.PEEK[])\r\n'.encode()
+    )
+    return sock
+
+
+def read_to_end(sock: socket.socket, limit: float) -> bytes:
+    sock.settimeout(limit)
+    data = bytearray()
+    while chunk := sock.recv(1 << 20):
+        data += chunk
+    return bytes(data)
+
+
+def test_clients_that_do_not_read_hold_up_neither_others_nor_the_stop(server: RunningAppliance) -> None:
+    big = dict.fromkeys(range(1, 81), 200_000)  # 16 MB: far more than the socket buffers hold
+    for account in ("cy", "dee"):
+        fill(server, account, 80, big)
+    sleepers = [stalled(server, "cy") for _ in range(3)]
+    time.sleep(1.0)  # their jobs are in the senders, stuck on full sockets
+    started = time.monotonic()
+    reader = Wire(server)
+    reader.login("dee")
+    reader.command("EXAMINE INBOX")
+    response = reader.command("FETCH 1:* (BODY.PEEK[])")
+    assert response.count(b" FETCH (BODY[] {") == 80
+    assert time.monotonic() - started < 20
+    reader.close()
+    started = time.monotonic()
+    assert server.stop(timeout=40) == 0
+    stopped_in = time.monotonic() - started
+    assert stopped_in < 25, stopped_in  # 10 s of grace for the sessions, then they are cut off
+    assert "did not stop" not in server.log()
+    for sock in sleepers:  # what they got ends early: the server let go of the sockets
+        data = read_to_end(sock, 10)
+        assert b"c OK" not in data
+        assert data.count(b" FETCH (BODY[] {") < 80
+        sock.close()
+
+
+def test_a_sender_killed_in_the_middle_ends_that_session_only(server: RunningAppliance) -> None:
+    fill(server, "eve", 80, dict.fromkeys(range(1, 81), 200_000))
+    sleeper = stalled(server, "eve")
+    match = server.wait_for_log(r"fetch sender process started pid=(\d+)")
+    time.sleep(1.0)
+    pids = [int(pid) for pid in re.findall(r"fetch sender process started pid=(\d+)", server.log())]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    server.wait_for_log(r"fetch sender failed in the middle of a response", after=match.start())
+    data = read_to_end(sleeper, 10)  # cut short, then closed
+    assert b"c OK" not in data and data.count(b" FETCH (BODY[] {") < 80
+    sleeper.close()
+    wire = Wire(server)  # the next session gets every message (a new sender, or the session itself)
+    wire.login("eve")
+    wire.command("EXAMINE INBOX")
+    response = wire.command("FETCH 1:* (BODY.PEEK[])")
+    assert response.count(b" FETCH (BODY[] {") == 80
+    assert to_crlf(compose(80, 200_000)) in response
+    wire.close()
+
+
+# -- the process, on its own ----------------------------------------------------------------------
+def test_the_process_writes_what_render_pieces_gives_and_counts_what_vanished(tmp_path: Path) -> None:
+    folder = tmp_path / "INBOX"
+    for sub in ("cur", "new", "tmp"):
+        (folder / sub).mkdir(parents=True)
+    texts = {n: compose(n, 50_000 if n == 3 else 0) for n in range(1, 8)}
+    names = []
+    for n, text in texts.items():
+        name = f"{n}.M{n}P1Q1.test:2,S"
+        (folder / "cur" / name).write_bytes(text)
+        names.append(f"cur/{name}")
+    (folder / "cur" / "4.M4P1Q1.test:2,S").rename(folder / "new" / "4.M4P1Q1.test")  # moved meanwhile
+    (folder / "cur" / "6.M6P1Q1.test:2,S").unlink()  # expunged meanwhile
+    request = parse_items([[Atom("UID"), Atom("FLAGS"), Atom("BODY.PEEK[]"), Atom("ENVELOPE")]], True)
+    job = FetchJob(
+        folder=str(folder),
+        request=request,
+        seqs=list(range(1, 8)),
+        uids=[n * 10 for n in range(1, 8)],
+        names=names,
+        sizes=[len(to_crlf(text)) for text in texts.values()],
+        flags=[frozenset({"\\Seen"})] * 7,
+        dates=None,
+        recent=[n == 2 for n in range(1, 8)],
+    )
+    expected = b"".join(
+        b"".join(
+            render_pieces(
+                n,
+                MessageInfo(n * 10, f"{n}.M{n}P1Q1.test", frozenset({"\\Seen"}), 0.0, len(to_crlf(texts[n]))),
+                n == 2,
+                request,
+                to_crlf(texts[n]),
+                ParsedMessage.parse(to_crlf(texts[n])),
+            )
+        )
+        for n in texts
+        if n != 6
+    )
+
+    async def scenario() -> tuple[object, bytes]:
+        process = SenderProcess()
+        await process.start()
+        client, ours = socket.socketpair()
+        try:
+            received = bytearray()
+            loop = asyncio.get_running_loop()
+
+            async def drain() -> None:
+                while chunk := await loop.sock_recv(client, 1 << 16):
+                    received.extend(chunk)
+
+            client.setblocking(False)
+            reading = asyncio.ensure_future(drain())
+            reply = await process.request(pickle.dumps(job), descriptor=ours.fileno())
+            ours.close()  # the sender's copy is closed too: the client sees the end
+            await asyncio.wait_for(reading, 30)
+            return reply, bytes(received)
+        finally:
+            client.close()
+            await process.close()
+
+    reply, received = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert reply == (True, (len(expected), 1))
+    assert received == expected
