@@ -265,7 +265,16 @@ def test_a_sender_killed_in_the_middle_ends_that_session_only(server: RunningApp
 
 
 # -- the process, on its own ----------------------------------------------------------------------
-def test_the_process_writes_what_render_pieces_gives_and_counts_what_vanished(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "items",
+    [
+        [[Atom("UID"), Atom("FLAGS"), Atom("BODY.PEEK[]"), Atom("ENVELOPE")]],
+        [Atom("BODY.PEEK[]")],  # UID FETCH of whole messages: the one-format head (whole_message_head)
+    ],
+)
+def test_the_process_writes_what_render_pieces_gives_and_counts_what_vanished(
+    tmp_path: Path, items: list
+) -> None:
     folder = tmp_path / "INBOX"
     for sub in ("cur", "new", "tmp"):
         (folder / sub).mkdir(parents=True)
@@ -277,7 +286,7 @@ def test_the_process_writes_what_render_pieces_gives_and_counts_what_vanished(tm
         names.append(f"cur/{name}")
     (folder / "cur" / "4.M4P1Q1.test:2,S").rename(folder / "new" / "4.M4P1Q1.test")  # moved meanwhile
     (folder / "cur" / "6.M6P1Q1.test:2,S").unlink()  # expunged meanwhile
-    request = parse_items([[Atom("UID"), Atom("FLAGS"), Atom("BODY.PEEK[]"), Atom("ENVELOPE")]], True)
+    request = parse_items(items, True)
     job = FetchJob(
         folder=str(folder),
         request=request,
@@ -329,3 +338,38 @@ def test_the_process_writes_what_render_pieces_gives_and_counts_what_vanished(tm
     reply, received = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert reply == (True, (len(expected), 1))
     assert received == expected
+
+
+def test_drain_all_waits_until_nothing_is_left_in_the_transport() -> None:
+    """Before a sender writes, the session's own bytes must all have left its transport."""
+    from appliance.pop3.connection import Connection
+
+    async def scenario() -> tuple[bool, int, int]:
+        loop = asyncio.get_running_loop()
+        ours, peer = socket.socketpair()
+
+        async def nothing(_connection: Connection) -> None:
+            return None
+
+        transport, connection = await loop.create_unix_connection(lambda: Connection(nothing), sock=ours)
+        size = 20_000_000
+        connection.write(b"x" * size)  # far more than the socket pair holds
+        draining = asyncio.ensure_future(connection.drain_all())
+        await asyncio.sleep(0.3)
+        waited = not draining.done()
+        received = await loop.run_in_executor(None, _receive, peer, size)
+        await asyncio.wait_for(draining, 10)
+        left = transport.get_write_buffer_size()
+        transport.close()
+        peer.close()
+        return waited, left, received
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 30)) == (True, 0, 20_000_000)
+
+
+def _receive(sock: socket.socket, size: int) -> int:
+    sock.settimeout(10)
+    received = 0
+    while received < size:
+        received += len(sock.recv(1 << 20))
+    return received

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.imap.fetch import metadata_line, parse_items, render_pieces
+from appliance.imap.fetch import WHOLE_TAIL, metadata_line, parse_items, render_pieces, whole_message_head
 from appliance.imap.mailbox import MessageInfo
 from appliance.imap.responses import Bad, internaldate, parse_date_time
 from appliance.imap.sequence import SequenceSet, SequenceSetError
@@ -148,3 +148,38 @@ def test_fetch_responses_carry_whole_messages_as_read(items: list, expected: byt
     assert b"".join(pieces) == expected
     if any(item.whole and item.partial is None for item in request.items):
         assert any(piece is RAW for piece in pieces)  # not copied into a response of its own
+
+
+@pytest.mark.parametrize(
+    ("items", "uid"),
+    [
+        ([Atom("BODY.PEEK[]")], False),  # a folder's download
+        ([Atom("BODY.PEEK[]")], True),
+        ([Atom("BODY[]")], False),
+        ([Atom("RFC822")], True),
+        ([[Atom("UID"), Atom("BODY.PEEK[]")]], False),
+    ],
+)
+def test_whole_message_heads_are_what_render_gives(items: list, uid: bool) -> None:
+    request = parse_items(items, uid)
+    head = whole_message_head(request)
+    assert head is not None
+    info = MessageInfo(70, "k70", frozenset({"\\Seen"}), 1_700_000_000.0, len(RAW))
+    expected = b"".join(render_pieces(12, info, False, request, RAW, None))
+    assert head(12, 70, len(RAW)) + RAW + WHOLE_TAIL == expected
+
+
+@pytest.mark.parametrize(
+    "items",
+    [
+        [[Atom("BODY.PEEK[]"), Atom("UID")]],  # the UID after the literal
+        [[Atom("FLAGS"), Atom("BODY.PEEK[]")]],
+        [Atom("BODY.PEEK[]<0.100>")],
+        [Atom("BODY.PEEK[TEXT]")],
+        [[Atom("UID"), Atom("UID"), Atom("BODY.PEEK[]")]],
+        [Atom("RFC822.HEADER")],
+        [Atom("FLAGS")],
+    ],
+)
+def test_other_requests_have_no_whole_message_head(items: list) -> None:
+    assert whole_message_head(parse_items(items, False)) is None

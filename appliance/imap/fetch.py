@@ -4,7 +4,8 @@
 message's `* n FETCH (...)` response from its MessageInfo and, when an item needs them, its bytes
 (CRLF line ends) and parsed form. The whole message (BODY[], RFC822) is sent from the bytes as
 read, never parsed nor copied into the response; `metadata_line` renders responses that need no
-bytes (the flag resync) with one format operation each.
+bytes (the flag resync) with one format operation each, `whole_message_head` the head of a
+whole-message response (a folder's download) likewise.
 """
 
 from __future__ import annotations
@@ -166,6 +167,30 @@ def metadata_line(request: Request) -> Line:
     return lambda seq, info, is_recent: b"".join(
         render_pieces(seq, info, is_recent(info.uid), request, None, None)
     )
+
+
+WholeHead = Callable[[int, int, int], bytes]
+WHOLE_TAIL = b")\r\n"
+
+
+def whole_message_head(request: Request) -> WholeHead | None:
+    """For a request of the whole message, with its UID or without (`BODY.PEEK[]`, `UID FETCH
+    (BODY.PEEK[])`, `RFC822`: how a client downloads a folder), the response up to the message:
+    `head(seq, uid, octets)`; the message follows, then WHOLE_TAIL. The same bytes as
+    render_pieces, with one format operation. None for any other request."""
+    items = request.items
+    if len(items) == 2 and items[0].name == "UID":
+        uid, whole = True, items[1]
+    elif len(items) == 1:
+        uid, whole = False, items[0]
+    else:
+        return None
+    if not (whole.name in ("RFC822", "BODY[]") and whole.whole and whole.partial is None):
+        return None
+    label = b"RFC822" if whole.name == "RFC822" else whole.label
+    if uid:
+        return lambda seq, uid, octets: b"* %d FETCH (UID %d %s {%d}\r\n" % (seq, uid, label, octets)
+    return lambda seq, uid, octets: b"* %d FETCH (%s {%d}\r\n" % (seq, label, octets)
 
 
 def render_pieces(

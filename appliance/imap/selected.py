@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Literal
 
 from appliance.imap import responses
 from appliance.imap.commands import SELECTED, command
-from appliance.imap.fetch import Request, metadata_line, parse_items, render_pieces
+from appliance.imap.fetch import (
+    WHOLE_TAIL,
+    Request,
+    metadata_line,
+    parse_items,
+    render_pieces,
+    whole_message_head,
+)
 from appliance.imap.folders import folder_name, store_flags
 from appliance.imap.mailbox import FolderView, MailboxError, MessageInfo
 from appliance.imap.message import ParsedMessage
@@ -223,6 +230,7 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
                 raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
             return "FETCH completed"
     missing = False
+    head = None if sets_seen else whole_message_head(request)  # \Seen set here adds FLAGS
     planned = list(batches(view, seqs))
     ahead: asyncio.Future[list[bytes | None]] | None = None  # the next batch, read meanwhile
     try:
@@ -244,11 +252,14 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
                 if raw is None:
                     missing = True  # RFC 2180 §4.1: expunged by another session meanwhile
                     continue
-                parsed = ParsedMessage.parse(raw) if request.needs_parse else None
-                recent = view.is_recent(info.uid)
-                session.send_pieces(
-                    render_pieces(seq, info, recent, request, raw, parsed, info.uid in changed)
-                )
+                if head is not None:
+                    session.send_pieces([head(seq, info.uid, len(raw)), raw, WHOLE_TAIL])
+                else:
+                    parsed = ParsedMessage.parse(raw) if request.needs_parse else None
+                    recent = view.is_recent(info.uid)
+                    session.send_pieces(
+                        render_pieces(seq, info, recent, request, raw, parsed, info.uid in changed)
+                    )
                 if session.unflushed >= FLUSH_ABOVE:
                     await session.flush()
     finally:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.imap import index
-from appliance.imap.fetch import Request, render_pieces
+from appliance.imap.fetch import WHOLE_TAIL, Request, render_pieces, whole_message_head
 from appliance.imap.index import INFO_SEPARATOR
 from appliance.imap.mailbox import MessageInfo
 from appliance.imap.message import ParsedMessage
@@ -186,6 +186,7 @@ async def _handle(meta: bytes, data: bytes, descriptor: int) -> bytes:
 async def _stream(sock: socket.socket, job: FetchJob) -> tuple[int, int]:
     """Read, render and write the job's messages a batch at a time: (bytes sent, messages gone)."""
     request, folder = job.request, Path(job.folder)
+    head = whole_message_head(request)
     prefix = f"{job.folder}/"
     count = len(job.seqs)
     sent = missing = 0
@@ -206,6 +207,9 @@ async def _stream(sock: socket.socket, job: FetchJob) -> tuple[int, int]:
             raw = index.read_crlf(prefix + name, folder, key, job.sizes[i])
             if raw is None:
                 missing += 1  # expunged meanwhile (RFC 2180 §4.1)
+                continue
+            if head is not None:  # the whole message and at most its UID: one format operation
+                pieces += (head(job.seqs[i], job.uids[i], len(raw)), raw, WHOLE_TAIL)
                 continue
             info = MessageInfo(
                 job.uids[i],
