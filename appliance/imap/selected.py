@@ -43,6 +43,7 @@ log = logging.getLogger("appliance.imap")
 BATCH_MESSAGES = 200  # messages read from disk per executor call
 BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
 METADATA_CHUNK = 1000  # messages per write when FETCH needs no message bytes
+FIRST_METADATA_CHUNK = 100  # ... but the first write is sooner: the client starts reading at once
 HEADER_BATCH = 5000  # messages per batch when SEARCH needs only cached header fields
 HEADER_BATCH_BYTES = BATCH_BYTES * HEADER_BATCH // BATCH_MESSAGES  # their sizes (only headers are read)
 _STORE_ITEM = re.compile(r"^([+-]?)FLAGS(\.SILENT)?$")
@@ -209,8 +210,9 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
     if not request.needs_bytes and not sets_seen:
         # Flags, UIDs, sizes, dates: all in memory, rendered a chunk of messages at a time.
         messages, is_recent, line = view.messages, view.is_recent, metadata_line(request)
-        for start in range(0, len(seqs), METADATA_CHUNK):
-            chunk = seqs[start : start + METADATA_CHUNK]
+        starts = [0, *range(FIRST_METADATA_CHUNK, len(seqs), METADATA_CHUNK)]
+        for start, end in zip(starts, [*starts[1:], len(seqs)], strict=True):
+            chunk = seqs[start:end]
             session.send(b"".join([line(seq, messages[seq - 1], is_recent) for seq in chunk]))
             await session.flush()  # the client reads one chunk while the next is rendered
         return "FETCH completed"
