@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.imap.fetch import WHOLE_TAIL, metadata_line, parse_items, render_pieces, whole_message_head
+from appliance.imap.fetch import WHOLE_TAIL, metadata_lines, parse_items, render_pieces, whole_message_head
 from appliance.imap.mailbox import MessageInfo
 from appliance.imap.responses import Bad, internaldate, parse_date_time
 from appliance.imap.sequence import SequenceSet, SequenceSetError
@@ -93,15 +93,24 @@ def test_date_time_round_trips_through_internaldate() -> None:
 )
 def test_metadata_lines_are_what_render_gives(items: list, uid: bool) -> None:
     request = parse_items(items, uid)
-    line = metadata_line(request)
+    lines = metadata_lines(request)
     infos = [
         MessageInfo(7, "k7", frozenset({"\\Seen", "$Work"}), 1_700_000_000.0, 4321),
         MessageInfo(9, "k9", frozenset(), 1_700_086_400.0, 12),
+        MessageInfo(
+            10, "k10", frozenset({"\\Seen", "$Work"}), 1_700_000_000.0, 4321
+        ),  # a flag set seen before
+        MessageInfo(12, "k12", frozenset({"\\Seen", "$Work"}), 1_700_000_000.0, 4321),  # ... and \\Recent
     ]
-    recent = {9}
-    for seq, info in enumerate(infos, 1):
-        expected = b"".join(render_pieces(seq, info, info.uid in recent, request, None, None))
-        assert line(seq, info, recent.__contains__) == expected
+    recent = {9, 12}
+    expected = b"".join(
+        b"".join(render_pieces(seq, info, info.uid in recent, request, None, None))
+        for seq, info in enumerate(infos, 1)
+    )
+    assert lines(range(1, 5), infos, recent) == expected
+    assert lines(range(1, 5), infos, set()) == b"".join(
+        b"".join(render_pieces(seq, info, False, request, None, None)) for seq, info in enumerate(infos, 1)
+    )
 
 
 def test_sequence_sets_resolve_ranges_overlaps_and_star() -> None:

@@ -3,7 +3,7 @@
 `parse_items` turns the arguments into `Item`s once per command; `render_pieces` builds one
 message's `* n FETCH (...)` response from its MessageInfo and, when an item needs them, its bytes
 (CRLF line ends) and parsed form. The whole message (BODY[], RFC822) is sent from the bytes as
-read, never parsed nor copied into the response; `metadata_line` renders responses that need no
+read, never parsed nor copied into the response; `metadata_lines` renders responses that need no
 bytes (the flag resync) with one format operation each, `whole_message_head` the head of a
 whole-message response (a folder's download) likewise.
 """
@@ -11,7 +11,7 @@ whole-message response (a folder's download) likewise.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 from appliance.imap import responses, wire
@@ -138,35 +138,45 @@ def _section(value: str) -> Item:
     return Item("BODY[]", head, part, text, fields, partial, kind.upper() == "BODY.PEEK")
 
 
-Line = Callable[[int, MessageInfo, Callable[[int], bool]], bytes]
+Lines = Callable[[Sequence[int], Sequence[MessageInfo], Collection[int]], bytes]
 
 
-def metadata_line(request: Request) -> Line:
-    """For a request that needs no message bytes (UID, FLAGS, INTERNALDATE, RFC822.SIZE): one
-    message's response, `line(seq, info, is_recent)`, as one format operation. The full
-    `UID FETCH 1:* (FLAGS)` resync a client does on reconnecting is one such line per message."""
+def metadata_lines(request: Request) -> Lines:
+    """For a request that needs no message bytes (UID, FLAGS, INTERNALDATE, RFC822.SIZE): the
+    responses for a run of messages, `lines(seqs, infos, recent)` (`recent`: the \\Recent UIDs). The full `UID FETCH 1:*
+    (FLAGS)` resync a client does on reconnecting is one format operation per message, each
+    distinct flag set rendered once."""
     names = tuple(item.name for item in request.items)
-    flag_list = responses.flag_list
-    if names == ("UID", "FLAGS"):
-        return lambda seq, info, is_recent: (
-            b"* %d FETCH (UID %d FLAGS %s)\r\n"
-            % (
-                seq,
-                info.uid,
-                flag_list(info.flags, is_recent(info.uid)),
-            )
+    if names in (("UID", "FLAGS"), ("FLAGS",)):
+        with_uid = names[0] == "UID"
+
+        def flag_lines(seqs: Sequence[int], infos: Sequence[MessageInfo], recent: Collection[int]) -> bytes:
+            # flag set → "(\\Seen ...)": for messages that are not \\Recent, and for those that are
+            rendered: tuple[dict[frozenset[str], bytes], ...] = ({}, {})
+            out = []
+            for seq, info in zip(seqs, infos, strict=True):
+                uid, flags = info.uid, info.flags
+                is_recent = bool(recent) and uid in recent
+                text = rendered[is_recent].get(flags)
+                if text is None:
+                    text = rendered[is_recent][flags] = responses.flag_list(flags, is_recent)
+                if with_uid:
+                    out.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (seq, uid, text))
+                else:
+                    out.append(b"* %d FETCH (FLAGS %s)\r\n" % (seq, text))
+            return b"".join(out)
+
+        return flag_lines
+
+    def any_lines(seqs: Sequence[int], infos: Sequence[MessageInfo], recent: Collection[int]) -> bytes:
+        return b"".join(
+            [
+                b"".join(render_pieces(seq, info, info.uid in recent, request, None, None))
+                for seq, info in zip(seqs, infos, strict=True)
+            ]
         )
-    if names == ("FLAGS",):
-        return lambda seq, info, is_recent: (
-            b"* %d FETCH (FLAGS %s)\r\n"
-            % (
-                seq,
-                flag_list(info.flags, is_recent(info.uid)),
-            )
-        )
-    return lambda seq, info, is_recent: b"".join(
-        render_pieces(seq, info, is_recent(info.uid), request, None, None)
-    )
+
+    return any_lines
 
 
 WholeHead = Callable[[int, int, int], bytes]

@@ -505,6 +505,11 @@ class FolderView:
     def is_recent(self, uid: int) -> bool:
         return uid in self._recent
 
+    @property
+    def recent(self) -> Collection[int]:
+        """The UIDs that are \\Recent for this session (not to be changed)."""
+        return self._recent
+
     def first_unseen(self) -> int | None:
         for number, info in enumerate(self.messages, 1):
             if "\\Seen" not in info.flags:

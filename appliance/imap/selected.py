@@ -20,7 +20,7 @@ from appliance.imap.commands import SELECTED, command
 from appliance.imap.fetch import (
     WHOLE_TAIL,
     Request,
-    metadata_line,
+    metadata_lines,
     parse_items,
     render_pieces,
     whole_message_head,
@@ -209,11 +209,11 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
     sets_seen = request.sets_seen and not view.readonly
     if not request.needs_bytes and not sets_seen:
         # Flags, UIDs, sizes, dates: all in memory, rendered a chunk of messages at a time.
-        messages, is_recent, line = view.messages, view.is_recent, metadata_line(request)
+        messages, lines = view.messages, metadata_lines(request)
         starts = [0, *range(FIRST_METADATA_CHUNK, len(seqs), METADATA_CHUNK)]
         for start, end in zip(starts, [*starts[1:], len(seqs)], strict=True):
             chunk = seqs[start:end]
-            session.send(b"".join([line(seq, messages[seq - 1], is_recent) for seq in chunk]))
+            session.send(lines(chunk, [messages[seq - 1] for seq in chunk], view.recent))
             await session.flush()  # the client reads one chunk while the next is rendered
         return "FETCH completed"
     senders = session.services.fetch_senders
