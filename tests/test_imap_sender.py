@@ -29,6 +29,7 @@ from appliance.imap.fetch import parse_items, render_pieces
 from appliance.imap.index import to_crlf
 from appliance.imap.mailbox import MessageInfo
 from appliance.imap.message import ParsedMessage
+from appliance.imap.selected import JOB_MESSAGES
 from appliance.imap.sender import FetchJob, SenderProcess
 from appliance.imap.tokens import Atom
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
@@ -196,6 +197,30 @@ def test_responses_stay_in_order_with_pipelined_commands(server: RunningApplianc
         assert [int(line.split()[1]) for line in lines] == list(range(101 - count, 101))
     assert parts[4] == b"p5 OK NOOP completed\r\n"
     wire.close()
+
+
+def test_a_fetch_of_more_messages_than_one_job_takes(server: RunningAppliance) -> None:
+    count = JOB_MESSAGES + 150  # two jobs, the second one small
+    maildir = server.data_dir / "mail" / "example.test" / "fay"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    for number in range(1, count + 1):
+        (maildir / "cur" / f"{1_700_000_000 + number}.M{number}P1Q1.test:2,S").write_bytes(
+            b"Subject: %d\n\nx\n" % number
+        )
+    responses = []
+    for tls in (True, False):
+        wire = Wire(server, tls=tls)
+        wire.login("fay")
+        wire.command("EXAMINE INBOX")
+        responses.append(normalized(wire.command("UID FETCH 1:* (BODY.PEEK[])")))
+        wire.close()
+    assert responses[0] == responses[1]
+    assert responses[1].count(b" FETCH (UID ") == count
+    last = b"Subject: %d\r\n\r\nx\r\n" % count
+    assert (
+        b"* %d FETCH (UID %d BODY[] {%d}\r\n%s)\r\nTAG OK" % (count, count, len(last), last) in responses[1]
+    )
 
 
 def stalled(server: RunningAppliance, account: str) -> socket.socket:

@@ -42,6 +42,7 @@ log = logging.getLogger("appliance.imap")
 
 BATCH_MESSAGES = 200  # messages read from disk per executor call
 BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
+JOB_MESSAGES = 20_000  # messages per job handed to a sender process (a 1 MB pickle or so)
 METADATA_CHUNK = 1000  # messages per write when FETCH needs no message bytes
 FIRST_METADATA_CHUNK = 100  # ... but the first write is sooner: the client starts reading at once
 HEADER_BATCH = 5000  # messages per batch when SEARCH needs only cached header fields
@@ -223,15 +224,15 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
         and len(seqs) >= senders.min_messages
         and session.connection.plain_descriptor() is not None
     ):
-        try:
-            gone = await _fetch_by_sender(session, view, seqs, request, senders)
-        except Unavailable as error:
-            log.warning("fetch rendered by the session: no sender process error=%s", error)
-        else:
+        done, gone = await _fetch_by_sender(session, view, seqs, request, senders)
+        if done == len(seqs):
             if gone:
                 raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
             return "FETCH completed"
-    missing = False
+        seqs = seqs[done:]  # no sender to be had (any more): the rest is rendered here
+        missing = gone > 0
+    else:
+        missing = False
     head = None if sets_seen else whole_message_head(request)  # \Seen set here adds FLAGS
     planned = list(batches(view, seqs))
     ahead: asyncio.Future[list[bytes | None]] | None = None  # the next batch, read meanwhile
@@ -276,28 +277,38 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
 
 async def _fetch_by_sender(
     session: Session, view: FolderView, seqs: list[int], request: Request, senders: Senders
-) -> int:
-    """The FETCH responses written by a sender process (sender.py says when and why); the
-    messages that vanished meanwhile. Unavailable when none could take it: nothing was sent."""
+) -> tuple[int, int]:
+    """The FETCH responses written by sender processes (sender.py says when and why), one job
+    per JOB_MESSAGES messages: (messages done, messages that vanished meanwhile). Fewer done than
+    asked when no sender could take a job: the caller renders the rest."""
     messages = view.messages
-    infos = [messages[seq - 1] for seq in seqs]
     names = {item.name for item in request.items}
     with_flags = "FLAGS" in names
-    job = FetchJob(
-        folder=str(view.path),
-        request=request,
-        seqs=seqs,
-        uids=[info.uid for info in infos],
-        names=view.file_names(infos),
-        sizes=[info.size for info in infos],
-        flags=[info.flags for info in infos] if with_flags else None,
-        dates=[info.internaldate for info in infos] if "INTERNALDATE" in names else None,
-        recent=[view.is_recent(info.uid) for info in infos] if with_flags else None,
-    )
+    done = gone = 0
     await session.flush()
-    sent, gone = await senders.send(session.connection, job)
-    session.bytes_out += sent
-    return gone
+    while done < len(seqs):
+        part = seqs[done : done + JOB_MESSAGES]
+        infos = [messages[seq - 1] for seq in part]
+        job = FetchJob(
+            folder=str(view.path),
+            request=request,
+            seqs=part,
+            uids=[info.uid for info in infos],
+            names=view.file_names(infos),
+            sizes=[info.size for info in infos],
+            flags=[info.flags for info in infos] if with_flags else None,
+            dates=[info.internaldate for info in infos] if "INTERNALDATE" in names else None,
+            recent=[view.is_recent(info.uid) for info in infos] if with_flags else None,
+        )
+        try:
+            sent, vanished = await senders.send(session.connection, job)
+        except Unavailable as error:
+            log.warning("fetch rendered by the session: no sender process error=%s", error)
+            break
+        session.bytes_out += sent
+        done += len(part)
+        gone += vanished
+    return done, gone
 
 
 # -- STORE (RFC 3501 §6.4.6) ----------------------------------------------------------------------
