@@ -214,7 +214,11 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
         starts = [0, *range(FIRST_METADATA_CHUNK, len(seqs), METADATA_CHUNK)]
         for start, end in zip(starts, [*starts[1:], len(seqs)], strict=True):
             chunk = seqs[start:end]
-            session.send(lines(chunk, [messages[seq - 1] for seq in chunk], view.recent))
+            if chunk and chunk[-1] - chunk[0] == len(chunk) - 1:  # ascending, no repeats (resolve): a run
+                infos = messages[chunk[0] - 1 : chunk[-1]]
+            else:
+                infos = [messages[seq - 1] for seq in chunk]
+            session.send(lines(chunk, infos, view.recent))
             await session.flush()  # the client reads one chunk while the next is rendered
         return "FETCH completed"
     senders = session.services.fetch_senders

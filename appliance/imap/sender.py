@@ -90,7 +90,10 @@ class SenderProcess(ChildProcess):
         self.jobs = 0  # in flight
 
     def decode(self, meta: bytes, data: memoryview) -> Any:
-        return pickle.loads(meta)
+        try:
+            return pickle.loads(meta)
+        except Exception as error:  # a defect in the process (it answered nothing readable)
+            return False, OSError(errno.EIO, f"unreadable reply from the sender: {error!r}")
 
 
 class Senders:
@@ -168,7 +171,11 @@ _CLIENT_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.E
 
 # -- the process ------------------------------------------------------------------------------
 async def _handle(meta: bytes, data: bytes, descriptor: int) -> bytes:
-    sock = socket.socket(fileno=descriptor)
+    try:
+        sock = socket.socket(fileno=descriptor)
+    except OSError as error:
+        os.close(descriptor)
+        return pickle.dumps((False, error), pickle.HIGHEST_PROTOCOL)
     try:
         sock.setblocking(False)  # already so (the server's event loop), said again for this object
         job: FetchJob = pickle.loads(meta)
