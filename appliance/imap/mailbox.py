@@ -162,6 +162,7 @@ class _Folder:
         self.entries: dict[str, _Entry] = {}  # key → entry
         self.by_uid: dict[int, MessageInfo] = {}
         self.uids: list[int] = []  # ascending
+        self._in_order: list[MessageInfo] | None = None  # by_uid's values by UID, until either changes
         self.keywords: list[str | None] = []  # index = letter - "a"
         self.keyword_names: tuple[str, ...] = ()
         self.stamp: tuple[int, int] | None = None
@@ -263,6 +264,7 @@ class _Folder:
             info = MessageInfo(record.uid, key, self._flags(letters), record.internaldate, record.size)
             self.entries[key] = _Entry(info, sub, name, letters)
             self.by_uid[record.uid] = info
+            self._in_order = None
             changed = True
         if records or added:
             self.uids = sorted(self.by_uid)
@@ -291,6 +293,14 @@ class _Folder:
         entry = self.entries.get(key)
         return f"{self.prefix}{entry.sub}/{entry.name}" if entry is not None else f"{self.prefix}cur/{key}"
 
+    def messages_in_order(self) -> list[MessageInfo]:
+        """The messages by ascending UID (kept between changes: every session that opens the
+        folder meanwhile copies the same list instead of looking up each UID again)."""
+        if self._in_order is None:
+            by_uid = self.by_uid
+            self._in_order = [by_uid[uid] for uid in self.uids]
+        return self._in_order
+
     def changed(self) -> None:
         self.version += 1
         for view in self.views:
@@ -302,12 +312,14 @@ class _Folder:
             if entry is not None:
                 self.by_uid.pop(entry.info.uid, None)
         self.uids = sorted(self.by_uid)
+        self._in_order = None
 
     def _replace(self, entry: _Entry, flags: frozenset[str]) -> None:
         old = entry.info
         info = MessageInfo(old.uid, old.key, flags, old.internaldate, old.size)
         entry.info = info
         self.by_uid[old.uid] = info
+        self._in_order = None
 
     def _set_keywords(self, keywords: list[str | None]) -> None:
         self.keywords = keywords
@@ -477,10 +489,10 @@ class FolderView:
         self.name = name
         self.readonly = readonly
         self.uidvalidity = folder.uidvalidity
-        self.messages: list[MessageInfo] = [folder.by_uid[uid] for uid in folder.uids]
+        self.messages: list[MessageInfo] = list(folder.messages_in_order())
         self._uids: list[int] = list(folder.uids)
         # RFC 3501 §2.3.2: this session is the first to see these; EXAMINE claims none of them.
-        self._recent = {uid for uid in folder.uids if uid > folder.recent_upto}
+        self._recent = set(folder.uids[bisect.bisect_right(folder.uids, folder.recent_upto) :])
         if not readonly and folder.uids:
             folder.claim_recent(folder.uids[-1])
         self._version = folder.version
