@@ -3,7 +3,8 @@
 
 Messages are read in batches (`FolderView.read`, one executor call per batch) and responses
 go out in large writes with back-pressure, so a FETCH of every message of a big folder costs
-a few slices per message.
+a few slices per message. On a clear-text connection such a FETCH is written by the sender
+processes instead (sender.py).
 """
 
 from __future__ import annotations

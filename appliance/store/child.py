@@ -2,8 +2,8 @@
 
 Why processes: disk work done by the server's threads has to take Python's global lock back after
 every system call, and in the server that lock is held most of the time by the event loop serving
-the sessions. Under load the hand-offs cost more than the work (see writer.py and reader.py for
-the figures). A process has a lock of its own: the event loop writes a request to a socket and
+the sessions. Under load the hand-offs cost more than the work (see writer.py, reader.py and
+imap/sender.py for the figures). A process has a lock of its own: the event loop writes a request to a socket and
 goes on; the reply wakes it like any client socket does.
 
 On the socket pair (a stream; both directions framed alike):
