@@ -19,6 +19,7 @@ import re
 import signal
 import socket
 import ssl
+import struct
 import time
 from pathlib import Path
 
@@ -287,6 +288,24 @@ def test_a_sender_killed_in_the_middle_ends_that_session_only(server: RunningApp
     assert response.count(b" FETCH (BODY[] {") == 80
     assert to_crlf(compose(80, 200_000)) in response
     wire.close()
+
+
+def test_a_client_that_hangs_up_mid_fetch_costs_nothing_but_its_session(server: RunningAppliance) -> None:
+    fill(server, "ann", 80, dict.fromkeys(range(1, 81), 200_000))
+    mark = server.log_size()
+    for _ in range(3):
+        sock = stalled(server, "ann")
+        time.sleep(0.3)  # the sender is writing
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()  # reset
+    server.wait_for_log(r"imap closed login=ann@example.test .*reason=dropped", after=mark)
+    wire = Wire(server)
+    wire.login("ann")
+    wire.command("EXAMINE INBOX")
+    assert wire.command("FETCH 1:* (BODY.PEEK[])").count(b" FETCH (BODY[] {") == 80
+    wire.close()
+    logged = server.log()[mark:]
+    assert " ERROR " not in logged and "Traceback" not in logged, logged[-3000:]
 
 
 # -- the process, on its own ----------------------------------------------------------------------
