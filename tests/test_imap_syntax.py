@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.imap.fetch import WHOLE_TAIL, metadata_lines, parse_items, render_pieces, whole_message_head
+from appliance.imap.fetch import (
+    WHOLE_TAIL,
+    batch_bounds,
+    metadata_lines,
+    parse_items,
+    render_pieces,
+    whole_message_head,
+)
 from appliance.imap.mailbox import MessageInfo
 from appliance.imap.responses import Bad, internaldate, parse_date_time
 from appliance.imap.sequence import SequenceSet, SequenceSetError
@@ -192,3 +199,10 @@ def test_whole_message_heads_are_what_render_gives(items: list, uid: bool) -> No
 )
 def test_other_requests_have_no_whole_message_head(items: list) -> None:
     assert whole_message_head(parse_items(items, False)) is None
+
+
+def test_batches_are_bounded_by_count_and_bytes_and_a_big_message_stands_alone() -> None:
+    assert list(batch_bounds([], 3, 100)) == []
+    assert list(batch_bounds([10] * 7, 3, 100)) == [(0, 3), (3, 6), (6, 7)]
+    assert list(batch_bounds([40, 40, 40, 500, 10], 10, 100)) == [(0, 2), (2, 3), (3, 4), (4, 5)]
+    assert list(batch_bounds([0, 0, 0], 2, 0)) == [(0, 2), (2, 3)]  # empty messages: the count bounds

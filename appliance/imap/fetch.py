@@ -11,7 +11,7 @@ whole-message response (a folder's download) likewise.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from appliance.imap import responses, wire
@@ -32,6 +32,9 @@ SIMPLE = frozenset(
 NEEDS_BYTES = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT"})
 SETS_SEEN = frozenset({"RFC822", "RFC822.TEXT"})  # RFC 3501 §6.4.5; RFC822.HEADER is a peek
 
+BATCH_MESSAGES = 200  # messages read, rendered and written at a time
+BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
+
 _BODY_SECTION = re.compile(r"^(BODY|BODY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?$", re.IGNORECASE)
 _SECTION = re.compile(
     r"^((?:[1-9]\d{0,8})(?:\.[1-9]\d{0,8})*)?"
@@ -51,6 +54,11 @@ class Item:
     fields: tuple[str, ...] = ()
     partial: tuple[int, int] | None = None  # <origin.count>
     peek: bool = False
+
+    @property
+    def response_label(self) -> bytes:
+        """How the item is named before its literal in the response: b"RFC822", b"BODY[...]"."""
+        return b"RFC822" if self.name == "RFC822" else self.label
 
     @property
     def whole(self) -> bool:
@@ -138,14 +146,30 @@ def _section(value: str) -> Item:
     return Item("BODY[]", head, part, text, fields, partial, kind.upper() == "BODY.PEEK")
 
 
+def batch_bounds(
+    sizes: Iterable[int], count: int = BATCH_MESSAGES, max_bytes: int = BATCH_BYTES
+) -> Iterator[tuple[int, int]]:
+    """(start, end) of each batch of consecutive messages of these sizes: at most `count` of them
+    and `max_bytes` together (a message larger by itself is a batch of its own)."""
+    start = end = size = 0
+    for end, message_size in enumerate(sizes, 1):  # `end`: just after this message
+        position = end - 1
+        if position > start and (position - start >= count or size + message_size > max_bytes):
+            yield start, position
+            start, size = position, 0
+        size += message_size
+    if end > start:
+        yield start, end
+
+
 Lines = Callable[[Sequence[int], Sequence[MessageInfo], Collection[int]], bytes]
 
 
 def metadata_lines(request: Request) -> Lines:
     """For a request that needs no message bytes (UID, FLAGS, INTERNALDATE, RFC822.SIZE): the
-    responses for a run of messages, `lines(seqs, infos, recent)` (`recent`: the \\Recent UIDs). The full `UID FETCH 1:*
-    (FLAGS)` resync a client does on reconnecting is one format operation per message, each
-    distinct flag set rendered once."""
+    responses for a run of messages, `lines(seqs, infos, recent)` (`recent`: the \\Recent UIDs).
+    The full `UID FETCH 1:* (FLAGS)` resync a client does on reconnecting is one format operation
+    per message, each distinct flag set rendered once."""
     names = tuple(item.name for item in request.items)
     if names in (("UID", "FLAGS"), ("FLAGS",)):
         with_uid = names[0] == "UID"
@@ -197,7 +221,7 @@ def whole_message_head(request: Request) -> WholeHead | None:
         return None
     if not (whole.name in ("RFC822", "BODY[]") and whole.whole and whole.partial is None):
         return None
-    label = b"RFC822" if whole.name == "RFC822" else whole.label
+    label = whole.response_label
     if uid:
         return lambda seq, uid, octets: b"* %d FETCH (UID %d %s {%d}\r\n" % (seq, uid, label, octets)
     return lambda seq, uid, octets: b"* %d FETCH (%s {%d}\r\n" % (seq, label, octets)
@@ -231,7 +255,7 @@ def render_pieces(
         elif raw is None:
             continue  # the caller checked; unreachable for items that need the bytes
         elif name == "RFC822" or (item.whole and item.partial is None):
-            out.append(b"%s {%d}\r\n" % (b"RFC822" if name == "RFC822" else item.label, len(raw)))
+            out.append(b"%s {%d}\r\n" % (item.response_label, len(raw)))
             whole.append((len(out), raw))
         elif item.whole:
             out.append(item.label + b" " + wire.literal(_partial(raw, item.partial)))

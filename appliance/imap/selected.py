@@ -19,8 +19,11 @@ from typing import TYPE_CHECKING, Literal
 from appliance.imap import responses
 from appliance.imap.commands import SELECTED, command
 from appliance.imap.fetch import (
+    BATCH_BYTES,
+    BATCH_MESSAGES,
     WHOLE_TAIL,
     Request,
+    batch_bounds,
     metadata_lines,
     parse_items,
     render_pieces,
@@ -41,8 +44,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.imap")
 
-BATCH_MESSAGES = 200  # messages read from disk per executor call
-BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
 JOB_MESSAGES = 20_000  # messages per job handed to a sender process (a 1 MB pickle or so)
 METADATA_CHUNK = 1000  # messages per write when FETCH needs no message bytes
 FIRST_METADATA_CHUNK = 100  # ... but the first write is sooner: the client starts reading at once
@@ -78,19 +79,9 @@ def batches(
 ) -> Iterator[tuple[list[int], list[MessageInfo]]]:
     """Sequence numbers and their messages, in batches bounded by count and by message bytes."""
     messages = view.messages
-    seq_batch: list[int] = []
-    info_batch: list[MessageInfo] = []
-    size = 0
-    for seq in seqs:
-        info = messages[seq - 1]
-        if seq_batch and (len(seq_batch) >= count or size + info.size > max_bytes):
-            yield seq_batch, info_batch
-            seq_batch, info_batch, size = [], [], 0
-        seq_batch.append(seq)
-        info_batch.append(info)
-        size += info.size
-    if seq_batch:
-        yield seq_batch, info_batch
+    infos = [messages[seq - 1] for seq in seqs]
+    for start, end in batch_bounds((info.size for info in infos), count, max_bytes):
+        yield seqs[start:end], infos[start:end]
 
 
 def _writable(view: FolderView) -> None:

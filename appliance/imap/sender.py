@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.imap import index
-from appliance.imap.fetch import WHOLE_TAIL, Request, render_pieces, whole_message_head
+from appliance.imap.fetch import WHOLE_TAIL, Request, batch_bounds, render_pieces, whole_message_head
 from appliance.imap.index import INFO_SEPARATOR
 from appliance.imap.mailbox import MessageInfo
 from appliance.imap.message import ParsedMessage
@@ -53,8 +53,6 @@ log = logging.getLogger("appliance.imap")
 
 MIN_MESSAGES = 64  # a FETCH of fewer messages is rendered by the session itself
 MAX_PROCESSES = 4
-BATCH_MESSAGES = 200  # messages read, rendered and written at a time
-BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
 _NO_FLAGS: frozenset[str] = frozenset()
 
 
@@ -195,18 +193,8 @@ async def _stream(sock: socket.socket, job: FetchJob) -> tuple[int, int]:
     request, folder = job.request, Path(job.folder)
     head = whole_message_head(request)
     prefix = f"{job.folder}/"
-    count = len(job.seqs)
     sent = missing = 0
-    start = 0
-    while start < count:
-        end, size = start, 0
-        while (
-            end < count
-            and end - start < BATCH_MESSAGES
-            and (end == start or size + job.sizes[end] <= BATCH_BYTES)
-        ):
-            size += job.sizes[end]
-            end += 1
+    for start, end in batch_bounds(job.sizes):
         pieces: list[bytes] = []
         for i in range(start, end):
             name = job.names[i]
@@ -229,7 +217,6 @@ async def _stream(sock: socket.socket, job: FetchJob) -> tuple[int, int]:
             recent = job.recent[i] if job.recent is not None else False
             pieces += render_pieces(job.seqs[i], info, recent, request, raw, parsed)
         sent += await send_gathered(sock, pieces)
-        start = end
     return sent, missing
 
 

@@ -3,8 +3,8 @@
 Why processes: disk work done by the server's threads has to take Python's global lock back after
 every system call, and in the server that lock is held most of the time by the event loop serving
 the sessions. Under load the hand-offs cost more than the work (see writer.py, reader.py and
-imap/sender.py for the figures). A process has a lock of its own: the event loop writes a request to a socket and
-goes on; the reply wakes it like any client socket does.
+imap/sender.py for the figures). A process has a lock of its own: the event loop writes a
+request to a socket and goes on; the reply wakes it like any client socket does.
 
 On the socket pair (a stream; both directions framed alike):
   FRAME (id, length of the meta part, length of the data part), the meta part, the data part.
@@ -19,11 +19,11 @@ socket pair, of packets, and a request may carry a file descriptor: it goes as o
 request id, the descriptor as SCM_RIGHTS) just before the request's frame, so the process finds it
 waiting when it reads the frame.
 
-The process runs `python -m <module> FD THREADS [DESCRIPTOR_FD]`. It ignores SIGINT and SIGTERM (a Ctrl-C or a
-service stop reaches the whole process group; the server decides when work ends) and exits once
-the server closes its end, after the requests it has are answered. If it dies, the requests in
-flight fail (`lost_error`) and the next request starts a new process, no more than once every
-`restart_pause` seconds.
+The process runs `python -m <module> FD THREADS [DESCRIPTOR_FD]`. It ignores SIGINT and SIGTERM
+(a Ctrl-C or a service stop reaches the whole process group; the server decides when work ends)
+and exits once the server closes its end, after the requests it has are answered. If it dies, the
+requests in flight fail (`lost_error`) and the next request starts a new process, no more than once
+every `restart_pause` seconds.
 """
 
 from __future__ import annotations
