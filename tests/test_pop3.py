@@ -326,6 +326,82 @@ def test_pipelined_commands_are_answered_in_order(server: RunningAppliance) -> N
     client.close()
 
 
+def stuffed(body: bytes) -> list[bytes]:
+    """The lines RFC 1939 sends for a stored LF message: dot-stuffed, without the final "."."""
+    return [b"." + line if line.startswith(b".") else line for line in body.rstrip(b"\n").split(b"\n")]
+
+
+def test_a_pipelined_download_with_deletions_between_comes_back_byte_for_byte(
+    server: RunningAppliance,
+) -> None:
+    # Sequential RETRs of messages already read ahead are answered on the spot, the others by
+    # the session; mixed in one burst, every reply must still be the right one, in order.
+    bodies = [
+        message(
+            f"number {n}", "".join(f".line {i} of {n}\n" if i % 3 == 0 else f"text {i}\n" for i in range(n))
+        )
+        for n in range(1, 121)
+    ]
+    for body in bodies:
+        put_message(server, body)
+    client = RawClient(server, "pop3s")
+    assert client.command(f"USER {JOHN}").startswith(b"+OK")
+    assert client.command(f"PASS {PASSWORD}").startswith(b"+OK")
+    commands = [f"RETR {n}" for n in range(1, 61)]
+    commands += [
+        "DELE 62",
+        "RETR 61",
+        "RETR 62",
+        "LIST 63",
+        "RETR 63",
+        "RETR 100",
+        "RETR 64",
+        "RSET",
+        "RETR 62",
+    ]
+    commands += [f"RETR {n}" for n in range(65, 121)] + ["DELE 1", "STAT"]
+    refused = {commands.index("RETR 62")}  # the first one: after DELE 62, before RSET
+    for position, command in enumerate(commands):
+        if position % 5 == 0:  # in bursts of five: each may start while the session waits
+            client.send("".join(command + "\r\n" for command in commands[position : position + 5]).encode())
+        reply = client.line()
+        verb, _, number = command.partition(" ")
+        if position in refused:
+            assert reply.startswith(b"-ERR"), (command, reply)
+        elif verb == "RETR":
+            body = bodies[int(number) - 1]
+            assert reply == b"+OK %d octets" % (len(body) + body.count(b"\n")), (command, reply)
+            assert client.multiline() == stuffed(body), command
+        else:
+            assert reply.startswith(b"+OK"), (command, reply)
+    assert client.command("QUIT").startswith(b"+OK")
+    client.close()
+    names = files(server)
+    assert len(names) == 119 and all(name.endswith(":2,S") for name in names)  # all but 1: in cur/
+
+
+def test_downloading_keeps_a_session_alive_and_silence_ends_it(appliance: ApplianceFactory) -> None:
+    server = start(appliance, limits='pop3_idle_timeout = "1s"')
+    for n in range(12):
+        put_message(server, message(f"number {n}"))
+    client = RawClient(server, "pop3s")
+    assert client.command(f"USER {JOHN}").startswith(b"+OK")
+    assert client.command(f"PASS {PASSWORD}").startswith(b"+OK")
+    started = time.monotonic()
+    for n in range(1, 9):  # 2.4 s of one RETR every 0.3 s: longer than the timeout
+        assert client.command(f"RETR {n}").startswith(b"+OK"), n
+        assert f"Subject: number {n - 1}".encode() in client.multiline()
+        time.sleep(0.3)
+    silent = time.monotonic()
+    assert client.line().startswith(b"-ERR")
+    with pytest.raises(ConnectionError):
+        client.line()
+    client.close()
+    assert 0.5 <= time.monotonic() - silent < 4 and silent - started > 2
+    server.wait_for_log(r"reason=idle_timeout retrieved=8 ")
+    assert len(files(server)) == 12
+
+
 def test_commands_sent_with_stls_before_the_handshake_are_discarded(server: RunningAppliance) -> None:
     client = RawClient(server)
     client.send(f"STLS\r\nUSER {JOHN}\r\n".encode())  # the USER line travels in clear

@@ -5,7 +5,9 @@ RFC 8314). Each connection runs a `Session` (session.py: the state machine and o
 command) over a `Connection` (connection.py: bounded line reads, idle timeout, STLS). After login
 the account's Maildir is locked and listed (maildrop.py); messages are read ahead by the reader
 process (readahead.py, store/reader.py), large ones streamed, and sent as RFC 1939 wants them
-(wire.py).
+(wire.py). A RETR of the next message, already read, is answered from the connection's data
+callback (`Session.answer_now`), without a task switch; every other command goes through the
+session's task, in the order sent.
 """
 
 from __future__ import annotations

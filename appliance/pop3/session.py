@@ -341,6 +341,7 @@ class Session:
             return
         self.maildrop, self.login, self.state = maildrop, account.address, State.TRANSACTION
         self.readahead = ReadAhead(maildrop, self.services.reader_process or self.services.readers)
+        self.connection.on_line = self.answer_now
         count, octets = maildrop.totals()
         self._log_login("accepted", login, mechanism, "ok", f" messages={count} octets={octets}")
         self.write(replies.ok(f"Logged in; {count} messages ({octets} octets)"))
@@ -358,19 +359,25 @@ class Session:
         )
 
     # -- TRANSACTION -------------------------------------------------------------------------------
-    def _message(self, argument: str) -> tuple[int, MessageFile] | None:
-        """The (index, message) a message-number argument names, or None after an -ERR."""
+    def _index(self, argument: str) -> int | bytes:
+        """The index a message-number argument names, or the -ERR reply it deserves."""
         assert self.maildrop is not None
         text = argument.strip()
         if not text.isdigit() or not text.isascii() or len(text) > 10:
-            self.write(replies.BAD_ARGUMENTS)
-            return None
+            return replies.BAD_ARGUMENTS
         index = int(text) - 1
         if not 0 <= index < len(self.maildrop.messages):
-            self.write(replies.NO_SUCH_MESSAGE)
-            return None
+            return replies.NO_SUCH_MESSAGE
         if index in self.maildrop.deleted:
-            self.write(replies.ALREADY_DELETED)  # RFC 1939 §5: a deleted message may not be named
+            return replies.ALREADY_DELETED  # RFC 1939 §5: a deleted message may not be named
+        return index
+
+    def _message(self, argument: str) -> tuple[int, MessageFile] | None:
+        """The (index, message) a message-number argument names, or None after an -ERR."""
+        assert self.maildrop is not None
+        index = self._index(argument)
+        if isinstance(index, bytes):
+            self.write(index)
             return None
         return index, self.maildrop.messages[index]
 
@@ -423,6 +430,39 @@ class Session:
         count, octets = self.maildrop.totals()
         self.write(replies.ok(f"{count} messages ({octets} octets)"))
 
+    def answer_now(self, line: bytes) -> bool:
+        """Answer a RETR of the next message in order, already read ahead, from the connection's
+        data callback (Connection.on_line): no task switch, no wait. False leaves the line, and
+        every other command, to `dispatch`, which also writes any error."""
+        if self.state is not State.TRANSACTION or self.closing or self.readahead is None:
+            return False
+        keyword, _, argument = line.partition(b" ")
+        if keyword.upper() != b"RETR":
+            return False
+        assert self.maildrop is not None
+        index = self._index(argument.decode("latin-1"))
+        if isinstance(index, bytes):
+            return False
+        message = self.maildrop.messages[index]
+        body = self.readahead.take(index) if message.size <= SMALL_MESSAGE else None
+        if body is None:
+            return False
+        self._send(index, message, body)
+        return True
+
+    def _send(self, index: int, message: MessageFile, body: bytes) -> None:
+        """RETR's reply for a message read whole (RFC 1939 §7: +OK, the dot-stuffed text, ".")."""
+        assert self.maildrop is not None
+        self.write(b"+OK %d octets\r\n" % message.size + body)
+        self._retrieved(index, message)
+        if self.readahead is not None:
+            self.readahead.refill()
+
+    def _retrieved(self, index: int, message: MessageFile) -> None:
+        assert self.maildrop is not None
+        self.maildrop.retrieved.add(index)  # moved new/ → cur/ in UPDATE
+        self.retrieved_octets += message.size
+
     @command("RETR", TRANSACTION)
     async def retr(self, argument: str) -> None:
         assert self.maildrop is not None
@@ -430,9 +470,6 @@ class Session:
         if found is None:
             return
         index, message = found
-        maildir = self.maildrop.maildir
-        executor = self.services.executor
-        header = b"+OK %d octets\r\n" % message.size
         if message.size <= SMALL_MESSAGE and self.readahead is not None:
             try:
                 body = await self.readahead.message(index)
@@ -443,31 +480,32 @@ class Session:
                 log.error("pop3 read failed key=%s error=%s", message.key, error)
                 self.write(replies.READ_FAILED)
                 return
-            self.write(header + body)
-        else:
-            try:
-                stream = await self.loop.run_in_executor(executor, _open_stream, maildir, message)
-            except OSError:
-                self.write(replies.MESSAGE_VANISHED)
-                return
-            self.write(header)
-            try:
-                while not stream.done:
-                    try:
-                        chunk = await self.loop.run_in_executor(executor, stream.next_chunk)
-                    except OSError as error:
-                        # After "+OK" an error cannot be reported: end the connection instead,
-                        # so the client sees a failed download, not a short message.
-                        log.error("pop3 read failed key=%s error=%s", message.key, error)
-                        self.connection.abort()
-                        raise ConnectionClosed() from None
-                    self.write(chunk)
-                    await self.connection.drain()
-            finally:
-                if not stream.done:
-                    await self.loop.run_in_executor(executor, stream.close)
-        self.maildrop.retrieved.add(index)
-        self.retrieved_octets += message.size
+            self._send(index, message, body)
+            return
+        maildir = self.maildrop.maildir
+        executor = self.services.executor
+        try:
+            stream = await self.loop.run_in_executor(executor, _open_stream, maildir, message)
+        except OSError:
+            self.write(replies.MESSAGE_VANISHED)
+            return
+        self.write(b"+OK %d octets\r\n" % message.size)
+        try:
+            while not stream.done:
+                try:
+                    chunk = await self.loop.run_in_executor(executor, stream.next_chunk)
+                except OSError as error:
+                    # After "+OK" an error cannot be reported: end the connection instead,
+                    # so the client sees a failed download, not a short message.
+                    log.error("pop3 read failed key=%s error=%s", message.key, error)
+                    self.connection.abort()
+                    raise ConnectionClosed() from None
+                self.write(chunk)
+                await self.connection.drain()
+        finally:
+            if not stream.done:
+                await self.loop.run_in_executor(executor, stream.close)
+        self._retrieved(index, message)
 
     @command("TOP", TRANSACTION)
     async def top(self, argument: str) -> None:
