@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 MAIL_UID = MAIL_GID = 8  # Debian's "mail": Dovecot reads the Maildirs as this user
@@ -116,3 +117,24 @@ def named_processes_cpu(name: str, parent: int | None = None) -> float:
             if fields and fields[0] == name and (parent is None or fields[2] == str(parent)):
                 total += process_cpu(int(entry))
     return total
+
+
+def wait_until_quiet(busiest: float = 0.15, longest: float = 5.0) -> float:
+    """Wait until the machine is quiet (under `busiest` of its CPUs in use over a quarter of a
+    second), at most `longest` seconds: what one measurement left running (processes ending,
+    index writes) must not be counted against the next one. The seconds waited."""
+    started = time.monotonic()
+
+    def busy_and_total() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle, iowait
+        return sum(fields) - idle, sum(fields)
+
+    while time.monotonic() - started < longest:
+        busy_before, total_before = busy_and_total()
+        time.sleep(0.25)
+        busy_after, total_after = busy_and_total()
+        if total_after > total_before and (busy_after - busy_before) / (total_after - total_before) < busiest:
+            break
+    return time.monotonic() - started

@@ -18,10 +18,11 @@ The servers:
 Both read the very same files. The messages are written into cur/ with ":2,S" (the state after a
 first download), and Dovecot keeps its index and control files outside the Maildirs, so neither
 server changes anything and every run sees the same mailboxes. Each server gets one unmeasured
-pass first (Dovecot builds its index then); runs alternate between the servers; medians of
-`--runs` are printed with every run. Nothing is asserted about time.
+pass first (Dovecot builds its index then); runs alternate between the servers, which one goes
+first alternating too (so neither always follows the other's heavy run), and each starts once the
+machine is quiet; medians of `--runs` are printed with every run. Nothing is asserted about time.
 
-    .venv/bin/python bench/pop3.py [--users 20] [--messages 10000] [--runs 3] [--keep]
+    .venv/bin/python bench/pop3.py [--users 20] [--messages 10000] [--runs 5] [--keep]
 
 Needs root (Dovecot drops to uid `mail`) and the packages in .ci/apt/pop3.txt.
 """
@@ -53,6 +54,7 @@ from bench._mail import (
     process_tree_cpu,
     run_dovecot,
     stop_server,
+    wait_until_quiet,
 )
 from tests.fixtures.appliance import free_port
 
@@ -262,7 +264,7 @@ def main() -> int:
     )
     parser.add_argument("--users", type=int, default=20)
     parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument(
         "--work", type=Path, help="work directory, kept and reused by later runs (default: a temporary one)"
     )
@@ -292,15 +294,16 @@ def main() -> int:
             warm = run_clients(server, range(1, args.users + 1))
             print(f"warm-up {server.name}: {warm.rate:,.0f} msgs/s")
         results: dict[tuple[str, int], list[Run]] = {}
-        for _ in range(args.runs):
+        for number in range(args.runs):
             for clients in (1, args.users):
-                for server in servers:
+                for server in servers if number % 2 == 0 else servers[::-1]:
+                    wait_until_quiet()
                     results.setdefault((server.name, clients), []).append(
                         run_clients(server, range(1, clients + 1))
                     )
         print()
         print(
-            f"{'clients':>7} | {'server':>9} | {'msgs/s (median)':>15} | {'runs':>26} | {'MB/s':>5} | "
+            f"{'clients':>7} | {'server':>9} | {'msgs/s (median)':>15} | {'runs':>42} | {'MB/s':>5} | "
             f"{'server CPU µs/msg':>17} | {'login ms':>8}"
         )
         for clients in (1, args.users):
@@ -314,7 +317,7 @@ def main() -> int:
                 login = statistics.median(r.login_median for r in runs) * 1000
                 listed = " · ".join(f"{r.rate:,.0f}" for r in runs)
                 print(
-                    f"{clients:>7} | {server.name:>9} | {rate:>15,.0f} | {listed:>26} | {mb:>5.0f} | "
+                    f"{clients:>7} | {server.name:>9} | {rate:>15,.0f} | {listed:>42} | {mb:>5.0f} | "
                     f"{cpu:>17.0f} | {login:>8.1f}"
                 )
             ratio = medians["appliance"] / medians["dovecot"]

@@ -303,3 +303,23 @@ def test_a_message_that_cannot_be_read_is_left_to_the_async_way_which_reports_it
             maildrop.release()
 
     run(scenario)
+
+
+def test_a_place_names_the_message_file_in_new_and_in_cur(tmp_path: Path) -> None:
+    maildrop = store_messages(tmp_path / "john", 3)
+    try:
+        (tmp_path / "john" / "new" / "1800000000.M1P1Q1.test").write_bytes(b"Subject: new\n\nhi\n")
+        maildrop.release()
+        maildrop = Maildrop.open(Maildir(tmp_path / "john"))
+        assert [message.in_new for message in maildrop.messages] == [False, False, False, True]
+        for index, message in enumerate(maildrop.messages):
+            path, size, root, key = maildrop.place(index)
+            assert (path, size, root, key) == (
+                str(message.path),
+                message.size,
+                str(tmp_path / "john"),
+                message.key,
+            )
+            assert Path(path).is_file()
+    finally:
+        maildrop.release()

@@ -125,9 +125,14 @@ class Maildrop:
         return count, octets
 
     def place(self, index: int) -> Place:
-        """Where message `index` is, for `read_wire` (which runs where message reads are done)."""
+        """Where message `index` is, for `read_wire` (which runs where message reads are done).
+
+        The path is put together from strings: str() of the message's Path costs three times as
+        much, and the read-ahead plans a window of about sixty while a client may be waiting."""
         message = self.messages[index]
-        return str(message.path), message.size, str(self.maildir.path), message.key
+        root = str(self.maildir.path)  # computed once by pathlib, then kept
+        sub = "new" if message.in_new else "cur"
+        return f"{root}/{sub}/{message.path.name}", message.size, root, message.key
 
     # -- UPDATE and the end of a session -------------------------------------------------------------
     def update(self) -> tuple[int, int]:
