@@ -11,9 +11,10 @@ when it is the next one in order and already read, by the real reader in a threa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -84,17 +85,29 @@ class Served:
             connection.close()
             self.done.set()
 
-    async def start(self) -> tuple[asyncio.Server, socket.socket]:
+    @contextlib.asynccontextmanager
+    async def connected(self) -> AsyncIterator[socket.socket]:
+        """The client's socket; on the way out it is closed, the session has ended (within
+        10 s) and the server is closed."""
         server = await asyncio.get_running_loop().create_server(
             lambda: Connection(self.session), "127.0.0.1", 0
         )
-        port = server.sockets[0].getsockname()[1]
         client = socket.socket()
-        if self.small_buffers:
-            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
-        client.connect(("127.0.0.1", port))
-        client.setblocking(False)
-        return server, client
+        try:
+            if self.small_buffers:
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
+            client.connect(("127.0.0.1", server.sockets[0].getsockname()[1]))
+            client.setblocking(False)
+            yield client
+            client.close()
+            await asyncio.wait_for(self.done.wait(), 10)
+        finally:
+            client.close()
+            server.close()
+
+
+async def send(client: socket.socket, data: bytes) -> None:
+    await asyncio.get_running_loop().sock_sendall(client, data)
 
 
 async def receive_lines(client: socket.socket, count: int, payload: int = 0) -> list[bytes]:
@@ -123,26 +136,22 @@ def fast_lines(line: bytes) -> bool:
 def test_every_line_is_answered_once_and_in_the_order_sent() -> None:
     async def scenario() -> None:
         served = Served(fast_lines)
-        server, client = await served.start()
-        loop = asyncio.get_running_loop()
-        # One at a time first: each arrives while the session waits, so it is answered now.
-        for n in range(5):
-            await loop.sock_sendall(client, b"FAST %d\r\n" % n)
-            assert await receive_lines(client, 1) == [b"now FAST %d" % n]
-        # Then a burst: after a line the callback declines, the task reads every line that
-        # follows it (answering them on the spot would overtake the declined one).
-        burst = [b"FAST 5", b"FAST 6", b"SLOW 7", b"FAST 8", b"SLOW 9", b"FAST 10"]
-        await loop.sock_sendall(client, b"".join(line + b"\r\n" for line in burst))
-        replies = await receive_lines(client, len(burst))
-        assert [reply.split(b" ", 1)[1] for reply in replies] == burst
-        assert replies[2] == b"task SLOW 7" and replies[3] == b"task FAST 8"
-        assert served.answered_now[:5] == [b"FAST %d" % n for n in range(5)]
-        assert sorted(served.answered_now + served.read_by_task) == sorted(
-            [b"FAST %d" % n for n in range(5)] + burst
-        )
-        client.close()
-        await asyncio.wait_for(served.done.wait(), 10)
-        server.close()
+        async with served.connected() as client:
+            # One at a time first: each arrives while the session waits, so it is answered now.
+            for n in range(5):
+                await send(client, b"FAST %d\r\n" % n)
+                assert await receive_lines(client, 1) == [b"now FAST %d" % n]
+            # Then a burst: after a line the callback declines, the task reads every line that
+            # follows it (answering them on the spot would overtake the declined one).
+            burst = [b"FAST 5", b"FAST 6", b"SLOW 7", b"FAST 8", b"SLOW 9", b"FAST 10"]
+            await send(client, b"".join(line + b"\r\n" for line in burst))
+            replies = await receive_lines(client, len(burst))
+            assert [reply.split(b" ", 1)[1] for reply in replies] == burst
+            assert replies[2] == b"task SLOW 7" and replies[3] == b"task FAST 8"
+            assert served.answered_now[:5] == [b"FAST %d" % n for n in range(5)]
+            assert sorted(served.answered_now + served.read_by_task) == sorted(
+                [b"FAST %d" % n for n in range(5)] + burst
+            )
 
     run(scenario)
 
@@ -150,18 +159,14 @@ def test_every_line_is_answered_once_and_in_the_order_sent() -> None:
 def test_lines_split_across_packets_and_bare_lf_are_handled_on_the_spot() -> None:
     async def scenario() -> None:
         served = Served(fast_lines)
-        server, client = await served.start()
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(client, b"FA")
-        await asyncio.sleep(0.05)
-        await loop.sock_sendall(client, b"ST 1\r")
-        await asyncio.sleep(0.05)
-        await loop.sock_sendall(client, b"\nFAST 2\n")
-        assert await receive_lines(client, 2) == [b"now FAST 1", b"now FAST 2"]
-        assert served.read_by_task == []
-        client.close()
-        await asyncio.wait_for(served.done.wait(), 10)
-        server.close()
+        async with served.connected() as client:
+            await send(client, b"FA")
+            await asyncio.sleep(0.05)
+            await send(client, b"ST 1\r")
+            await asyncio.sleep(0.05)
+            await send(client, b"\nFAST 2\n")
+            assert await receive_lines(client, 2) == [b"now FAST 1", b"now FAST 2"]
+            assert served.read_by_task == []
 
     run(scenario)
 
@@ -169,21 +174,17 @@ def test_lines_split_across_packets_and_bare_lf_are_handled_on_the_spot() -> Non
 def test_an_over_long_line_goes_to_the_session_even_if_the_callback_would_take_it() -> None:
     async def scenario() -> None:
         served = Served(fast_lines)
-        server, client = await served.start()
-        loop = asyncio.get_running_loop()
-        await loop.sock_sendall(client, b"FAST " + b"x" * 200 + b"\r\nFAST after\r\n")
-        assert await receive_lines(client, 2) == [b"too long FAST xxx", b"task FAST after"]
-        # The same in pieces, the line's end arriving long after its limit was passed.
-        await loop.sock_sendall(client, b"FAST " + b"y" * 100)
-        await asyncio.sleep(0.05)
-        await loop.sock_sendall(client, b"y" * 100 + b"\r\n")
-        assert await receive_lines(client, 1) == [b"too long FAST yyy"]
-        await loop.sock_sendall(client, b"FAST 3\r\n")
-        assert await receive_lines(client, 1) == [b"now FAST 3"]
-        assert served.answered_now == [b"FAST 3"]
-        client.close()
-        await asyncio.wait_for(served.done.wait(), 10)
-        server.close()
+        async with served.connected() as client:
+            await send(client, b"FAST " + b"x" * 200 + b"\r\nFAST after\r\n")
+            assert await receive_lines(client, 2) == [b"too long FAST xxx", b"task FAST after"]
+            # The same in pieces, the line's end arriving long after its limit was passed.
+            await send(client, b"FAST " + b"y" * 100)
+            await asyncio.sleep(0.05)
+            await send(client, b"y" * 100 + b"\r\n")
+            assert await receive_lines(client, 1) == [b"too long FAST yyy"]
+            await send(client, b"FAST 3\r\n")
+            assert await receive_lines(client, 1) == [b"now FAST 3"]
+            assert served.answered_now == [b"FAST 3"]
 
     run(scenario)
 
@@ -193,20 +194,16 @@ def test_nothing_is_answered_on_the_spot_while_the_client_is_not_reading() -> No
 
     async def scenario() -> None:
         served = Served(fast_lines, payload=payload, small_buffers=True)
-        server, client = await served.start()
-        loop = asyncio.get_running_loop()
-        count = 12
-        await loop.sock_sendall(client, b"".join(b"FAST %d\r\n" % n for n in range(count)))
-        await asyncio.sleep(0.5)  # not reading: the server's writes are paused meanwhile
-        assert served.connection is not None
-        buffered = served.connection._transport.get_write_buffer_size()  # type: ignore[union-attr]
-        assert len(served.answered_now) == 1, "answered on the spot while writes were paused"
-        assert buffered < 2 * len(payload), "the server went on writing to a client that is not reading"
-        replies = await receive_lines(client, count, payload=len(payload))
-        assert [reply.split(b" ", 1)[1] for reply in replies] == [b"FAST %d" % n for n in range(count)]
-        client.close()
-        await asyncio.wait_for(served.done.wait(), 10)
-        server.close()
+        async with served.connected() as client:
+            count = 12
+            await send(client, b"".join(b"FAST %d\r\n" % n for n in range(count)))
+            await asyncio.sleep(0.5)  # not reading: the server's writes are paused meanwhile
+            assert served.connection is not None
+            buffered = served.connection._transport.get_write_buffer_size()  # type: ignore[union-attr]
+            assert len(served.answered_now) == 1, "answered on the spot while writes were paused"
+            assert buffered < 2 * len(payload), "the server went on writing to a client that is not reading"
+            replies = await receive_lines(client, count, payload=len(payload))
+            assert [reply.split(b" ", 1)[1] for reply in replies] == [b"FAST %d" % n for n in range(count)]
 
     run(scenario)
 
@@ -214,49 +211,63 @@ def test_nothing_is_answered_on_the_spot_while_the_client_is_not_reading() -> No
 def test_lines_answered_on_the_spot_keep_the_session_alive_and_silence_ends_it() -> None:
     async def scenario() -> None:
         served = Served(fast_lines, timeout=1.0)
-        server, client = await served.start()
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        for n in range(8):  # 2 s of activity, every 0.25 s: twice the timeout
-            await loop.sock_sendall(client, b"FAST %d\r\n" % n)
-            assert await receive_lines(client, 1) == [b"now FAST %d" % n]
-            await asyncio.sleep(0.25)
-        assert served.ended is None, "timed out although the client kept sending"
-        silent = time.monotonic()
-        await asyncio.wait_for(served.done.wait(), 10)
-        assert isinstance(served.ended, TimeoutError)
-        assert 0.5 <= time.monotonic() - silent < 5 and silent - started > 1.9
-        assert served.read_by_task == []
-        client.close()
-        server.close()
+        async with served.connected() as client:
+            started = time.monotonic()
+            for n in range(8):  # 2 s of activity, every 0.25 s: twice the timeout
+                await send(client, b"FAST %d\r\n" % n)
+                assert await receive_lines(client, 1) == [b"now FAST %d" % n]
+                await asyncio.sleep(0.25)
+            assert served.ended is None, "timed out although the client kept sending"
+            silent = time.monotonic()
+            await asyncio.wait_for(served.done.wait(), 10)
+            assert isinstance(served.ended, TimeoutError)
+            assert 0.5 <= time.monotonic() - silent < 5 and silent - started > 1.9
+            assert served.read_by_task == []
 
     run(scenario)
 
 
 # -- ReadAhead.take -------------------------------------------------------------------------------
-def store_messages(root: Path, count: int) -> Maildrop:
+def store_messages(root: Path, count: int) -> None:
     Maildir(root).ensure()
     for n in range(count):
         data = b"Subject: %d\n\n.dot line\nbody %d\n" % (n, n)
         wire = len(data) + data.count(b"\n")
         (root / "cur" / f"{1700000000 + n}.M{n}P1Q{n}.test,S={len(data)},W={wire}:2,S").write_bytes(data)
-    return Maildrop.open(Maildir(root))
+
+
+@contextlib.asynccontextmanager
+async def read_ahead(root: Path, count: int) -> AsyncIterator[tuple[Maildrop, ReadAhead]]:
+    """`count` messages in a Maildrop, read ahead by the real reader code in a thread."""
+    store_messages(root, count)
+    maildrop = Maildrop.open(Maildir(root))
+    readers = ThreadReaders()
+    readahead = ReadAhead(maildrop, readers)
+    try:
+        yield maildrop, readahead
+    finally:
+        await readahead.close()
+        await readers.close()
+        maildrop.release()
+
+
+async def until_landed(readahead: ReadAhead, index: int | None = None) -> None:
+    """Wait (at most 2 s) until no window is in flight, and `index` is ready if given: windows
+    land by themselves, through their done callback."""
+    for _ in range(200):
+        if readahead._pending is None and (index is None or index in readahead._ready):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the window did not land")
 
 
 def test_take_gives_the_next_message_once_it_is_read_and_nothing_else(tmp_path: Path) -> None:
     async def scenario() -> None:
-        maildrop = store_messages(tmp_path / "john", 40)
-        readers = ThreadReaders()
-        readahead = ReadAhead(maildrop, readers)
-        try:
+        async with read_ahead(tmp_path / "john", 40) as (maildrop, readahead):
             assert readahead.take(0) is None  # nothing asked yet: the async way starts reading
             assert await readahead.message(0) == read_wire(maildrop.place(0))
             readahead.refill()
-            for _ in range(200):  # the window lands by itself (its done callback)
-                if readahead._pending is None:
-                    break
-                await asyncio.sleep(0.01)
-            assert readahead._pending is None
+            await until_landed(readahead)
             assert readahead.take(2) is None  # not the next one
             for index in range(1, 4):
                 assert readahead.take(index) == read_wire(maildrop.place(index))
@@ -269,48 +280,33 @@ def test_take_gives_the_next_message_once_it_is_read_and_nothing_else(tmp_path: 
             assert await readahead.message(30) == read_wire(maildrop.place(30))
             assert readahead.take(6) is None
             assert all(index >= 30 for index in readahead._ready)
-        finally:
-            await readahead.close()
-            await readers.close()
-            maildrop.release()
 
     run(scenario)
 
 
 def test_a_message_that_cannot_be_read_is_left_to_the_async_way_which_reports_it(tmp_path: Path) -> None:
     async def scenario() -> None:
-        maildrop = store_messages(tmp_path / "john", 12)
-        readers = ThreadReaders()
-        readahead = ReadAhead(maildrop, readers)
-        try:
+        async with read_ahead(tmp_path / "john", 12) as (maildrop, readahead):
             await readahead.message(0)  # reads 0-3; the next window is 4-11
             maildrop.messages[6].path.unlink()  # gone before the next window reads it
             assert readahead.take(1) == read_wire(maildrop.place(1))
             readahead.refill()
-            for _ in range(200):
-                if readahead._pending is None and 6 in readahead._ready:
-                    break
-                await asyncio.sleep(0.01)
+            await until_landed(readahead, 6)
             for index in range(2, 6):
                 assert readahead.take(index) == read_wire(maildrop.place(index))
             assert readahead.take(6) is None
             with pytest.raises(FileNotFoundError):
                 await readahead.message(6)
             assert await readahead.message(7) == read_wire(maildrop.place(7))
-        finally:
-            await readahead.close()
-            await readers.close()
-            maildrop.release()
 
     run(scenario)
 
 
 def test_a_place_names_the_message_file_in_new_and_in_cur(tmp_path: Path) -> None:
-    maildrop = store_messages(tmp_path / "john", 3)
+    store_messages(tmp_path / "john", 3)
+    (tmp_path / "john" / "new" / "1800000000.M1P1Q1.test").write_bytes(b"Subject: new\n\nhi\n")
+    maildrop = Maildrop.open(Maildir(tmp_path / "john"))
     try:
-        (tmp_path / "john" / "new" / "1800000000.M1P1Q1.test").write_bytes(b"Subject: new\n\nhi\n")
-        maildrop.release()
-        maildrop = Maildrop.open(Maildir(tmp_path / "john"))
         assert [message.in_new for message in maildrop.messages] == [False, False, False, True]
         for index, message in enumerate(maildrop.messages):
             path, size, root, key = maildrop.place(index)

@@ -16,6 +16,11 @@ def err(text: str, code: str | None = None) -> bytes:
     return b"-ERR " + prefix.encode() + text.encode() + b"\r\n"
 
 
+def message_follows(size: int) -> bytes:
+    """RETR's "+OK" line: the message's size in octets as sent, CRLF line ends (RFC 1939 §7)."""
+    return b"+OK %d octets\r\n" % size
+
+
 def multiline(first: bytes, lines: list[bytes]) -> bytes:
     """A "+OK" line, the lines (none starts with "."), then the terminator (RFC 1939 §3)."""
     return first + b"".join(line + b"\r\n" for line in lines) + b".\r\n"

@@ -443,17 +443,16 @@ class Session:
         index = self._index(argument.decode("latin-1"))
         if isinstance(index, bytes):
             return False
-        message = self.maildrop.messages[index]
-        body = self.readahead.take(index) if message.size <= SMALL_MESSAGE else None
+        body = self.readahead.take(index)  # only small messages are ever read ahead
         if body is None:
             return False
-        self._send(index, message, body)
+        self._send(index, self.maildrop.messages[index], body)
         return True
 
     def _send(self, index: int, message: MessageFile, body: bytes) -> None:
         """RETR's reply for a message read whole (RFC 1939 §7: +OK, the dot-stuffed text, ".")."""
         assert self.maildrop is not None
-        self.write(b"+OK %d octets\r\n" % message.size + body)
+        self.write(replies.message_follows(message.size) + body)
         self._retrieved(index, message)
         if self.readahead is not None:
             self.readahead.refill()
@@ -489,7 +488,7 @@ class Session:
         except OSError:
             self.write(replies.MESSAGE_VANISHED)
             return
-        self.write(b"+OK %d octets\r\n" % message.size)
+        self.write(replies.message_follows(message.size))
         try:
             while not stream.done:
                 try:
