@@ -411,6 +411,99 @@ def test_drain_all_waits_until_nothing_is_left_in_the_transport() -> None:
     assert asyncio.run(asyncio.wait_for(scenario(), 30)) == (True, 0, 20_000_000)
 
 
+def test_drain_all_ends_in_connection_closed_when_the_client_hangs_up_meanwhile() -> None:
+    """On uvloop (the server's loop) a closed transport refuses every call: drain_all must not
+    restore the write limits on one the hang-up closed (that was a RuntimeError)."""
+    import uvloop
+
+    from appliance.pop3.connection import Connection, ConnectionClosed
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        ours, peer = socket.socketpair()
+
+        async def nothing(_connection: Connection) -> None:
+            return None
+
+        transport, connection = await loop.create_unix_connection(lambda: Connection(nothing), sock=ours)
+        connection.write(b"x" * 20_000_000)  # far more than the socket pair holds
+        draining = asyncio.ensure_future(connection.drain_all())
+        await asyncio.sleep(0.3)
+        assert not draining.done()
+        peer.close()
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(draining, 10)
+        transport.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_client_gone_while_the_senders_start_gets_nothing_and_nobody_else_gets_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The first big FETCH waits for the sender processes to start. A client that hangs up
+    meanwhile has its socket closed, and the descriptor's number may go to another connection:
+    the sender must get the client's own socket (a copy taken at the start), never that number."""
+    from appliance.imap.sender import Senders
+    from appliance.pop3.connection import Connection, ConnectionClosed
+
+    folder = tmp_path / "INBOX"
+    for sub in ("cur", "new", "tmp"):
+        (folder / sub).mkdir(parents=True)
+    texts = {n: compose(n) for n in range(1, 4)}
+    for n, text in texts.items():
+        (folder / "cur" / f"{n}.M{n}P1Q1.test:2,S").write_bytes(text)
+    job = FetchJob(
+        folder=str(folder),
+        request=parse_items([Atom("BODY.PEEK[]")], True),
+        seqs=list(texts),
+        uids=list(texts),
+        names=[f"cur/{n}.M{n}P1Q1.test:2,S" for n in texts],
+        sizes=[len(to_crlf(text)) for text in texts.values()],
+        flags=[frozenset({"\\Seen"})] * len(texts),
+        dates=None,
+        recent=[False] * len(texts),
+    )
+
+    async def scenario() -> bytes:
+        loop = asyncio.get_running_loop()
+        ours, peer = socket.socketpair()
+
+        async def nothing(_connection: Connection) -> None:
+            return None
+
+        transport, connection = await loop.create_unix_connection(lambda: Connection(nothing), sock=ours)
+        senders = Senders(count=1)
+        others: list[socket.socket] = []
+        try:
+            sending = asyncio.ensure_future(senders.send(connection, job))
+            await asyncio.sleep(0.02)
+            assert not sending.done(), "the sender process started at once: nothing was tested"
+            peer.close()  # the client hangs up; its transport closes its descriptor
+            for _ in range(100):
+                if transport.is_closing():
+                    break
+                await asyncio.sleep(0.01)
+            others = list(socket.socketpair())  # most likely given the number just freed
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(sending, 20)
+            others[1].setblocking(False)
+            try:
+                return others[1].recv(1 << 16)
+            except BlockingIOError:
+                return b""
+        finally:
+            for sock in others:
+                sock.close()
+            transport.close()
+            await senders.close()
+
+    with caplog.at_level("INFO", logger="appliance"):
+        assert asyncio.run(asyncio.wait_for(scenario(), 60)) == b"", "another connection got the FETCH"
+    assert not [record for record in caplog.records if record.levelname == "ERROR"], caplog.text
+
+
 def _receive(sock: socket.socket, size: int) -> int:
     sock.settimeout(10)
     received = 0

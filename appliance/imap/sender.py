@@ -118,6 +118,18 @@ class Senders:
         descriptor = connection.plain_descriptor()
         if descriptor is None:
             raise Unavailable("not a clear-text connection")
+        # A copy of our own, taken now: the transport closes its descriptor if the client hangs
+        # up while we wait below, and the number may then be another client's connection.
+        try:
+            own = os.dup(descriptor)
+        except OSError as error:
+            raise Unavailable(str(error)) from error
+        try:
+            return await self._send(connection, job, own)
+        finally:
+            os.close(own)
+
+    async def _send(self, connection: Connection, job: FetchJob, descriptor: int) -> tuple[int, int]:
         # All of them started together when the first is needed (a start takes a few tenths of a
         # second): the first big FETCH does not wait for them one by one.
         processes = self.processes

@@ -249,7 +249,8 @@ class Connection(asyncio.Protocol):
             try:
                 await self.drain()
             finally:
-                transport.set_write_buffer_limits()
+                if not transport.is_closing():  # uvloop refuses any call on a closed transport
+                    transport.set_write_buffer_limits()
             if self._closed:
                 raise ConnectionClosed()
 
