@@ -273,3 +273,28 @@ sales = ["john"]
     assert not snapshot.may_send_as(desk, "ceo@remote.example")
     assert snapshot.is_trusted("192.0.2.7") and snapshot.is_trusted("::ffff:192.0.2.7")
     assert not snapshot.is_trusted("198.51.100.1") and not snapshot.is_trusted("garbage")
+
+
+# TOML 1.1 additions that TOML 1.0 (the standard library, the Ansible role's reading) refuses.
+TOML_1_1_ONLY = {
+    "newline in an inline table": 'account = { password_hash = "x",\n  enabled = true }',
+    "trailing comma in an inline table": "account = { enabled = true, }",
+    "escape \\e": 'account = { display_name = "\\e[31m" }',
+    "escape \\xHH": 'account = { display_name = "\\x41" }',
+    "time without seconds": "account = { display_name = 07:32 }",
+}
+
+
+@pytest.mark.parametrize("line", TOML_1_1_ONLY.values(), ids=TOML_1_1_ONLY.keys())
+def test_manifest_is_read_as_toml_1_0_as_the_role_reads_it(tmp_path: Path, line: str) -> None:
+    import tomllib
+
+    text = f'[server]\nhostname = "mail.example.test"\n\n[domains."example.test".accounts]\n{line}\n'
+    path = tmp_path / "appliance.toml"
+    path.write_text(text)
+    with pytest.raises(tomllib.TOMLDecodeError):
+        tomllib.loads(text)  # what the role's filter on the controller reads
+    with pytest.raises(ManifestError) as caught:
+        load_manifest(path)
+    assert caught.value.problems[0].message.startswith("TOML syntax error")
+    assert run_cli("validate", str(path)).returncode == 1
