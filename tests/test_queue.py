@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import smtplib
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -131,6 +132,42 @@ def test_mail_for_another_domain_goes_to_its_most_preferred_mx(
     assert re.search(
         r"delivery id=\S+ to=bob@remote.test result=delivered status=2.0.0 remote=mx1", server.log()
     )
+
+
+def test_bare_carriage_returns_and_nuls_never_reach_the_next_hop(
+    appliance: ApplianceFactory, dns_server: DNSServer, port: int, peers: Callable[..., Peer]
+) -> None:
+    """Outbound SMTP smuggling: a next hop that ends lines at a bare CR would read
+    "hello<CR>.<CR>MAIL FROM..." as the end of the message and a second one. smtplib mends line
+    ends itself, so this client is a bare socket."""
+    two_mx(dns_server)
+    first = peers(MX1, port)
+    server = start(appliance, manifest(dns_server, port))
+    smuggled = b"MAIL FROM:<ceo@example.test>\rRCPT TO:<victim@remote.test>\rDATA\rforged\r.\r"
+    body = b"Subject: smuggle\r\n\r\nhello\r.\r" + smuggled + b"tail\x00end\r\n"
+    with socket.create_connection(("127.0.0.1", server.ports["smtp"]), timeout=15) as sock:
+        replies = sock.makefile("rb")
+        for line in (
+            b"",
+            b"EHLO client.example",
+            f"MAIL FROM:<{ALICE}>".encode(),
+            b"RCPT TO:<bob@remote.test>",
+        ):
+            if line:
+                sock.sendall(line + b"\r\n")
+            while (reply := replies.readline())[3:4] == b"-":
+                pass
+            assert reply[:1] in (b"2",), reply
+        sock.sendall(b"DATA\r\n")
+        assert replies.readline().startswith(b"354")
+        sock.sendall(body + b".\r\n")
+        assert replies.readline().startswith(b"250")
+    [got] = first.wait_for(1)
+    assert re.search(rb"\r(?!\n)", got.data) is None, got.data
+    assert b"\x00" not in got.data
+    assert b"hello\r\n.\r\nMAIL FROM:<ceo@example.test>\r\nRCPT TO:" in got.data
+    assert got.data.endswith(b"tailend\r\n")
+    assert (got.sender, got.recipients) == (ALICE, ["bob@remote.test"])
 
 
 def test_when_the_preferred_mx_is_down_the_next_one_gets_the_mail(

@@ -188,10 +188,24 @@ class SMTPClient:
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 
 
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def canonical_line_ends(message: bytes) -> bytes:
+    """Every line end as CRLF and no NUL (RFC 5322 §2.3: CR and LF only together; RFC 5321
+    §4.1.1.4). What goes to another server must not let it see a line end, and so a second
+    message, where this one saw none: a bare CR or LF is the SMTP smuggling trick."""
+    if b"\0" in message:
+        message = message.replace(b"\0", b"")
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") == crlf and message.count(b"\n") == crlf:
+        return message
+    return _LINE_END.sub(b"\r\n", message)
+
+
 def dot_stuff(message: bytes) -> bytes:
     """RFC 5321 §4.5.2: a line starting with "." gets another one; the data ends with CRLF."""
-    if b"\r\n" not in message or re.search(rb"(?<!\r)\n", message):
-        message = re.sub(rb"\r?\n", b"\r\n", message)
+    message = canonical_line_ends(message)
     if not message.endswith(b"\r\n"):
         message += b"\r\n"
     return _LEADING_DOT.sub(b"..", message)

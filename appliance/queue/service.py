@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.queue.bounce import Failure, report
+from appliance.queue.client import canonical_line_ends
 from appliance.queue.delivery import Destination, Outcome, RemoteDelivery, Timeouts
 from appliance.queue.routing import Resolver
 from appliance.queue.signing import Signer, from_domain
@@ -137,6 +138,8 @@ class OutboundQueue:
         """
         if not recipients:
             raise ValueError("a message needs at least one recipient")
+        # Line ends made canonical before anything signs the message (DKIM) or sends it on.
+        message = canonical_line_ends(message)
         if received:
             value = received.replace("\r\n", "\n").strip("\n").replace("\n", "\r\n")
             message = b"Received: " + value.encode("utf-8", "surrogateescape") + b"\r\n" + message
