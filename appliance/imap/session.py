@@ -61,6 +61,7 @@ class Session:
         self.login: str | None = None
         self.failures = 0
         self.closing = False
+        self.end_reason = "logout"  # what the log says when the command loop ends the session
         self.commands = 0
         self.bytes_out = 0
         self.started = time.monotonic()
@@ -103,7 +104,15 @@ class Session:
         if self.state is State.NOT_AUTHENTICATED:
             timeout = min(timeout, float(limits.command_timeout))  # RFC 3501 §5.4 is for logged-in users
         domain = self.account.domain if self.account is not None else None
-        return Limits(limits.max_line_length, snapshot.max_message_size(domain), timeout)
+        pre_auth = self._refusal if self.state is State.NOT_AUTHENTICATED else None
+        return Limits(limits.max_line_length, snapshot.max_message_size(domain), timeout, pre_auth)
+
+    def _refusal(self, name: str) -> str | None:
+        """Why command `name` cannot run in this state (the BAD text execute() would give), or None."""
+        entry = COMMANDS.get(name)
+        if entry is None:
+            return "Unknown command"
+        return None if self.state in entry.states else _wrong_state(self.state, entry.states)
 
     def idle_timeout(self) -> float:
         return self._limits().timeout
@@ -155,6 +164,7 @@ class Session:
                 if self.after_command is not None:
                     step, self.after_command = self.after_command, None
                     await step()
+            reason = self.end_reason
         except TimeoutError:
             reason = "idle_timeout"  # RFC 3501 §5.4: autologout
             self._try_write(responses.untagged("BYE Autologout; idle for too long"))
@@ -196,8 +206,15 @@ class Session:
             self.services.sessions.closed("imap", self.connection.peer)
 
     async def _one_command(self) -> None:
+        limits = self._limits()
         try:
-            found = await self.reader.read(self._limits())
+            if limits.pre_auth is None:
+                found = await self.reader.read(limits)
+            else:
+                # Before login the whole command, literals and all, must arrive within the
+                # timeout: a literal trickled a byte at a time keeps no connection open.
+                async with asyncio.timeout(limits.timeout):
+                    found = await self.reader.read(limits)
         except LineTooLong as error:
             tag = error.head.partition(b" ")[0].decode("ascii", "replace")
             tag = tag if tag and tag.isascii() and tag.isprintable() and "+" not in tag else "*"
@@ -206,6 +223,10 @@ class Session:
         except CommandSyntaxError as error:
             self.commands += 1
             self.send(responses.tagged(error.tag or "*", "BAD", error.text))
+            if error.fatal:  # the rest of the command was not read: the stream is out of step
+                self.send(responses.untagged("BYE Closing the connection"))
+                self.closing = True
+                self.end_reason = "command_refused"
             return
         except CommandRefused as error:
             self.commands += 1

@@ -33,6 +33,9 @@ log = logging.getLogger("appliance.imap")
 MAX_DEPTH = 16  # nested parenthesized lists (SEARCH groups, fetch lists); more is an attack
 MAX_LITERALS = 1000  # literals in one command
 MEMORY_LITERALS = 1024 * 1024  # literal bytes per command kept in memory (all but APPEND's message)
+# Before login a literal can only carry a LOGIN user name or password: more is never asked for,
+# and a bigger non-synchronizing one ends the connection instead of being read (RFC 7888 §4).
+PRE_AUTH_LITERAL = 4096
 SPOOL_ABOVE = 1024 * 1024  # an APPEND literal above this goes to a temporary file
 SPOOL_CHUNK = 1024 * 1024  # bytes written to the spool file per executor call
 CONTINUATION = b"+ Ready for literal data\r\n"
@@ -47,12 +50,14 @@ _CTL = frozenset(range(0x20)) | {0x7F}
 
 
 class CommandSyntaxError(Exception):
-    """The command is malformed: answer `tag BAD text` (or `* BAD text` without a tag)."""
+    """The command is malformed: answer `tag BAD text` (or `* BAD text` without a tag). With
+    `fatal`, the rest of the command was not read: the session closes the connection after it."""
 
-    def __init__(self, text: str, tag: str | None = None) -> None:
+    def __init__(self, text: str, tag: str | None = None, *, fatal: bool = False) -> None:
         super().__init__(text)
         self.text = text
         self.tag = tag
+        self.fatal = fatal
 
 
 class CommandRefused(Exception):
@@ -188,6 +193,9 @@ class Limits:
     line: int  # longest line (RFC 7162 §4 asks servers to take at least 8192 octets)
     literal: int  # largest literal (the largest message an APPEND may bring)
     timeout: float  # seconds of silence allowed while a command is being read
+    # Before login (None after it): why a command cannot run in this state, or None when it can.
+    # Its literals are then never asked for, and nothing a client sends is held or spooled.
+    pre_auth: Callable[[str], str | None] | None = None
 
 
 class CommandReader:
@@ -232,6 +240,8 @@ class CommandReader:
                     break
                 size, synchronizing = request
                 literals += 1
+                if limits.pre_auth is not None:
+                    await self._pre_auth_literal(tag, limits.pre_auth(name), size, synchronizing, limits)
                 spool = name == "APPEND" and size > SPOOL_ABOVE
                 allowed = limits.literal if name == "APPEND" else MEMORY_LITERALS - memory
                 if size > allowed or literals > MAX_LITERALS:
@@ -265,6 +275,22 @@ class CommandReader:
                 path.unlink(missing_ok=True)
             raise
 
+    async def _pre_auth_literal(
+        self, tag: str, refusal: str | None, size: int, synchronizing: bool, limits: Limits
+    ) -> None:
+        """Before login: a literal of a command that cannot run now, or one over PRE_AUTH_LITERAL,
+        is refused without a continuation ("+"); an unasked-for one that big is not read at all."""
+        if refusal is None and size <= PRE_AUTH_LITERAL:
+            return
+        if not synchronizing:
+            if size > PRE_AUTH_LITERAL:
+                raise CommandSyntaxError("Literal too big before login", tag, fatal=True)
+            await self._discard(size, limits)  # RFC 7888 §4: already on its way
+            await self._skip_following(limits)
+        if refusal is not None:
+            raise CommandSyntaxError(refusal, tag)
+        raise CommandRefused(tag, "TOOBIG", "Literal too big before login")
+
     async def _line(self, limits: Limits) -> bytes:
         line = await self.connection.readline(limits.line, limits.timeout)
         self.bytes_in += len(line) + 2
@@ -287,6 +313,8 @@ class CommandReader:
             await self._discard(int(match.group(1)), limits)
 
     async def _discard(self, size: int, limits: Limits) -> None:
+        if limits.pre_auth is not None and size > PRE_AUTH_LITERAL:
+            raise CommandSyntaxError("Literal too big before login", fatal=True)
         while size > 0:
             size -= len(await self.connection.read_some(min(size, SPOOL_CHUNK), limits.timeout))
 
