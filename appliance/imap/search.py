@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 
 CHARSETS = ("US-ASCII", "UTF-8")  # RFC 3501 §6.4.4: US-ASCII MUST be supported; UTF-8 as well
 MAX_DEPTH = 50  # nesting of NOT / OR / parentheses
+# Keys in one SEARCH, nested ones included: clients send a few dozen at most. Each key is a pass
+# over the messages, so this bounds the work one command may ask for.
+MAX_KEYS = 256
 _SEQUENCE_SET = re.compile(r"^[\d*:,]+$")
 _DATE = re.compile(r"^(\d{1,2})-([A-Za-z]{3})-(\d{4})$")  # RFC 3501 §9 date-text
 _MONTHS = {
@@ -90,7 +93,7 @@ class Search:
     `fields`, so a caller with those cached (SearchBatch.fields) needs no bytes.
     """
 
-    __slots__ = ("_selector", "fields", "header_only", "needs_message")
+    __slots__ = ("_selector", "fields", "header_only", "keys", "needs_message")
 
     def __init__(
         self,
@@ -98,11 +101,13 @@ class Search:
         needs_message: bool,
         fields: frozenset[str] = frozenset(),
         header_only: bool = False,
+        keys: int = 1,
     ) -> None:
         self._selector = selector
         self.needs_message = needs_message
         self.fields = fields
         self.header_only = header_only and needs_message
+        self.keys = keys  # how many keys, nested ones included: the passes over a batch
 
     def select(self, batch: SearchBatch, candidates: list[int] | None = None) -> list[int]:
         """The positions in `batch` (of `candidates`, by default all) that match, ascending."""
@@ -131,8 +136,13 @@ def compile_search(args: list[Token], *, max_seq: int, max_uid: int, charset: st
     if not args:
         raise SearchError("Missing search keys")
     compiler = _Compiler(args, max_seq, max_uid)
+    selector = compiler.all_keys(0)
     return Search(
-        compiler.all_keys(0), compiler.needs_message, frozenset(compiler.fields), not compiler.needs_body
+        selector,
+        compiler.needs_message,
+        frozenset(compiler.fields),
+        not compiler.needs_body,
+        compiler.keys[0],
     )
 
 
@@ -158,8 +168,11 @@ def fold(text: str) -> str:
 class _Compiler:
     """A recursive-descent parser over the tokens of one SEARCH command."""
 
-    def __init__(self, tokens: list[Token], max_seq: int, max_uid: int) -> None:
+    def __init__(
+        self, tokens: list[Token], max_seq: int, max_uid: int, keys: list[int] | None = None
+    ) -> None:
         self.tokens = tokens
+        self.keys = [0] if keys is None else keys  # shared with nested compilers
         self.pos = 0
         self.max_seq = max_seq
         self.max_uid = max_uid
@@ -193,11 +206,14 @@ class _Compiler:
     def key(self, depth: int) -> Selector:
         if depth > MAX_DEPTH:
             raise SearchError("Search keys nested too deeply")
+        self.keys[0] += 1
+        if self.keys[0] > MAX_KEYS:
+            raise SearchError(f"Too many search keys (at most {MAX_KEYS})")
         token = self.next("search key")
         if isinstance(token, list):  # RFC 3501 §6.4.4: "(" search-key *(SP search-key) ")"
             if not token:
                 raise SearchError("Empty parenthesized search keys")
-            inner = _Compiler(token, self.max_seq, self.max_uid)
+            inner = _Compiler(token, self.max_seq, self.max_uid, self.keys)
             selector = inner.all_keys(depth + 1)
             self.needs_message |= inner.needs_message
             self.needs_body |= inner.needs_body

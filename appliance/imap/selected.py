@@ -49,6 +49,8 @@ METADATA_CHUNK = 1000  # messages per write when FETCH needs no message bytes
 FIRST_METADATA_CHUNK = 100  # ... but the first write is sooner: the client starts reading at once
 HEADER_BATCH = 5000  # messages per batch when SEARCH needs only cached header fields
 HEADER_BATCH_BYTES = BATCH_BYTES * HEADER_BATCH // BATCH_MESSAGES  # their sizes (only headers are read)
+# Key passes times messages (about 10 ms of work) above which a SEARCH batch is matched off the loop.
+SEARCH_ON_LOOP = 50_000
 _STORE_ITEM = re.compile(r"^([+-]?)FLAGS(\.SILENT)?$")
 _STORE_MODES: dict[str, Literal["set", "add", "remove"]] = {"": "set", "+": "add", "-": "remove"}
 
@@ -185,7 +187,15 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
             raws = await view.read(infos)
             batch.message = _Parsed(raws)
             candidates = [i for i, raw in enumerate(raws) if raw is not None]
-        matched = compiled.select(batch, candidates)
+        if compiled.keys * len(infos) > SEARCH_ON_LOOP:
+            # Many keys over a batch: matched in a disk thread, so the event loop (every other
+            # session) gets its turn meanwhile instead of waiting for the whole batch.
+            loop = asyncio.get_running_loop()
+            matched = await loop.run_in_executor(
+                session.services.executor, compiled.select, batch, candidates
+            )
+        else:
+            matched = compiled.select(batch, candidates)
         found += [infos[i].uid for i in matched] if uid else [seqs[i] for i in matched]
     session.send(b"* SEARCH" + b"".join(b" %d" % number for number in found) + b"\r\n")
     return "SEARCH completed"
