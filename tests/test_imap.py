@@ -699,3 +699,19 @@ def test_an_idle_client_is_logged_out_and_a_banned_one_refused(appliance: Applia
 def test_nothing_is_left_in_the_spool(server: RunningAppliance) -> None:
     spool = server.data_dir / "tmp" / "imap-append"
     assert not spool.exists() or list(spool.iterdir()) == []
+
+
+def test_brackets_in_atoms_outside_fetch_sections_are_ordinary_characters(
+    server: RunningAppliance, user: str
+) -> None:
+    """RFC 3501 §9: "[" is an ATOM-CHAR and "]" an ASTRING-CHAR; only BODY[...] takes a section."""
+    raw = Raw(server)
+    raw.ok(f"LOGIN {user} {PASSWORD}")
+    odd = "!#$&'+,-.0123456789:;<=>?@^_`|[}"  # imaptest's atom test
+    _, done = raw.command(f"SELECT {odd}")
+    assert b" NO " in done, done  # no such folder; not "BAD Missing ]"
+    raw.ok("CREATE a[b]c")
+    assert any(b'"a[b]c"' in line or b" a[b]c" in line for line in raw.ok('LIST "" a[b]*'))
+    raw.ok("SELECT a[b]c")
+    assert raw.ok("SEARCH SUBJECT x[y") == [b"* SEARCH"]
+    raw.close()

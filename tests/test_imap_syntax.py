@@ -206,3 +206,15 @@ def test_batches_are_bounded_by_count_and_bytes_and_a_big_message_stands_alone()
     assert list(batch_bounds([10] * 7, 3, 100)) == [(0, 3), (3, 6), (6, 7)]
     assert list(batch_bounds([40, 40, 40, 500, 10], 10, 100)) == [(0, 2), (2, 3), (3, 4), (4, 5)]
     assert list(batch_bounds([0, 0, 0], 2, 0)) == [(0, 2), (2, 3)]  # empty messages: the count bounds
+
+
+def test_brackets_are_ordinary_atom_characters_outside_fetch_sections() -> None:
+    """RFC 3501 §9: "[" is an ATOM-CHAR and "]" an ASTRING-CHAR; BODY[ starts a section."""
+    assert tokens(b"!#$&'+,-.0123456789:;<=>?@^_`|[} a]b [x") == [
+        Atom("!#$&'+,-.0123456789:;<=>?@^_`|[}"),
+        Atom("a]b"),
+        Atom("[x"),
+    ]
+    assert tokens(b"(BODY[HEADER.FIELDS (A B)] BINARY.PEEK[1])") == [
+        [Atom("BODY[HEADER.FIELDS (A B)]"), Atom("BINARY.PEEK[1]")]
+    ]

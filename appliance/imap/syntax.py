@@ -47,6 +47,8 @@ _TAG = re.compile(rb"^[!#$&'\x2c-\x5b\x5d-\x7a|}~]+$")
 _COMMAND_NAME = re.compile(rb"^[A-Za-z][A-Za-z0-9-]{0,31}$")
 _ATOM_END = frozenset(b" ()")
 _CTL = frozenset(range(0x20)) | {0x7F}
+# Fetch attributes followed by a section in brackets (RFC 3501 §6.4.5, RFC 3516 BINARY).
+_SECTION_PREFIXES = frozenset({b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"})
 
 
 class CommandSyntaxError(Exception):
@@ -173,7 +175,10 @@ class Tokenizer:
             char = line[i]
             if char in _ATOM_END:
                 break
-            if char == 0x5B:  # "[": up to the matching "]", spaces and parentheses included
+            if char == 0x5B and line[start:i].upper() in _SECTION_PREFIXES:
+                # "BODY[...]": up to the matching "]", spaces and parentheses included. Elsewhere
+                # "[" is an ATOM-CHAR and "]" an ASTRING-CHAR (RFC 3501 §9): mailbox names,
+                # passwords and SEARCH strings may hold either.
                 close = line.find(b"]", i)
                 if close < 0:
                     raise CommandSyntaxError("Missing ]")
