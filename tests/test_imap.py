@@ -715,3 +715,24 @@ def test_brackets_in_atoms_outside_fetch_sections_are_ordinary_characters(
     raw.ok("SELECT a[b]c")
     assert raw.ok("SEARCH SUBJECT x[y") == [b"* SEARCH"]
     raw.close()
+
+
+def test_search_from_and_to_match_the_parsed_address_despite_comments(
+    server: RunningAppliance, user: str
+) -> None:
+    """imaptest's search-addresses: the addr-spec split by comments is still the address."""
+    raw = Raw(server)
+    raw.ok(f"LOGIN {user} {PASSWORD}")
+    odd = (
+        b"From: <user-from (comment)@ (comment) domain.org>\r\n"
+        b"To: Group: <user-to@ domain.org>, (c) plain@example.org;\r\nSubject: odd\r\n\r\nbody\r\n"
+    )
+    raw.ok(b"APPEND INBOX {%d+}\r\n" % len(odd) + odd)
+    raw.ok(b"APPEND INBOX {%d+}\r\n" % len(message("plain")) + message("plain"))
+    raw.ok("SELECT INBOX")
+    assert raw.ok("SEARCH FROM user-from@domain.org") == [b"* SEARCH 1"]
+    assert raw.ok("SEARCH TO user-to@domain.org") == [b"* SEARCH 1"]
+    assert raw.ok("SEARCH TO plain@example.org") == [b"* SEARCH 1"]
+    assert raw.ok('SEARCH FROM "(comment)"') == [b"* SEARCH 1"]  # the raw field still matches
+    assert raw.ok("SEARCH FROM a@remote.example") == [b"* SEARCH 2"]
+    raw.close()

@@ -90,6 +90,17 @@ class ParsedMessage:
         """The values of a header field of the message, unfolded and RFC 2047 decoded."""
         return [decode_header_value(value) for value in self.root.values(name.lower())]
 
+    def addresses(self, name: str) -> list[str]:
+        """The addr-specs (mailbox@host) of an address field, comments and display names left
+        out: what SEARCH FROM/TO/CC/BCC also match, as ENVELOPE parses them (group markers,
+        which have no host, are skipped)."""
+        found = []
+        for value in self.root.values(name.lower()):
+            for _, _, mailbox, host in _parse_addresses(value.decode("latin-1")):
+                if mailbox is not None and host is not None:
+                    found.append(f"{mailbox}@{host}")
+        return found
+
     def date(self) -> float | None:
         """The Date field (RFC 5322 §3.6.1) as epoch seconds; None when absent or unreadable."""
         parsed = sent_date(self)

@@ -436,7 +436,7 @@ class _Column:
         self._name = name
 
     def __getitem__(self, position: int) -> str | None:
-        return joined_values(self._batch.message(position).header(self._name))
+        return field_values(self._batch.message(position), self._name)
 
 
 def joined_values(values: Sequence[str]) -> str | None:
@@ -446,9 +446,22 @@ def joined_values(values: Sequence[str]) -> str | None:
     return FIELD_SEPARATOR.join(fold(value) for value in values)
 
 
+_ADDRESS_FIELDS = frozenset(_ADDRESS_KEYS.values()) - {"subject"}
+
+
+def field_values(message: ParsedMessage, name: str) -> str | None:
+    """A field of a message as SearchBatch.fields holds it (joined_values). An address field
+    holds its parsed addresses too, so `FROM user@domain.org` finds
+    `<user (comment)@ (comment) domain.org>` (RFC 3501 §6.4.4 matches the field's contents)."""
+    values = message.header(name)
+    if name in _ADDRESS_FIELDS and values:
+        values += message.addresses(name)
+    return joined_values(values)
+
+
 def folded_fields(message: ParsedMessage, names: Iterable[str]) -> dict[str, str | None]:
     """The fields `names` of a message as SearchBatch.fields holds them (joined_values)."""
-    return {name: joined_values(message.header(name)) for name in names}
+    return {name: field_values(message, name) for name in names}
 
 
 _DAYS: dict[float, int] = {}  # internal date → its day (ordinal) in the server's zone
