@@ -736,3 +736,18 @@ def test_search_from_and_to_match_the_parsed_address_despite_comments(
     assert raw.ok('SEARCH FROM "(comment)"') == [b"* SEARCH 1"]  # the raw field still matches
     assert raw.ok("SEARCH FROM a@remote.example") == [b"* SEARCH 2"]
     raw.close()
+
+
+def test_lsub_with_percent_lists_the_unsubscribed_parent_of_a_subscribed_child(
+    server: RunningAppliance, user: str
+) -> None:
+    """RFC 3501 §6.3.9: foo.bar subscribed, foo not: LSUB "" % answers foo with \\Noselect."""
+    raw = Raw(server)
+    raw.ok(f"LOGIN {user} {PASSWORD}")
+    raw.ok("CREATE lsubparent.child")
+    raw.ok("SUBSCRIBE lsubparent.child")
+    raw.ok("UNSUBSCRIBE lsubparent")
+    assert raw.ok('LSUB "" lsubparent%') == [b'* LSUB (\\Noselect) "." "lsubparent"']
+    assert raw.ok('LSUB "" lsubparent.%') == [b'* LSUB () "." "lsubparent.child"']
+    assert raw.ok('LSUB "" lsubparent*') == [b'* LSUB () "." "lsubparent.child"']
+    raw.close()

@@ -189,9 +189,15 @@ async def _list(session: Session, args: list[Token], lsub: bool) -> str:
         root = reference.split(DELIMITER)[0] + DELIMITER if DELIMITER in reference else ""
         session.send(b"* %s (\\Noselect) %s %s\r\n" % (word.encode(), b'"."', responses.mailbox_name(root)))
         return f"{word} completed"
-    folders = matching(await _folders(session).list(), reference, pattern)
-    if lsub or "SUBSCRIBED" in selection:
-        folders = [folder for folder in folders if folder.subscribed]
+    folders = await _folders(session).list()
+    if lsub:
+        # RFC 3501 §6.3.9: "%" reaches the unsubscribed parent of a subscribed folder, which is
+        # listed with \Noselect.
+        folders = matching([folder for folder in folders if folder.subscribed], reference, pattern)
+    else:
+        folders = matching(folders, reference, pattern)
+        if "SUBSCRIBED" in selection:
+            folders = [folder for folder in folders if folder.subscribed]
     if "SPECIAL-USE" in selection:
         folders = [folder for folder in folders if SPECIAL_USE.intersection(folder.attributes)]
     for folder in sorted(folders, key=lambda f: (f.name != "INBOX", f.name)):
