@@ -154,3 +154,29 @@ def test_refusals_that_need_the_right_password_do_not_count() -> None:
             slot.release(rejected("account_disabled"))
 
     asyncio.run(run())
+
+
+def test_a_local_account_past_its_budget_is_paced_not_refused() -> None:
+    async def run() -> tuple[list[str], float]:
+        guard, directory = make_guard(limit=2, window=600.0), Directory(delay=0.01)
+
+        async def login(client: str, password: str) -> str:
+            slot = await guard.admit("local", "john@example.test", client, password, local=True)
+            if slot is None:
+                return "refused"
+            directory.binds += 1
+            await asyncio.sleep(directory.delay)
+            verdict = accepted() if password == "right" else rejected("bad_credentials")
+            slot.release(verdict)
+            return verdict.outcome.value
+
+        for n in range(3):
+            await login(f"192.0.2.{n}", "wrong")
+        started = asyncio.get_running_loop().time()
+        guesses = await asyncio.gather(*(login(f"192.0.2.{n}", "wrong") for n in range(3)))
+        owner = await login("203.0.113.9", "right")  # from an address never seen
+        return [*guesses, owner], asyncio.get_running_loop().time() - started
+
+    results, took = asyncio.run(run())
+    assert results[-1] == "accepted"
+    assert took >= 0.5 + 1.0  # paused after each failure past the budget, doubling

@@ -12,6 +12,7 @@ with the LDAP_MATCHING_RULE_IN_CHAIN rule (1.2.840.113556.1.4.1941).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import ldap3
@@ -25,10 +26,12 @@ from appliance.auth.connections import (
     ServerSettings,
     tls_context,
 )
+from appliance.auth.guard import Policy
 from appliance.auth.verdict import Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import ActiveDirectory
 
 IN_CHAIN = "1.2.840.113556.1.4.1941"  # LDAP_MATCHING_RULE_IN_CHAIN
+POLICY_MAX_AGE = 3600.0  # seconds before the domain's lockout policy is read again
 
 
 def domain_dn(dns_name: str) -> str:
@@ -55,6 +58,11 @@ class ActiveDirectoryClient:
         self._upn_suffix = dns_name
         self._base_dn = model.base_dn or domain_dn(name if "." in name else dns_name)
         self._group_dn: str | None = None  # require_group resolved to a DN (not a login result)
+        self._domain_dn = domain_dn(name if "." in name else dns_name)
+        # The domain's lockout policy, read with the first user bind that succeeds (an anonymous
+        # search is refused), then hourly: the auth service keeps its guard below it.
+        self.policy: Policy | None = None
+        self._policy_read = -POLICY_MAX_AGE
 
     def bind_name(self, user: str) -> str:
         """`user@suffix` (a user written with "@" is taken as a whole UPN), or `NETBIOS\\user`."""
@@ -69,6 +77,8 @@ class ActiveDirectoryClient:
             result = pool.bind(connection, name, password)
             if result.get("result") != 0:
                 return bind_failure(result, pool.url)
+            if time.monotonic() - self._policy_read >= POLICY_MAX_AGE:
+                self._read_policy(connection)
             if self.model.require_group:
                 return self._check_group(connection, user, pool.url)
             return accepted(pool.url)
@@ -78,6 +88,25 @@ class ActiveDirectoryClient:
         except DirectoryUnreachable as error:
             return unavailable(error.cause, error.servers, f"error={json.dumps(error.detail)}")
         return verdict
+
+    def _read_policy(self, connection: ldap3.Connection) -> None:
+        """lockoutThreshold and lockOutObservationWindow (a negative count of 100 ns) of the
+        domain object ([MS-ADTS] 2.2.15); left as it was when the search fails."""
+        self._policy_read = time.monotonic()
+        connection.search(
+            self._domain_dn,
+            "(objectClass=domain)",
+            ldap3.BASE,
+            attributes=["lockoutThreshold", "lockOutObservationWindow"],
+        )
+        for entry in connection.response or ():
+            raw = entry.get("raw_attributes") or {}
+            try:
+                threshold = int(raw["lockoutThreshold"][0])
+                window = abs(int(raw["lockOutObservationWindow"][0])) / 10_000_000
+            except (KeyError, IndexError, ValueError):
+                continue
+            self.policy = Policy(threshold, window)
 
     def _check_group(self, connection: ldap3.Connection, user: str, server: str) -> Verdict:
         group = self._group_dn or self._resolve_group(connection)

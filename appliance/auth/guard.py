@@ -22,8 +22,10 @@ random, in memory only; never the password). Strangers share the rest. An attack
 the account's budget from anywhere without locking it in AD, while its owner's known devices -
 and anyone presenting the password that last worked - still get in.
 
-Local accounts (`password_hash`) are guarded the same way, keyed by their address: there is no
-directory to protect, but guessing one account from many addresses stays bounded.
+Local accounts (`password_hash`, `local=True`) have no directory to protect: past the budget
+their logins are paced instead of refused - one at a time, each after a pause that doubles with
+every failure past the budget, up to MAX_WAIT - so guessing one account from many addresses
+stays slow while its owner still gets in from anywhere, a few seconds later.
 
 Everything runs on the event loop: no locks.
 """
@@ -43,11 +45,12 @@ from typing import TypeVar
 
 from appliance.auth.verdict import Outcome, Verdict
 
-log = logging.getLogger("appliance.auth")
+log = logging.getLogger("appliance.auth.guard")
 K = TypeVar("K", str, bytes)
 
 TRUST_SECONDS = 14 * 24 * 3600.0  # an address or password that worked is the user's this long
 MAX_WAIT = 10.0  # seconds a login may wait for a slot before it is refused
+FIRST_PAUSE = 0.5  # seconds between logins to a local account past its budget, doubling
 MAX_TRUSTED = 16  # addresses and passwords remembered per user
 MAX_USERS = 100_000  # users tracked at most (idle ones are forgotten first)
 # Refusals AD gives only after the password was right: they add nothing to its lockout count.
@@ -70,7 +73,9 @@ class _User:
     in_flight: int = 0
     trusted_clients: dict[str, float] = field(default_factory=dict)
     trusted_passwords: dict[bytes, float] = field(default_factory=dict)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    next_at: float = 0.0  # a local account past its budget: no login before this
+    # Set when a bind answers; made by the first login that waits (on the loop that runs it).
+    changed: asyncio.Event | None = None
 
 
 class Slot:
@@ -122,9 +127,11 @@ class DirectoryGuard:
         return max(limit, 0), window
 
     # -- one login --------------------------------------------------------------------------------
-    async def admit(self, directory: str, user: str, client: str, password: str) -> Slot | None:
+    async def admit(
+        self, directory: str, user: str, client: str, password: str, *, local: bool = False
+    ) -> Slot | None:
         """A slot for one bind of `user`, waiting up to MAX_WAIT for one; None: refuse the login
-        without asking the directory."""
+        without asking the directory. `local`: a local account, paced rather than refused."""
         key = (directory, user.casefold())
         digest = hmac.new(self._key, "\0".join((*key, password)).encode(), hashlib.sha256).digest()
         state = self._users.get(key)
@@ -144,14 +151,23 @@ class DirectoryGuard:
             if len(failures) + state.in_flight < limit:
                 state.in_flight += 1
                 return Slot(self, key, client, digest)
-            # Full: wait for a bind in flight to answer or the oldest failure to age out.
-            free_at = failures[0] + window if failures and not state.in_flight else None
-            if now >= deadline or (free_at is not None and free_at > deadline):
-                return None
-            state.changed.clear()
-            timeout = min(deadline, free_at or deadline) - now
+            if local:
+                if not state.in_flight and now >= state.next_at:
+                    state.in_flight += 1
+                    return Slot(self, key, client, digest)
+                if now >= deadline:
+                    return None
+                free_at: float | None = None if state.in_flight else state.next_at
+            else:
+                # Full: wait for a bind in flight to answer or the oldest failure to age out.
+                free_at = failures[0] + window if failures and not state.in_flight else None
+                if now >= deadline or (free_at is not None and free_at > deadline):
+                    return None
+            if state.changed is None:
+                state.changed = asyncio.Event()
+            event = state.changed
             try:
-                await asyncio.wait_for(state.changed.wait(), timeout)
+                await asyncio.wait_for(event.wait(), max(0.0, (free_at or deadline) - now))
             except TimeoutError:
                 pass
 
@@ -175,7 +191,13 @@ class DirectoryGuard:
         elif verdict is None or verdict.cause not in RIGHT_PASSWORD_CAUSES:
             state.failures.append(now)
             state.trusted_passwords.pop(digest, None)  # no longer the password that works
-        state.changed.set()
+            limit, _ = self.budget(key[0])
+            past = len(state.failures) - limit
+            if past >= 0:
+                state.next_at = now + min(MAX_WAIT, FIRST_PAUSE * 2 ** min(past, 8))
+        if state.changed is not None:
+            state.changed.set()  # every waiting login looks again
+            state.changed = None
 
     def _forget_idle(self) -> None:
         if len(self._users) < MAX_USERS:

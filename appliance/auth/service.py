@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from appliance.auth.active_directory import ActiveDirectoryClient
+from appliance.auth.guard import DirectoryGuard
 from appliance.auth.ldap_directory import LDAPDirectoryClient
 from appliance.auth.local_system import LocalSystemClient
 from appliance.auth.passwords import hash_password, verify_password
@@ -97,6 +98,11 @@ class AuthService:
         self._dummy_hash: str | None = None
         self._dummy_lock = threading.Lock()
         self._closed = False
+        self.guard = DirectoryGuard(self._guard_settings)
+
+    def _guard_settings(self) -> tuple[int, float]:
+        settings = self._holder.current.manifest.security.auto_ban
+        return settings.max_failures_per_account, float(settings.window)
 
     async def authenticate(self, login: str, password: str, *, protocol: str, client: str) -> AuthResult:
         started = time.perf_counter()
@@ -112,7 +118,7 @@ class AuthService:
                 # lockout counter does not move (a password spray cannot lock the user out of AD).
                 verdict = rejected("account_blocked_by_auto_ban")
             else:
-                verdict, directory_name = await self._decide(snapshot, entry, password)
+                verdict, directory_name = await self._decide(snapshot, entry, password, client)
         except Exception:
             log.exception("auth internal error login=%s protocol=%s", log_field(login), protocol)
             verdict = unavailable("internal_error")
@@ -141,7 +147,7 @@ class AuthService:
         return AuthResult(verdict.outcome, account, verdict.cause)
 
     async def _decide(
-        self, snapshot: Snapshot, entry: AccountEntry | None, password: str
+        self, snapshot: Snapshot, entry: AccountEntry | None, password: str, client: str
     ) -> tuple[Verdict, str | None]:
         problem = password_problem(password)
         if problem is not None:
@@ -159,13 +165,34 @@ class AuthService:
             if model is None:
                 return unavailable("unknown_directory"), link.domain
             directory = self._client(link.domain, model, snapshot.base_dir)
-            verdict = await loop.run_in_executor(self._executor, directory.authenticate, link.user, password)
+            # At most the guard's budget of unproven binds reaches the directory for this user.
+            slot = await self.guard.admit(link.domain, link.user, client, password)
+            if slot is None:
+                return rejected("directory_user_guarded"), link.domain
+            verdict = None
+            try:
+                verdict = await loop.run_in_executor(
+                    self._executor, directory.authenticate, link.user, password
+                )
+            finally:
+                slot.release(verdict)
+            policy = getattr(directory, "policy", None)
+            if policy is not None:
+                self.guard.set_policy(link.domain, policy)
             return verdict, link.domain
         if entry.account.password_hash is not None:
-            ok = await loop.run_in_executor(
-                self._executor, verify_password, entry.account.password_hash, password
-            )
-            return (accepted("local-hash") if ok else rejected("bad_credentials", "local-hash")), None
+            slot = await self.guard.admit("local", entry.address, client, password, local=True)
+            if slot is None:
+                return rejected("account_guarded", "local-hash"), None
+            verdict = None
+            try:
+                ok = await loop.run_in_executor(
+                    self._executor, verify_password, entry.account.password_hash, password
+                )
+                verdict = accepted("local-hash") if ok else rejected("bad_credentials", "local-hash")
+            finally:
+                slot.release(verdict)
+            return verdict, None
         await self._dummy_verify(password)
         return rejected("no_credentials"), None
 
