@@ -1,5 +1,10 @@
-"""Auto-ban: refuse addresses that keep failing to log in, and stop asking the directory about
-an account that is being guessed at before the directory locks its user out.
+"""Auto-ban: refuse addresses that keep failing to log in.
+
+Failed logins are counted per client address over `window`; at `max_failures` the address is
+refused for `ban_time`, on every protocol. A login that succeeds forgives that address's failures
+for the same account only (a user who mistyped, then got it right) - never another account's, so
+one valid login cannot launder guesses against others. How many binds may reach a directory for
+one user is the auth guard's business (appliance/auth/guard.py), not this one's.
 
 State is in memory (a restart forgives everyone); the settings come from the snapshot in force,
 so a reload changes them at once. All methods run on the event loop: no locks needed.
@@ -17,16 +22,15 @@ from appliance.snapshot import SnapshotHolder, address_in_networks
 
 log = logging.getLogger("appliance.security")
 
-_MAX_TRACKED = 100_000  # addresses and accounts remembered at most (oldest forgotten first)
+_MAX_TRACKED = 100_000  # addresses remembered at most (oldest forgotten first)
+_MAX_FAILURES_KEPT = 1000  # per address
 
 
 class AutoBan:
     def __init__(self, holder: SnapshotHolder) -> None:
         self._holder = holder
-        self._failures: dict[str, deque[float]] = {}
+        self._failures: dict[str, deque[tuple[float, str | None]]] = {}  # ip → (when, account)
         self._banned_until: dict[str, float] = {}
-        self._account_failures: dict[str, deque[float]] = {}
-        self._account_blocked_until: dict[str, float] = {}
 
     def _settings(self) -> AutoBanSettings:
         return self._holder.current.manifest.security.auto_ban
@@ -45,57 +49,34 @@ class AutoBan:
             return False
         return True
 
-    def account_blocked(self, account: str) -> bool:
-        """True when logins to `account` are refused here without asking its directory."""
-        until = self._account_blocked_until.get(account)
-        if until is None:
-            return False
-        if time.monotonic() >= until or not self._settings().enabled:
-            del self._account_blocked_until[account]
-            return False
-        return True
-
-    def failed(self, ip: str, account: str | None, *, linked: bool) -> None:
-        """Count a failed login from `ip` (to `account`, which is directory-linked or not)."""
+    def failed(self, ip: str, account: str | None) -> None:
+        """Count a failed login from `ip` (to `account`, when the login named a known one)."""
         settings = self._settings()
-        if not settings.enabled:
+        if not settings.enabled or self._allowed(ip):
             return
         now = time.monotonic()
-        if (
-            not self._allowed(ip)
-            and _count(self._failures, ip, now, settings.window) >= settings.max_failures
-        ):
+        failures = self._failures.setdefault(ip, deque(maxlen=_MAX_FAILURES_KEPT))
+        failures.append((now, account))
+        while failures and failures[0][0] < now - settings.window:
+            failures.popleft()
+        if len(failures) >= settings.max_failures:
             self._banned_until[ip] = now + settings.ban_time
             self._failures.pop(ip, None)
             log.warning("auto-ban banned client=%s seconds=%d", ip, settings.ban_time)
             _trim(self._banned_until)
-        if account is not None and linked:
-            count = _count(self._account_failures, account, now, settings.window)
-            if count >= settings.max_failures_per_account:
-                self._account_blocked_until[account] = now + settings.ban_time
-                self._account_failures.pop(account, None)
-                log.warning(
-                    "auto-ban account-blocked account=%s seconds=%d reason=failures-before-directory-lockout",
-                    account,
-                    settings.ban_time,
-                )
-                _trim(self._account_blocked_until)
         _trim(self._failures)
-        _trim(self._account_failures)
 
     def succeeded(self, ip: str, account: str) -> None:
-        self._failures.pop(ip, None)
-        self._account_failures.pop(account, None)
+        """`account` logged in from `ip`: its own failures from there are forgiven, no others."""
+        failures = self._failures.get(ip)
+        if failures:
+            kept = deque((entry for entry in failures if entry[1] != account), maxlen=_MAX_FAILURES_KEPT)
+            if kept:
+                self._failures[ip] = kept
+            else:
+                del self._failures[ip]
 
 
-def _count(table: dict[str, deque[float]], key: str, now: float, window: float) -> int:
-    times = table.setdefault(key, deque(maxlen=1000))
-    times.append(now)
-    while times and times[0] < now - window:
-        times.popleft()
-    return len(times)
-
-
-def _trim(table: dict[str, float] | dict[str, deque[float]]) -> None:
+def _trim(table: dict[str, float] | dict[str, deque[tuple[float, str | None]]]) -> None:
     while len(table) > _MAX_TRACKED:
         del table[next(iter(table))]

@@ -113,10 +113,6 @@ class AuthService:
         try:
             if autoban is not None and autoban.is_banned(client):
                 verdict = rejected("client_banned")
-            elif autoban is not None and entry is not None and autoban.account_blocked(entry.address):
-                # Too many failures for this account lately: the directory is not asked, so its
-                # lockout counter does not move (a password spray cannot lock the user out of AD).
-                verdict = rejected("account_blocked_by_auto_ban")
             else:
                 verdict, directory_name = await self._decide(snapshot, entry, password, client)
         except Exception:
@@ -124,7 +120,7 @@ class AuthService:
             verdict = unavailable("internal_error")
         if autoban is not None:
             if verdict.outcome is Outcome.REJECTED:
-                autoban.failed(client, entry.address if entry else None, linked=directory_name is not None)
+                autoban.failed(client, entry.address if entry else None)
             elif verdict.outcome is Outcome.ACCEPTED and entry is not None:
                 autoban.succeeded(client, entry.address)
         account = entry if verdict.outcome is Outcome.ACCEPTED else None
