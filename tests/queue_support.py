@@ -40,6 +40,7 @@ class DNSServer:
         self.records: dict[tuple[str, str], list[str]] = {}
         self.servfail: set[str] = set()
         self.queries: list[tuple[str, str]] = []
+        self.ttl = 60  # of every answer
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._socket.bind(("127.0.0.1", 0))
         self._socket.settimeout(0.2)
@@ -76,7 +77,7 @@ class DNSServer:
             if name in self.servfail:
                 response.set_rcode(dns.rcode.SERVFAIL)
             elif values:
-                response.answer.append(dns.rrset.from_text_list(question.name, 60, "IN", kind, values))
+                response.answer.append(dns.rrset.from_text_list(question.name, self.ttl, "IN", kind, values))
             elif not any(known == name for known, _ in self.records):
                 response.set_rcode(dns.rcode.NXDOMAIN)
             self._socket.sendto(response.to_wire(), peer)

@@ -26,6 +26,7 @@ from appliance.auth.connections import (
     ServerSettings,
     tls_context,
 )
+from appliance.auth.discovery import DomainControllers
 from appliance.auth.guard import Policy
 from appliance.auth.verdict import Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import ActiveDirectory
@@ -53,6 +54,9 @@ class ActiveDirectoryClient:
                 response_timeout=model.response_timeout,
                 pool_size=model.pool_size,
             ),
+            DomainControllers(name, site=model.site, resolver=model.resolver, timeout=model.connect_timeout)
+            if model.discover
+            else None,
         )
         dns_name = model.upn_suffix or name
         self._upn_suffix = dns_name

@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 import ldap3
 from ldap3.core import exceptions as ldap_errors
 
+from appliance.auth.discovery import DomainControllers
 from appliance.auth.simple_bind import BindProtocolError, simple_bind
 
 T = TypeVar("T")
@@ -120,7 +121,9 @@ class ServerSettings:
 class ServerPool:
     """Connections to one server URL."""
 
-    def __init__(self, url: str, settings: ServerSettings) -> None:
+    def __init__(self, url: str, settings: ServerSettings, address: str | None = None) -> None:
+        """`address`: where to connect when it is not the URL's host (a DC found in DNS: the URL
+        names it, as its certificate does)."""
         parts = urlsplit(url)
         secure = parts.scheme == "ldaps"
         host = parts.hostname or ""
@@ -131,7 +134,7 @@ class ServerPool:
         tls = None
         if settings.context is not None and (secure or self._start_tls):
             tls = _ContextTls(settings.context, settings.tls_server_name or host)
-        self._host, self._port, self._secure, self._tls = host, port, secure, tls
+        self._host, self._port, self._secure, self._tls = address or host, port, secure, tls
         self._encrypted = secure or self._start_tls
         self._idle: list[ldap3.Connection] = []
         self._open = 0
@@ -289,15 +292,45 @@ def _close_quietly(connection: ldap3.Connection) -> None:
 
 
 class DirectoryServers:
-    """The servers of one directory, tried in order with failover."""
+    """The servers of one directory, tried in order with failover: those found in DNS first (when
+    the directory discovers them), then the listed ones."""
 
-    def __init__(self, urls: list[str], settings: ServerSettings) -> None:
+    def __init__(
+        self, urls: list[str], settings: ServerSettings, locator: DomainControllers | None = None
+    ) -> None:
         self.pools = [ServerPool(url, settings) for url in urls]
+        self._settings = settings
+        self._locator = locator
+        self._discovered: dict[tuple[str, str, int], ServerPool] = {}
+        self._lock = threading.Lock()
 
     def _in_order(self) -> list[ServerPool]:
+        pools = self._found() + self.pools
         now = time.monotonic()
-        up = [pool for pool in self.pools if pool.down_until <= now]
-        return up + [pool for pool in self.pools if pool.down_until > now]
+        up = [pool for pool in pools if pool.down_until <= now]
+        return up + [pool for pool in pools if pool.down_until > now]
+
+    def _found(self) -> list[ServerPool]:
+        """Pools for the DCs DNS names now, in RFC 2782 order; those it no longer names close."""
+        if self._locator is None:
+            return []
+        targets = self._locator.targets()
+        with self._lock:
+            found = []
+            for target in targets:
+                key = (target.name, target.address, target.port)
+                pool = self._discovered.get(key)
+                if pool is None:
+                    scheme = "ldaps" if target.port in (636, 3269) else "ldap"  # else StartTLS
+                    url = f"{scheme}://{target.name}:{target.port}"
+                    pool = self._discovered[key] = ServerPool(url, self._settings, target.address)
+                found.append(pool)
+            gone = [
+                key for key in self._discovered if key not in {(t.name, t.address, t.port) for t in targets}
+            ]
+            for key in gone:
+                self._discovered.pop(key).close()
+        return found
 
     def run(self, operation: Callable[[ServerPool, ldap3.Connection], T]) -> tuple[T, str]:
         """Run `operation` on the first server that answers; returns its result and the URL."""
@@ -319,5 +352,7 @@ class DirectoryServers:
         raise DirectoryUnreachable(cause, servers, detail)
 
     def close(self) -> None:
-        for pool in self.pools:
+        with self._lock:
+            discovered, self._discovered = list(self._discovered.values()), {}
+        for pool in [*self.pools, *discovered]:
             pool.close()

@@ -58,6 +58,13 @@ def _check_directory_keys(directories: Mapping[str, Any], problems: list[Problem
                 )
             )
         lowered[name.lower()] = name
+        if isinstance(directory, ActiveDirectory) and not directory.servers and not directory.discover:
+            problems.append(
+                Problem(
+                    ("directories", name, "servers"),
+                    "must have at least 1 item (or set discover = true to find the DCs in DNS)",
+                )
+            )
         if isinstance(directory, ActiveDirectory) and directory.upn_suffix is None:
             try:
                 check_domain_name(name)

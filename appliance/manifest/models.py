@@ -270,6 +270,28 @@ class ActiveDirectory(_LDAPConnection):
     """An Active Directory domain, keyed by its DNS name. Users log in with their AD password."""
 
     type: Literal["active-directory"]
+    servers: list[ServerURL] = Field(
+        default_factory=list,
+        description=(
+            "DCs in the order they are tried: ldaps:// or ldap:// (StartTLS). Optional with "
+            "discover = true, where they are tried after the DCs found in DNS."
+        ),
+    )
+    discover: bool = Field(
+        False,
+        description=(
+            "Find the DCs in DNS (SRV _ldap._tcp.dc._msdcs.<domain>, RFC 2782 priority and weight), "
+            "asked again when the records' TTL runs out."
+        ),
+    )
+    site: str | None = Field(
+        None,
+        description="AD site whose DCs come first (SRV _ldap._tcp.<site>._sites.dc._msdcs.<domain>).",
+    )
+    resolver: str | None = Field(
+        None,
+        description='DNS server to ask for the DCs, "ip:port" (default: the system resolver).',
+    )
     netbios_name: str | None = Field(
         None, description='Down-level domain name (e.g. "CLOUDTECH"), needed for login_format = "down-level".'
     )
@@ -282,6 +304,20 @@ class ActiveDirectory(_LDAPConnection):
     base_dn: str | None = Field(
         None, description="Where to look users up for require_group; default: from the DNS name."
     )
+
+    @field_validator("resolver")
+    @classmethod
+    def _resolver_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        host, _, port = value.rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            if not 0 < int(port) < 65536:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f'"{value}" is not an "ip:port" address (e.g. "192.0.2.53:53")') from None
+        return value
 
     @model_validator(mode="after")
     def _down_level_needs_netbios(self) -> ActiveDirectory:
