@@ -11,7 +11,6 @@ hold the user's DN (memberUid: the user name); direct membership only.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import ldap3
@@ -26,14 +25,11 @@ from appliance.auth.connections import (
     ServerSettings,
     tls_context,
 )
+from appliance.auth.service_account import ServicePassword, ServicePasswordError
 from appliance.auth.verdict import Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import LDAPDirectory
 
 _GROUP_CLASSES = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=posixGroup))"
-
-
-class ServicePasswordError(Exception):
-    pass
 
 
 def directory_root(dn: str) -> str:
@@ -58,27 +54,10 @@ class LDAPDirectoryClient:
             pool_size=model.pool_size,
         )
         self._servers = DirectoryServers(list(model.servers), settings)
-        self._secret_file = base_dir / model.bind_password_file if model.bind_password_file else None
-        self._secret: tuple[tuple[int, int], str] | None = None  # (mtime_ns, size) → password
+        self._service_password = ServicePassword(
+            base_dir / model.bind_password_file if model.bind_password_file else None, model.bind_password_env
+        )
         self._group_dn: str | None = None
-
-    # -- the service account's password, re-read when its file changes -------------------------
-    def _service_password(self) -> str:
-        if self._secret_file is not None:
-            try:
-                status = self._secret_file.stat()
-                key = (status.st_mtime_ns, status.st_size)
-                if self._secret is None or self._secret[0] != key:
-                    text = self._secret_file.read_text(encoding="utf-8")
-                    self._secret = (key, text.rstrip("\r\n"))
-            except (OSError, UnicodeDecodeError) as error:
-                raise ServicePasswordError(f"{self._secret_file}: {error.__class__.__name__}") from None
-            return self._secret[1]
-        variable = self.model.bind_password_env or ""
-        value = os.environ.get(variable)
-        if not value:
-            raise ServicePasswordError(f"environment variable {variable} is not set")
-        return value
 
     def authenticate(self, user: str, password: str) -> Verdict:
         try:
@@ -88,7 +67,7 @@ class LDAPDirectoryClient:
                     lambda pool, conn: self._bind_as(pool, conn, dn, user, password)
                 )
                 return verdict
-            secret = self._service_password() if self.model.bind_dn else None
+            secret = self._service_password.read() if self.model.bind_dn else None
             verdict, _ = self._servers.run(
                 lambda pool, conn: self._search_then_bind(pool, conn, user, password, secret)
             )

@@ -18,6 +18,9 @@ class Verdict:
     cause: str  # words for the log: "ok", "bad_credentials", "locked_out", "unreachable"...
     server: str | None = None  # the server that answered (or those tried, when none did)
     detail: str = ""  # extra key=value fields for the log line, e.g. "ad_code=52e"
+    # AD's pwdLastSet when the login was accepted (directories with a service account): a later
+    # value means the password changed, and the sessions of this login end.
+    password_set: int | None = None
 
 
 def accepted(server: str | None = None) -> Verdict:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Self, Union
 
 from pydantic import (
     AfterValidator,
@@ -264,6 +264,25 @@ class _LDAPConnection(Model):
         None,
         description="Only members of this group (nested membership counts) may log in. Name or DN.",
     )
+    bind_dn: str | None = Field(
+        None,
+        description=(
+            "Read-only service account: searches for users (ldap) and reads the state of users "
+            "with open sessions (active-directory, for recheck_interval)."
+        ),
+    )
+    bind_password_file: str | None = Field(
+        None, description="File holding the service account's password (never inline)."
+    )
+    bind_password_env: str | None = Field(
+        None, description="Environment variable holding the service account's password."
+    )
+
+    @model_validator(mode="after")
+    def _service_account_has_a_secret(self) -> Self:
+        if self.bind_dn and not (self.bind_password_file or self.bind_password_env):
+            raise ValueError("bind_dn needs bind_password_file or bind_password_env")
+        return self
 
 
 class ActiveDirectory(_LDAPConnection):
@@ -291,6 +310,13 @@ class ActiveDirectory(_LDAPConnection):
     resolver: str | None = Field(
         None,
         description='DNS server to ask for the DCs, "ip:port" (default: the system resolver).',
+    )
+    recheck_interval: Duration = Field(
+        60.0,
+        description=(
+            "How often the state of users with open sessions is read (needs bind_dn): a user "
+            "disabled, locked out, expired, deleted or whose password changed loses every session."
+        ),
     )
     netbios_name: str | None = Field(
         None, description='Down-level domain name (e.g. "CLOUDTECH"), needed for login_format = "down-level".'
@@ -343,13 +369,6 @@ class LDAPDirectory(_LDAPConnection):
     user_filter: str = Field(
         "(uid={user})", description="Search filter for search-then-bind; {user} is escaped per RFC 4515."
     )
-    bind_dn: str | None = Field(None, description="Service account that searches for the user.")
-    bind_password_file: str | None = Field(
-        None, description="File holding the service account's password (never inline)."
-    )
-    bind_password_env: str | None = Field(
-        None, description="Environment variable holding the service account's password."
-    )
     group_member_attribute: str = Field(
         "member", description="Attribute of require_group that lists members (member or uniqueMember)."
     )
@@ -362,8 +381,6 @@ class LDAPDirectory(_LDAPConnection):
             raise ValueError('bind_dn_template must contain "{user}"')
         if "{user}" not in self.user_filter:
             raise ValueError('user_filter must contain "{user}"')
-        if self.bind_dn and not (self.bind_password_file or self.bind_password_env):
-            raise ValueError("bind_dn needs bind_password_file or bind_password_env")
         return self
 
 

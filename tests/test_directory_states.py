@@ -1,0 +1,78 @@
+"""What the AD client reads of users with open sessions, as the read-only service account, from
+the suite's real Samba DC: one search for many users; each change an admin makes shows."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from appliance.auth import Outcome
+from appliance.auth.active_directory import ActiveDirectoryClient
+from appliance.manifest import load_manifest
+from appliance.snapshot import build_snapshot
+from tests.fixtures.samba import NETBIOS, SambaDomain
+from tests.test_auth_active_directory import PASSWORD, new_user
+
+SERVICE_PASSWORD = "Svc!Passw0rd1"
+
+
+def client(samba: SambaDomain, tmp_path: Path) -> ActiveDirectoryClient:
+    service = new_user(samba, "svc", SERVICE_PASSWORD)
+    (tmp_path / "tls").mkdir(exist_ok=True)
+    (tmp_path / "tls" / "ca.pem").write_bytes(samba.ca_file.read_bytes())
+    (tmp_path / "service.secret").write_text(SERVICE_PASSWORD + "\n")
+    manifest = tmp_path / "appliance.toml"
+    manifest.write_text(
+        '[server]\nhostname = "mail.example.test"\n'
+        '[directories."cloudtech.local"]\ntype = "active-directory"\n'
+        f'servers = ["{samba.dcs[0].ldaps_url}"]\nnetbios_name = "{NETBIOS}"\nca_file = "tls/ca.pem"\n'
+        f'bind_dn = "{service}@cloudtech.local"\nbind_password_file = "service.secret"\n'
+    )
+    snapshot = build_snapshot(load_manifest(manifest))
+    model = snapshot.directory("cloudtech.local")
+    assert model is not None
+    return ActiveDirectoryClient("cloudtech.local", model, tmp_path)  # type: ignore[arg-type]
+
+
+def test_one_search_reads_the_state_of_many_users_and_each_admin_change_shows(
+    samba: SambaDomain, tmp_path: Path
+) -> None:
+    ad = client(samba, tmp_path)
+    try:
+        users = {name: new_user(samba, name) for name in ("ok", "dis", "pwd", "gone", "exp", "mcp", "lck")}
+        logins = {name: ad.authenticate(user, PASSWORD) for name, user in users.items()}
+        assert all(v.outcome is Outcome.ACCEPTED and v.password_set for v in logins.values())
+        before = ad.read_states([*users.values(), "nobody-at-all"])
+        assert set(before) == {user.casefold() for user in users.values()}
+        assert all(
+            state.why_revoked(logins[name].password_set) is None
+            for name, state in ((n, before[u.casefold()]) for n, u in users.items())
+        )
+
+        samba.samba_tool("user", "disable", users["dis"])
+        samba.set_password(users["pwd"], "Changed!Passw0rd2")
+        samba.samba_tool("user", "delete", users["gone"])
+        samba.samba_tool("user", "setexpiry", users["exp"], "--days=0")
+        samba.modify(samba.user_dn(users["mcp"]), {"pwdLastSet": 0})
+        for _ in range(3):
+            assert not samba.dcs[0].bind(users["lck"], "Wrong!Passw0rd9")
+        time.sleep(1.1)  # accountExpires of "--days=0" is now; let it pass
+
+        after = ad.read_states(list(users.values()))
+        why = {
+            name: after[user.casefold()].why_revoked(logins[name].password_set)
+            if user.casefold() in after
+            else "deleted"
+            for name, user in users.items()
+        }
+        assert why == {
+            "ok": None,
+            "dis": "disabled_in_directory",
+            "pwd": "password_changed",
+            "gone": "deleted",
+            "exp": "account_expired",
+            "mcp": "password_expired",
+            "lck": "locked_out",
+        }
+    finally:
+        ad.close()
