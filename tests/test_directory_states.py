@@ -3,13 +3,16 @@ the suite's real Samba DC: one search for many users; each change an admin makes
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
 from appliance.auth import Outcome
 from appliance.auth.active_directory import ActiveDirectoryClient
+from appliance.auth.revocation import Revocations
 from appliance.manifest import load_manifest
 from appliance.snapshot import build_snapshot
+from tests.fixtures.auth_service import AuthServices
 from tests.fixtures.samba import NETBIOS, SambaDomain
 from tests.test_auth_active_directory import PASSWORD, new_user
 
@@ -76,3 +79,63 @@ def test_one_search_reads_the_state_of_many_users_and_each_admin_change_shows(
         }
     finally:
         ad.close()
+
+
+def test_the_registry_ends_sessions_the_directory_or_the_manifest_no_longer_allows(
+    samba: SambaDomain, auth_services: AuthServices
+) -> None:
+    service = new_user(samba, "svc", SERVICE_PASSWORD)
+    users = [new_user(samba, "rv") for _ in range(3)]
+    directory = (
+        '[directories."cloudtech.local"]\ntype = "active-directory"\n'
+        f'servers = ["{samba.dcs[0].ldaps_url}"]\nnetbios_name = "{NETBIOS}"\nca_file = "tls/ca.pem"\n'
+        f'bind_dn = "{service}@cloudtech.local"\nbind_password_file = "service.secret"\nrecheck_interval = 0\n'
+    )
+
+    def accounts(disabled: str = "") -> str:
+        return '[domains."example.test".accounts]\n' + "".join(
+            f'a{n} = {{ active_directory = {{ domain = "cloudtech.local", user = "{user}" }}'
+            + (", enabled = false" if disabled == f"a{n}" else "")
+            + " }\n"
+            for n, user in enumerate(users)
+        )
+
+    login = auth_services.start(
+        directory + accounts(),
+        files={"tls/ca.pem": samba.ca_file.read_bytes(), "service.secret": SERVICE_PASSWORD},
+    )
+    revocations = Revocations(login.service, login.holder)
+    ended: dict[str, str] = {}
+
+    async def scenario() -> None:
+        sessions = []
+        for n in range(3):
+            result = await login.service.authenticate(
+                f"a{n}@example.test", PASSWORD, protocol="imap", client="t"
+            )
+            assert result.account is not None
+            session = revocations.register(
+                result.account,
+                "imap",
+                "t",
+                lambda reason, n=n: ended.setdefault(f"a{n}", reason),
+                result.password_set,
+            )
+            sessions.append(session)
+        await revocations.check_due()
+        assert ended == {} and revocations.queries == 1  # one search for the three of them
+        samba.samba_tool("user", "disable", users[0])
+        await revocations.check_due()
+        assert ended == {"a0": "disabled_in_directory"}
+        samba.set_password(users[1], "Changed!Passw0rd2")
+        assert [await revocations.check_now(s) for s in sessions[1:]] == ["password_changed", None]
+        login.reload(directory + accounts(disabled="a2"))
+        revocations.reloaded(login.holder.current)
+        assert ended == {
+            "a0": "disabled_in_directory",
+            "a1": "password_changed",
+            "a2": "disabled_in_manifest",
+        }
+        assert revocations.count() == 0
+
+    asyncio.run(scenario())

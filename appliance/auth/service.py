@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from appliance.auth.active_directory import ActiveDirectoryClient
+from appliance.auth.active_directory import ActiveDirectoryClient, UserState
 from appliance.auth.guard import DirectoryGuard
 from appliance.auth.ldap_directory import LDAPDirectoryClient
 from appliance.auth.local_system import LocalSystemClient
@@ -57,6 +57,7 @@ class AuthResult:
     outcome: Outcome
     account: AccountEntry | None  # set when accepted
     cause: str  # words for the log, never shown to the client
+    password_set: int | None = None  # AD pwdLastSet at this login (for session revocation)
 
 
 class DirectoryClient(Protocol):
@@ -140,7 +141,7 @@ class AuthService:
                 verdict.server or "-",
                 milliseconds,
             )
-        return AuthResult(verdict.outcome, account, verdict.cause)
+        return AuthResult(verdict.outcome, account, verdict.cause, verdict.password_set)
 
     async def _decide(
         self, snapshot: Snapshot, entry: AccountEntry | None, password: str, client: str
@@ -191,6 +192,17 @@ class AuthService:
             return verdict, None
         await self._dummy_verify(password)
         return rejected("no_credentials"), None
+
+    async def user_states(self, directory: str, users: list[str]) -> dict[str, UserState]:
+        """The state of `users` in an active-directory `directory`, read as its service account
+        (keys: user names case-folded; a user missing no longer exists). Raises when it cannot."""
+        snapshot = self._holder.current
+        model = snapshot.directory(directory)
+        if not isinstance(model, ActiveDirectory):
+            raise TypeError(f"{directory} is not an active-directory directory")
+        client = self._client(directory, model, snapshot.base_dir)
+        assert isinstance(client, ActiveDirectoryClient)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, client.read_states, users)
 
     def _client(self, name: str, model: DirectoryModel, base_dir: Path) -> DirectoryClient:
         """The client (and its connection pools) for a directory, rebuilt when a reload changed it."""
