@@ -312,3 +312,29 @@ linked = {{ active_directory = {{ domain = "cloudtech.local", user = "gt" }} }}
     result = login("linked@example.test", PASSWORD)
     assert (result.outcome, result.cause) == (Outcome.UNAVAILABLE, "timeout")
     assert time.monotonic() - started < 6  # one bind, one retry on a new connection: ~2 s
+
+
+# -- verified local passwords are cached (never the password) ---------------------------------
+
+
+def test_a_verified_local_password_is_not_verified_again_until_its_hash_changes(
+    auth_services: AuthServices, caplog: pytest.LogCaptureFixture
+) -> None:
+    accounts = '[domains."example.test".accounts]\nanna = {{ password_hash = "{}" }}\n'
+    login = auth_services.start(accounts.format(hash_password(PASSWORD)))
+    assert login("anna@example.test", PASSWORD).outcome is Outcome.ACCEPTED
+    assert "cache=hit" not in auth_lines(caplog)[-1]
+    started = time.perf_counter()
+    for _ in range(20):
+        assert login("anna@example.test", PASSWORD).outcome is Outcome.ACCEPTED
+        assert "cache=hit" in auth_lines(caplog)[-1]
+    print(f"20 cached logins in {(time.perf_counter() - started) * 1000:.0f} ms")
+    assert login("anna@example.test", "Wrong!Passw0rd").cause == "bad_credentials"  # never cached
+    assert login("anna@example.test", PASSWORD).outcome is Outcome.ACCEPTED  # still known
+    # An admin sets a new hash: the old password stops working at once, the new one works.
+    login.reload(accounts.format(hash_password("New!Passw0rd2")))
+    assert login("anna@example.test", PASSWORD).cause == "bad_credentials"
+    assert login("anna@example.test", "New!Passw0rd2").outcome is Outcome.ACCEPTED
+    assert "cache=hit" not in auth_lines(caplog)[-1]
+    assert len(login.service.credentials) == 1
+    assert all(PASSWORD not in line for line in auth_lines(caplog))

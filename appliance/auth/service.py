@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from appliance.auth.active_directory import ActiveDirectoryClient, UserState
+from appliance.auth.cache import VerifiedCredentials
 from appliance.auth.guard import DirectoryGuard
 from appliance.auth.ldap_directory import LDAPDirectoryClient
 from appliance.auth.local_system import LocalSystemClient
@@ -100,6 +101,15 @@ class AuthService:
         self._dummy_lock = threading.Lock()
         self._closed = False
         self.guard = DirectoryGuard(self._guard_settings)
+        self.credentials = VerifiedCredentials()
+        self._credentials_snapshot: Snapshot | None = None
+
+    def _retain_credentials(self, snapshot: Snapshot) -> None:
+        """After a reload, forget verified passwords of accounts whose hash changed."""
+        if self._credentials_snapshot is not snapshot:
+            if self._credentials_snapshot is not None:
+                self.credentials.retain(lambda address: _stored_hash(snapshot, address))
+            self._credentials_snapshot = snapshot
 
     def _guard_settings(self) -> tuple[int, float]:
         settings = self._holder.current.manifest.security.auto_ban
@@ -177,16 +187,20 @@ class AuthService:
             if policy is not None:
                 self.guard.set_policy(link.domain, policy)
             return verdict, link.domain
-        if entry.account.password_hash is not None:
+        stored = entry.account.password_hash
+        if stored is not None:
+            self._retain_credentials(snapshot)
+            if self.credentials.known(entry.address, stored, password):
+                return Verdict(Outcome.ACCEPTED, "ok", "local-hash", "cache=hit"), None
             slot = await self.guard.admit("local", entry.address, client, password, local=True)
             if slot is None:
                 return rejected("account_guarded", "local-hash"), None
             verdict = None
             try:
-                ok = await loop.run_in_executor(
-                    self._executor, verify_password, entry.account.password_hash, password
-                )
+                ok = await loop.run_in_executor(self._executor, verify_password, stored, password)
                 verdict = accepted("local-hash") if ok else rejected("bad_credentials", "local-hash")
+                if ok:
+                    self.credentials.remember(entry.address, stored, password)
             finally:
                 slot.release(verdict)
             return verdict, None
@@ -243,3 +257,8 @@ class AuthService:
         for client in clients:
             await loop.run_in_executor(self._executor, client.close)
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _stored_hash(snapshot: Snapshot, address: str) -> str | None:
+    entry = snapshot.account_by_address(address)
+    return entry.account.password_hash if entry is not None and entry.enabled else None
