@@ -386,7 +386,7 @@ def test_the_process_writes_what_render_pieces_gives_and_counts_what_vanished(
 
 def test_drain_all_waits_until_nothing_is_left_in_the_transport() -> None:
     """Before a sender writes, the session's own bytes must all have left its transport."""
-    from appliance.pop3.connection import Connection
+    from appliance.connection import Connection
 
     async def scenario() -> tuple[bool, int, int]:
         loop = asyncio.get_running_loop()
@@ -416,7 +416,7 @@ def test_drain_all_ends_in_connection_closed_when_the_client_hangs_up_meanwhile(
     restore the write limits on one the hang-up closed (that was a RuntimeError)."""
     import uvloop
 
-    from appliance.pop3.connection import Connection, ConnectionClosed
+    from appliance.connection import Connection, ConnectionClosed
 
     async def scenario() -> None:
         loop = asyncio.get_running_loop()
@@ -445,8 +445,8 @@ def test_a_client_gone_while_the_senders_start_gets_nothing_and_nobody_else_gets
     """The first big FETCH waits for the sender processes to start. A client that hangs up
     meanwhile has its socket closed, and the descriptor's number may go to another connection:
     the sender must get the client's own socket (a copy taken at the start), never that number."""
+    from appliance.connection import Connection, ConnectionClosed
     from appliance.imap.sender import Senders
-    from appliance.pop3.connection import Connection, ConnectionClosed
 
     folder = tmp_path / "INBOX"
     for sub in ("cur", "new", "tmp"):

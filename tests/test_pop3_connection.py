@@ -1,4 +1,4 @@
-"""Commands answered on the spot (appliance/pop3/connection.py `on_line`, readahead.py `take`).
+"""Commands answered on the spot (appliance/connection.py `on_line`, readahead.py `take`).
 
 A RETR of a message already read ahead is answered from the connection's data callback, without
 waking the session's task. These tests hold the rules that make that safe, on real loopback
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from appliance.pop3.connection import Connection, ConnectionClosed, LineTooLong
+from appliance.connection import Connection, ConnectionClosed, LineTooLong
 from appliance.pop3.maildrop import Maildrop, read_wire
 from appliance.pop3.readahead import ReadAhead
 from appliance.store.maildir import Maildir

@@ -1,17 +1,20 @@
 """DATA (RFC 5321 §4.5.2): the end of the message, dot transparency and the size and line
 limits, checked against a line-by-line reading of the RFC however the stream is cut into
-pieces, then over a real socket against `appliance serve`."""
+pieces (the transport on a socket pair, fed piece by piece), then over a real socket against
+`appliance serve`."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 import time
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from appliance.connection import Connection, ConnectionClosed
 from appliance.smtp.data import Data, DataState, read_data
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
 from tests.smtp_support import JOHN, RawClient, start, stored
@@ -43,23 +46,50 @@ def by_the_rfc(stream: bytes, size_limit: int, line_limit: int) -> tuple[set[Dat
     return broken, b"".join(lines), stream[position:]
 
 
+async def transport() -> tuple[Connection, socket.socket]:
+    """The server's transport on one end of a socket pair (the other end is returned too)."""
+    ours, peer = socket.socketpair()
+
+    async def nothing(_connection: Connection) -> None:
+        return None
+
+    _, connection = await asyncio.get_running_loop().create_unix_connection(
+        lambda: Connection(nothing), sock=ours
+    )
+    return connection, peer
+
+
+async def read_or_none(connection: Connection, size_limit: int, line_limit: int) -> Data | None:
+    try:
+        return await read_data(connection, size_limit, line_limit, 5.0)
+    except ConnectionClosed:
+        return None  # the stream ended before the end of the message
+
+
 def read_in_pieces(
     stream: bytes, cuts: list[int], size_limit: int, line_limit: int
 ) -> tuple[Data | None, bytes]:
-    """read_data on a StreamReader (limit = line_limit, as aiosmtpd sets it) fed `stream` cut
-    at `cuts`, each piece arriving on its own; and what the reader holds afterwards."""
+    """read_data on the transport fed `stream` cut at `cuts`, each piece arriving on its own;
+    and what the transport holds afterwards."""
 
     async def run() -> tuple[Data | None, bytes]:
-        reader = asyncio.StreamReader(limit=line_limit)
-        task = asyncio.ensure_future(read_data(reader, size_limit, line_limit))
+        connection, peer = await transport()
+        task = asyncio.ensure_future(read_or_none(connection, size_limit, line_limit))
         edges = [0, *sorted(set(cuts)), len(stream)]
         for first, last in itertools.pairwise(edges):
             if last > first:
-                reader.feed_data(stream[first:last])
+                connection.data_received(stream[first:last])
                 await asyncio.sleep(0)  # let the reader see each piece on its own
-        reader.feed_eof()
+        connection.eof_received()
         data = await asyncio.wait_for(task, 5)
-        return data, await reader.read()
+        rest = b""
+        for _ in range(len(stream) + 1):
+            try:
+                rest += await connection.read_some(1 << 20, 5.0)
+            except ConnectionClosed:
+                break
+        peer.close()
+        return data, rest
 
     return asyncio.run(run())
 
@@ -128,14 +158,17 @@ def test_an_endless_line_is_not_kept() -> None:
     """Past the line limit nothing more of the message is held, whatever the size limit."""
 
     async def run() -> tuple[Data | None, int]:
-        reader = asyncio.StreamReader(limit=1000)
-        task = asyncio.ensure_future(read_data(reader, 0, 1000))
+        connection, peer = await transport()
+        reading = read_data(connection, 0, 1000, 5.0)
+        task = asyncio.ensure_future(reading)
         for _ in range(2000):
-            reader.feed_data(b"w" * 4096)
+            connection.data_received(b"w" * 4096)
             await asyncio.sleep(0)
-        held = len(task.get_coro().cr_frame.f_locals["kept"])  # type: ignore[union-attr]
-        reader.feed_data(b"\r\n.\r\n")
-        return await asyncio.wait_for(task, 5), held
+        held = len(reading.cr_frame.f_locals["kept"])
+        connection.data_received(b"\r\n.\r\n")
+        data = await asyncio.wait_for(task, 5)
+        peer.close()
+        return data, held
 
     data, held = asyncio.run(run())
     assert data == Data(DataState.TOO_LONG, b"")

@@ -46,9 +46,9 @@ async def start_imap(services: Services, listener: ListenerSpec) -> asyncio.Serv
     # Imported here, not above: the FETCH sender processes import this package for the
     # rendering of FETCH responses and have no use for the sessions (nor the manifest models).
     # The command modules register their handlers in the command table when imported.
+    from appliance.connection import listen
     from appliance.imap import folders, idle, selected  # noqa: F401
     from appliance.imap.session import Session
-    from appliance.pop3.connection import listen
 
     mailboxes = _mailboxes(services)
     return await listen(

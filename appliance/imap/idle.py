@@ -14,10 +14,10 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from appliance.connection import LineTooLong
 from appliance.imap.commands import AUTHENTICATED, command
 from appliance.imap.responses import Bad
 from appliance.imap.tokens import Token
-from appliance.pop3.connection import LineTooLong
 
 if TYPE_CHECKING:
     from appliance.imap.session import Session

@@ -38,16 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from appliance.connection import ConnectionClosed
 from appliance.imap import index
 from appliance.imap.fetch import WHOLE_TAIL, Request, batch_bounds, render_pieces, whole_message_head
 from appliance.imap.index import INFO_SEPARATOR
 from appliance.imap.mailbox import MessageInfo
 from appliance.imap.message import ParsedMessage
-from appliance.pop3.connection import ConnectionClosed
 from appliance.store.child import IOV_MAX, KEEP_FREED_MEMORY, ChildProcess, main_async
 
 if TYPE_CHECKING:
-    from appliance.pop3.connection import Connection
+    from appliance.connection import Connection
 
 log = logging.getLogger("appliance.imap")
 

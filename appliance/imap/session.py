@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from appliance.auth.sasl import decode_plain
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
+from appliance.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
 from appliance.imap import responses
 from appliance.imap.commands import ANY, COMMANDS, NOT_AUTHENTICATED, State, command
 from appliance.imap.mailbox import AccountMailboxes, FlagsChanged, FolderView, MailboxError, Mailboxes
@@ -32,7 +33,6 @@ from appliance.imap.syntax import (
     Limits,
 )
 from appliance.imap.tokens import Atom, Token, as_text
-from appliance.pop3.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
 
 if TYPE_CHECKING:
     from appliance.context import ListenerSpec, Services

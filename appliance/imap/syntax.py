@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from appliance.connection import Connection
 from appliance.imap.tokens import Atom, Token
-from appliance.pop3.connection import Connection
 
 log = logging.getLogger("appliance.imap")
 

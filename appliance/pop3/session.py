@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 from appliance.auth.sasl import decode_plain
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
+from appliance.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
 from appliance.pop3 import replies
-from appliance.pop3.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
 from appliance.pop3.maildrop import Maildrop, MaildropInUse
 from appliance.pop3.readahead import SMALL_MESSAGE, ReadAhead
 from appliance.pop3.wire import MessageStream, read_top

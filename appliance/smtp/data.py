@@ -1,17 +1,18 @@
 """Reading a message after DATA (RFC 5321 §4.5.2): up to the line holding only ".", with dot
 transparency undone, the size limit and the line-length limit enforced.
 
-aiosmtpd reads DATA one line at a time (an await, a limit check and a copy per line); this
-reads it in as few pieces as the stream offers: `readuntil(b".\\r\\n")` returns at the first
-line that ends with a dot, which is the end of the message when that dot starts its line, and
-otherwise is only part of it. The checks run once per piece, in C (bytes.split, replace).
+Reading one line at a time would cost an await, a limit check and a copy per line; this reads
+the message in as few pieces as the stream offers: `Connection.read_until(b".\\r\\n")` returns at
+the first line that ends with a dot, which is the end of the message when that dot starts its
+line, and otherwise is only part of it (or, with no such line yet, what has arrived). The checks
+run once per piece, in C (bytes.split, replace).
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 _DOT_LINE = b".\r\n"
 _END = b"\r\n.\r\n"  # the end of DATA, counting the CRLF that ended the line before it
@@ -29,9 +30,15 @@ class Data:
     content: bytes  # the message as the client meant it (dots unstuffed); empty unless NOMINAL
 
 
+class PieceReader(Protocol):
+    """What DATA is read from: `appliance.connection.Connection`."""
+
+    async def read_until(self, separator: bytes, timeout: float) -> bytes: ...
+
+
 class _LineMeter:
-    """The longest line seen so far in a stream fed in pieces, its CRLF counted (as aiosmtpd
-    counts it); a line not ended yet counts with the CRLF it will at least need."""
+    """The longest line seen so far in a stream fed in pieces, its CRLF counted (RFC 5321
+    §4.5.3.1.6 counts it); a line not ended yet counts with the CRLF it will at least need."""
 
     def __init__(self) -> None:
         self.open = 0  # bytes of the line not ended yet
@@ -57,13 +64,14 @@ class _LineMeter:
         return longest
 
 
-async def read_data(reader: asyncio.StreamReader, size_limit: int, line_limit: int) -> Data | None:
+async def read_data(reader: PieceReader, size_limit: int, line_limit: int, timeout: float) -> Data:
     """Read one message's data from `reader`, which stands just after the DATA command's line.
 
     `size_limit` bounds the message (0: none), `line_limit` each line with its CRLF. A message
     over either limit is read to its end and dropped (the reply comes only then, RFC 5321
-    §4.2.5); nothing of it is kept from the piece that showed it over. None when the stream
-    ends first.
+    §4.2.5); nothing of it is kept from the piece that showed it over. Each piece must come
+    within `timeout` seconds (TimeoutError); the reader's ConnectionClosed when the stream ends
+    first.
     """
     kept = bytearray()
     state = DataState.NOMINAL
@@ -71,14 +79,7 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int, line_limit: i
     meter = _LineMeter()
     window = b"\r\n"  # the stream's last bytes: the DATA line's CRLF to start with
     while True:
-        try:
-            piece = await reader.readuntil(_DOT_LINE)
-        except asyncio.LimitOverrunError as overrun:
-            # No end within the stream's limit: take what is buffered but the bytes that may
-            # begin the end marker.
-            piece = await reader.read(overrun.consumed)
-        except asyncio.IncompleteReadError:
-            return None
+        piece = await reader.read_until(_DOT_LINE, timeout)
         total += len(piece)
         window = (window + piece[-5:])[-5:]
         if state is DataState.NOMINAL:
@@ -100,4 +101,4 @@ async def read_data(reader: asyncio.StreamReader, size_limit: int, line_limit: i
     return Data(DataState.NOMINAL, content)
 
 
-__all__ = ["Data", "DataState", "read_data"]
+__all__ = ["Data", "DataState", "PieceReader", "read_data"]

@@ -1,9 +1,8 @@
 """Every reply this SMTP server sends, with its enhanced status code (RFC 3463, RFC 2034).
 
 RFC 2034 §3: once ENHANCEDSTATUSCODES is advertised, every reply except the greeting and the
-replies to HELO/EHLO carries an enhanced code. aiosmtpd's own replies (the commands it handles
-unchanged: NOOP, RSET, QUIT, VRFY, HELP, overlong lines) lack one; `with_enhanced_code` adds the
-code that fits their basic code.
+replies to HELO/EHLO carries an enhanced code. The texts are those clients saw when the session
+ran on aiosmtpd (with the codes added then), so that nothing changes for them.
 """
 
 from __future__ import annotations
@@ -11,14 +10,37 @@ from __future__ import annotations
 import re
 
 # -- connection ---------------------------------------------------------------------------------
+GREETING = "220 {host} ESMTP appliance"  # RFC 5321 §4.2, RFC 2034 §3: no enhanced code
 TOO_MANY_CONNECTIONS = "421 4.7.0 {host} too many connections, try again later"
 TOO_MANY_FROM_CLIENT = "421 4.7.0 {host} too many connections from your address, try again later"
 BANNED = "421 4.7.0 {host} refused: too many failed logins from your address"
 TIMEOUT = "421 4.4.2 {host} timeout exceeded, closing connection"
 SHUTTING_DOWN = "421 4.3.2 {host} service shutting down"
 TOO_MANY_UNRECOGNIZED = "421 4.7.0 {host} too many unrecognized commands, closing connection"
-# What aiosmtpd says before it closes a connection that sent too many unknown commands.
-AIOSMTPD_UNRECOGNIZED_LIMIT = "502 5.5.1 Too many unrecognized commands"
+
+# -- command lines (RFC 5321 §4.2.4, §4.5.3.1.4) ---------------------------------------------------
+UNRECOGNIZED = '500 5.5.2 command "{command}" not recognized'
+BAD_SYNTAX = "500 5.5.2 bad syntax"  # an empty line, or a command name that is not ASCII
+COMMAND_TOO_LONG = "500 5.5.2 Command line too long"
+EHLO_SYNTAX = "501 5.5.4 Syntax: EHLO hostname"
+HELO_SYNTAX = "501 5.5.4 Syntax: HELO hostname"
+QUIT_SYNTAX = "501 5.5.4 Syntax: QUIT"
+RSET_SYNTAX = "501 5.5.4 Syntax: RSET"
+STARTTLS_SYNTAX = "501 5.5.4 Syntax: STARTTLS"
+VRFY_SYNTAX = "501 5.5.4 Syntax: VRFY <address>"
+CANNOT_VRFY = "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"  # RFC 5321 §3.5.3
+VRFY_UNPARSED = "502 5.5.1 Could not VRFY {argument}"
+EXPN_NOT_IMPLEMENTED = "502 5.5.1 EXPN not implemented"
+_HELP_COMMANDS = "HELP NOOP QUIT RSET VRFY"
+HELP = f"250 2.0.0 Supported commands: {_HELP_COMMANDS}"
+HELP_UNKNOWN = f"501 5.5.4 Supported commands: {_HELP_COMMANDS}"
+HELP_SYNTAX = {
+    "HELP": "HELP [command]",
+    "NOOP": "NOOP [ignored]",
+    "QUIT": "QUIT",
+    "RSET": "RSET",
+    "VRFY": "VRFY <address>",
+}
 
 # -- TLS and AUTH (RFC 3207, RFC 4954) ----------------------------------------------------------
 STARTTLS_READY = "220 2.0.0 Ready to start TLS"
@@ -43,7 +65,8 @@ OK = "250 2.0.0 OK"
 SENDER_OK = "250 2.1.0 Sender OK"
 RECIPIENT_OK = "250 2.1.5 Recipient OK"
 DELIVERED = "250 2.0.0 OK id={id}"
-NEED_HELO = "503 5.5.1 Send EHLO or HELO first"
+NEED_HELO = "503 5.5.1 send HELO first"
+NEED_EHLO = "503 5.5.1 send EHLO first"
 NESTED_MAIL = "503 5.5.1 Sender already given"
 NEED_MAIL = "503 5.5.1 Need MAIL command first"
 NEED_RCPT = "503 5.5.1 Need RCPT command first"
@@ -69,51 +92,10 @@ START_DATA = "354 End data with <CR><LF>.<CR><LF>"
 LINE_TOO_LONG = "500 5.5.2 Line too long"
 BYE = "221 2.0.0 Bye"
 
-# Basic code → enhanced code, for aiosmtpd's replies that carry none.
-_DEFAULT_ENHANCED = {
-    "211": "2.0.0",
-    "214": "2.0.0",
-    "220": "2.0.0",
-    "221": "2.0.0",
-    "250": "2.0.0",
-    "252": "2.5.0",  # RFC 5321 §3.5.3: cannot VRFY, will accept
-    "421": "4.4.2",
-    "450": "4.2.0",
-    "451": "4.3.0",
-    "452": "4.3.1",
-    "454": "4.7.0",
-    "500": "5.5.2",
-    "501": "5.5.4",
-    "502": "5.5.1",
-    "503": "5.5.1",
-    "504": "5.5.4",
-    "530": "5.7.0",
-    "550": "5.0.0",
-    "552": "5.3.4",
-    "553": "5.1.3",
-    "554": "5.0.0",
-    "555": "5.5.4",
-}
-_HAS_ENHANCED = re.compile(r"^[245]\d\d[ -][245]\.\d{1,3}\.\d{1,3}(?: |$)")
-_BASIC = re.compile(r"^([245]\d\d)([ -])(.*)$", re.DOTALL)
-
-
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def printable(reply: str) -> str:
-    """RFC 5321 §4.2: reply text is printable characters and tab. aiosmtpd echoes an unknown
-    command as sent; a NUL or bare CR in it becomes "?" rather than reaching the client."""
+    """RFC 5321 §4.2: reply text is printable characters and tab. A reply that echoes the
+    client (an unknown command) gets "?" for a NUL or bare CR rather than passing it on."""
     return _CONTROL.sub("?", reply)
-
-
-def with_enhanced_code(reply: str) -> str:
-    """`reply` with an enhanced status code after its basic code, when it has none yet."""
-    if _HAS_ENHANCED.match(reply):
-        return reply
-    match = _BASIC.match(reply)
-    if match is None:
-        return reply  # 334/354 continuations carry none
-    code, separator, text = match.groups()
-    enhanced = _DEFAULT_ENHANCED.get(code, f"{code[0]}.0.0")
-    return f"{code}{separator}{enhanced} {text.removeprefix('Error: ')}"

@@ -1,9 +1,11 @@
-"""One client connection: bounded line reads with a timeout, writes with back-pressure, STLS.
+"""One client connection, the transport under SMTP, POP3 and IMAP: bounded line reads with a
+timeout, writes with back-pressure, the upgrade to TLS, and the listener (`listen`).
 
 An `asyncio.Protocol` rather than streams, so that the upgrade to TLS can throw away whatever the
-client sent after STLS and before the handshake (RFC 2595 §4; the STARTTLS command-injection
-flaw, CVE-2011-0411), and so that reading stays cheap: one buffer, one search per line. A session
-may also answer a line from the data callback itself (`on_line`), while its task waits.
+client sent after STARTTLS/STLS and before the handshake (RFC 3207 §4.2, RFC 2595 §4; the
+command-injection flaw CVE-2011-0411), and so that reading stays cheap: one buffer, one search per
+line. A session may also answer a line from the data callback itself (`on_line`), while its task
+waits.
 """
 
 from __future__ import annotations
@@ -24,13 +26,18 @@ _HEAD = 64  # bytes of an over-long line kept for the error reply
 
 
 TLS_HANDSHAKE_TIMEOUT = 30.0  # seconds, for implicit TLS and for STLS/STARTTLS
+BACKLOG = 100  # asyncio's default listen(2) backlog
 
 
 async def listen(
-    services: Services, listener: ListenerSpec, run: Callable[[Connection], Coroutine[Any, Any, None]]
+    services: Services,
+    listener: ListenerSpec,
+    run: Callable[[Connection], Coroutine[Any, Any, None]],
+    *,
+    backlog: int = BACKLOG,
 ) -> asyncio.Server:
-    """A listener whose connections each run `run(connection)` (a POP3 or IMAP session) in a
-    task kept referenced until it ends; implicit TLS for "pop3s"/"imaps"."""
+    """A listener whose connections each run `run(connection)` (an SMTP, POP3 or IMAP session)
+    in a task kept referenced until it ends; implicit TLS for "submissions"/"pop3s"/"imaps"."""
     loop = asyncio.get_running_loop()
     tasks: set[asyncio.Task[None]] = set()
 
@@ -52,6 +59,7 @@ async def listen(
         ssl=context,
         ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context else None,
         reuse_address=True,
+        backlog=backlog,
     )
 
 
@@ -147,6 +155,12 @@ class Connection(asyncio.Protocol):
         return self._transport is not None and self._transport.get_extra_info("ssl_object") is not None
 
     @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """The TLS state of the connection (cipher, version), None in clear text."""
+        transport = self._transport
+        return None if transport is None else transport.get_extra_info("ssl_object")
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -200,11 +214,41 @@ class Connection(asyncio.Protocol):
                 return data
             await self._more(loop)
 
+    async def read_until(self, separator: bytes, timeout: float) -> bytes:
+        """The bytes up to and including the first `separator`; or, when none is buffered, what
+        is (at least one byte), but for a tail that may begin a separator: for SMTP DATA, read in
+        as few pieces as the stream offers (RFC 5321 §4.5.2).
+
+        Raises TimeoutError when nothing arrives within `timeout` seconds, ConnectionClosed at
+        the end of the connection.
+        """
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + timeout
+        self._line_limit = None
+        keep = len(separator) - 1
+        while True:
+            end = self._buffer.find(separator)
+            if end >= 0:
+                end += len(separator)
+            elif len(self._buffer) > keep:
+                end = len(self._buffer) - keep
+            if end > 0:
+                data = bytes(self._buffer[:end])
+                del self._buffer[:end]
+                self._searched = 0
+                self._maybe_resume()
+                return data
+            await self._more(loop)
+
     async def _more(self, loop: asyncio.AbstractEventLoop) -> None:
         """Wait for more bytes (ConnectionClosed at the end; the idle timer raises TimeoutError)."""
         if self._eof:
             raise ConnectionClosed()
-        if self._idle_timer is None:
+        timer = self._idle_timer
+        if timer is None or timer.when() > self._deadline:
+            # No timer, or one set for a longer timeout (DATA's) than the one in force now.
+            if timer is not None:
+                timer.cancel()
             self._idle_timer = loop.call_at(self._deadline, self._idle_check)
         self._waiter = loop.create_future()
         try:

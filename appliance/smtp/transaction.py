@@ -1,0 +1,314 @@
+"""The mail transaction (RFC 5321 §3.3): MAIL and RCPT checked against the snapshot in force,
+then delivery of the message DATA brought: into the local Maildirs, and to the outbound queue
+for other domains, with the `Received:` field (RFC 5321 §4.4) the server adds.
+
+`Intake` holds what one connection's transactions need (the services, the listener, the client's
+address); the session holds the state (its `Transaction`, the account logged in) and passes it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import errno
+import itertools
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from appliance.auth.service import log_field
+from appliance.smtp import replies
+from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
+from appliance.smtp.outbound import hand_to_queue, queue_available
+from appliance.store.maildir import QuotaExceeded
+
+if TYPE_CHECKING:
+    import ssl
+
+    from appliance.context import ListenerSpec, Services
+    from appliance.snapshot import AccountEntry, Snapshot
+
+log = logging.getLogger("appliance.smtp")
+
+MAX_HELO_LENGTH = 255
+_message_ids = itertools.count(1)
+_ID_PREFIX = f"{os.getpid():x}"
+
+
+@dataclass
+class Transaction:
+    """RFC 5321 §3.3: one mail transaction, from MAIL to the end of DATA (or RSET)."""
+
+    sender: str  # "" for the null reverse-path
+    declared_size: int  # the SIZE parameter, 0 when absent
+    smtputf8: bool
+    size_limit: int
+    recipients: list[str] = field(default_factory=list)  # as accepted, normalised
+    mailboxes: dict[str, AccountEntry] = field(default_factory=dict)  # mailbox path → account
+    remote: list[str] = field(default_factory=list)  # for the outbound queue
+
+
+@dataclass(frozen=True)
+class Greeting:
+    """What the client said of itself, for the `Received:` field."""
+
+    helo: str  # as given in HELO/EHLO (cut to MAX_HELO_LENGTH)
+    extended: bool  # EHLO rather than HELO
+    tls: ssl.SSLObject | None
+    authenticated: bool
+
+
+class Intake:
+    def __init__(self, services: Services, listener: ListenerSpec, peer_ip: str) -> None:
+        self.services = services
+        self.listener = listener
+        self.peer_ip = peer_ip
+
+    def reject(self, stage: str, reason: str, reply: str, **fields: str) -> str:
+        """Log one refusal (one line, key=value) and return its reply."""
+        extra = "".join(f" {key}={log_field(value)}" for key, value in fields.items())
+        log.info(
+            "rejected stage=%s reason=%s code=%s client=%s listener=%s%s",
+            stage,
+            reason,
+            reply[:3],
+            self.peer_ip,
+            self.listener.name,
+            extra,
+        )
+        return reply
+
+    # -- MAIL (RFC 5321 §4.1.1.2) ------------------------------------------------------------------
+    def mail(self, arg: str | None, account: AccountEntry | None, extended: bool) -> Transaction | str:
+        """The transaction MAIL opens, or the reply that refuses it."""
+        snapshot = self.services.holder.current
+        rest = _after_keyword(arg, "FROM:")
+        if rest is None:
+            return replies.MAIL_SYNTAX
+        try:
+            path, parameter_text = split_path(rest)
+            parameters = parse_parameters(parameter_text)
+        except AddressError:
+            return replies.MAIL_SYNTAX
+        if parameters and not extended:
+            return replies.MAIL_SYNTAX  # RFC 5321 §4.1.1.2: parameters are ESMTP's
+        smtputf8 = "SMTPUTF8" in parameters
+        if smtputf8 and parameters.pop("SMTPUTF8") is not None:  # RFC 6531 §3.4
+            return replies.BAD_PARAMETER.format(name="SMTPUTF8")
+        body = parameters.pop("BODY", "7BIT")
+        if body is None or body.upper() not in ("7BIT", "8BITMIME"):  # RFC 6152
+            return replies.BAD_PARAMETER.format(name="BODY")
+        size_text = parameters.pop("SIZE", "0")
+        if size_text is None or not size_text.isdigit() or len(size_text) > 20:
+            return replies.BAD_PARAMETER.format(name="SIZE")
+        declared = int(size_text)
+        limit = snapshot.max_message_size()
+        if declared > limit:  # RFC 1870 §6.2
+            return self.reject("mail", "too_big", replies.MESSAGE_TOO_BIG, size=str(declared))
+        if parameters:
+            return replies.UNKNOWN_PARAMETER.format(name=next(iter(parameters)))
+        if path == "":
+            sender = ""  # the null reverse-path: bounces (RFC 5321 §4.5.5)
+        else:
+            try:
+                sender = parse_mailbox(path, utf8=smtputf8).address
+            except AddressError:
+                if not smtputf8 and not path.isascii():
+                    return replies.NON_ASCII_WITHOUT_SMTPUTF8
+                return self.reject("mail", "bad_sender", replies.BAD_SENDER, sender=path)
+        if account is not None:
+            current = snapshot.account_by_address(account.address)
+            if current is None or not current.enabled or not snapshot.may_send_as(current, sender):
+                return self.reject(
+                    "mail",
+                    "sender_not_owned",
+                    replies.SENDER_NOT_OWNED.format(address=sender),
+                    login=account.address,
+                    sender=sender,
+                )
+        return Transaction(sender, declared, smtputf8, limit)
+
+    # -- RCPT (RFC 5321 §4.1.1.3) ------------------------------------------------------------------
+    async def rcpt(self, tx: Transaction, arg: str | None, account: AccountEntry | None) -> str:
+        """Add one recipient to `tx`; the reply."""
+        rest = _after_keyword(arg, "TO:")
+        if rest is None:
+            return replies.RCPT_SYNTAX
+        try:
+            path, parameter_text = split_path(rest)
+            parameters = parse_parameters(parameter_text)
+        except AddressError:
+            return replies.RCPT_SYNTAX
+        if parameters:
+            return replies.UNKNOWN_PARAMETER.format(name=next(iter(parameters)))
+        snapshot = self.services.holder.current
+        if len(tx.recipients) >= snapshot.manifest.server.limits.max_recipients:
+            # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest in another transaction.
+            return self.reject("rcpt", "too_many_recipients", replies.TOO_MANY_RECIPIENTS, sender=tx.sender)
+        try:
+            mailbox = _recipient(path, snapshot, tx.smtputf8)
+        except AddressError:
+            if not tx.smtputf8 and not path.isascii():
+                return replies.NON_ASCII_WITHOUT_SMTPUTF8
+            return self.reject("rcpt", "bad_recipient", replies.BAD_RECIPIENT, to=path)
+        address = mailbox.address
+        fields = {"sender": tx.sender, "to": address}
+        if not mailbox.is_literal and snapshot.is_local_domain(mailbox.domain):
+            resolution = None if mailbox.quoted else snapshot.resolve_recipient(address)
+            if resolution is None:
+                return self.reject(
+                    "rcpt", "unknown_recipient", replies.UNKNOWN_RECIPIENT.format(address=address), **fields
+                )
+            if resolution.forwards and not queue_available(self.services.queue):
+                reply = replies.OUTBOUND_NOT_CONFIGURED.format(address=address)
+                return self.reject("rcpt", "forward_without_queue", reply, **fields)
+            domain_limit = snapshot.max_message_size(mailbox.domain)
+            if tx.declared_size > domain_limit:
+                return self.reject("rcpt", "too_big", replies.MESSAGE_TOO_BIG, **fields)
+            for entry in resolution.mailboxes:
+                if await self.services.store.over_quota(entry, tx.declared_size):
+                    reply = replies.MAILBOX_FULL.format(address=address)
+                    return self.reject("rcpt", "mailbox_full", reply, mailbox=entry.address, **fields)
+            tx.size_limit = min(tx.size_limit, domain_limit)
+            for entry in resolution.mailboxes:
+                tx.mailboxes.setdefault(entry.mailbox, entry)
+            tx.remote.extend(resolution.forwards)
+        else:
+            # Never an open relay: another domain only for a client that logged in or is trusted.
+            if account is None and not snapshot.is_trusted(self.peer_ip):
+                return self.reject(
+                    "rcpt", "relay_denied", replies.RELAY_DENIED.format(address=address), **fields
+                )
+            if not queue_available(self.services.queue):
+                reply = replies.OUTBOUND_NOT_CONFIGURED.format(address=address)
+                return self.reject("rcpt", "no_outbound_queue", reply, **fields)
+            tx.remote.append(address)
+        tx.recipients.append(address)
+        return replies.RECIPIENT_OK
+
+    # -- delivery (after DATA, RFC 5321 §4.1.1.4) --------------------------------------------------
+    async def _store(self, tx: Transaction, message: bytes, received: str) -> None:
+        """Queue the remote part (held), deliver the local part, then let the queue go on.
+
+        Both or neither: when local delivery fails the queued copy is withdrawn, since the
+        client gets a 4xx and will send the whole message again.
+        """
+        queue_id: str | None = None
+        if tx.remote:
+            queue_id = await hand_to_queue(
+                self.services.queue, message, sender=tx.sender, recipients=tx.remote, received=received
+            )
+        try:
+            if tx.mailboxes:
+                await self.services.store.deliver(
+                    message, list(tx.mailboxes.values()), return_path=tx.sender, received=received
+                )
+        except BaseException:
+            if queue_id is not None:
+                await self.services.queue.withdraw(queue_id)
+            raise
+        if queue_id is not None:
+            self.services.queue.release(queue_id)
+
+    async def deliver(self, tx: Transaction, message: bytes, greeting: Greeting) -> tuple[str, bool]:
+        """Store the message in every local mailbox (and hand remote ones on): the reply, and
+        whether the message was taken (the 250 follows)."""
+        started = time.perf_counter()
+        message_id = f"{_ID_PREFIX}{next(_message_ids):06X}"
+        snapshot = self.services.holder.current
+        received = self._received(snapshot, tx, message_id, greeting)
+        try:
+            await self._store(tx, message, received)
+        except QuotaExceeded as full:
+            entry = next(e for e in tx.mailboxes.values() if e.mailbox == full.mailbox)
+            reply = replies.MAILBOX_FULL.format(address=entry.address)
+            return self.reject("data", "mailbox_full", reply, sender=tx.sender, mailbox=entry.address), False
+        except OSError as error:
+            log.error(
+                "delivery failed id=%s client=%s sender=%s error=%s",
+                message_id,
+                self.peer_ip,
+                log_field(tx.sender),
+                log_field(error.strerror or repr(error)),
+            )
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                return replies.STORAGE_FULL, False  # RFC 3463 X.3.1: mail system full
+            return replies.LOCAL_ERROR, False
+        log.info(
+            "delivered id=%s from=%s to=%s size=%d ms=%.1f client=%s listener=%s",
+            message_id,
+            log_field(tx.sender or "<>"),
+            log_field(",".join(tx.recipients)),
+            len(message),
+            (time.perf_counter() - started) * 1000,
+            self.peer_ip,
+            self.listener.name,
+        )
+        return replies.DELIVERED.format(id=message_id), True
+
+    def _received(self, snapshot: Snapshot, tx: Transaction, message_id: str, greeting: Greeting) -> str:
+        """The Received field's value: RFC 5321 §4.4, protocol names from RFC 3848 / RFC 6531."""
+        protocol = ("UTF8SMTP" if tx.smtputf8 else "ESMTP") if greeting.extended else "SMTP"
+        if greeting.tls is not None:
+            protocol += "S"
+        if greeting.authenticated:
+            protocol += "A"
+        helo = _printable(greeting.helo or "unknown")
+        ip = self.peer_ip
+        literal = f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
+        parts = [
+            f"from {helo} ({literal})",
+            f"by {snapshot.hostname} (appliance) with {protocol} id {message_id}",
+        ]
+        if greeting.tls is not None:
+            cipher = greeting.tls.cipher()
+            parts.append(f"(using {greeting.tls.version()} with cipher {cipher[0] if cipher else 'unknown'})")
+        if len(tx.recipients) == 1:
+            parts.append(f"for <{tx.recipients[0]}>;")
+        else:
+            parts[-1] += ";"
+        parts.append(_date_now())
+        return "\n\t".join(parts)
+
+
+_date_cache: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """RFC 5322 date-time of this second in local time, formatted once per second."""
+    global _date_cache
+    second = int(time.time())
+    if _date_cache[0] != second:
+        _date_cache = (second, email.utils.formatdate(second, localtime=True))
+    return _date_cache[1]
+
+
+def _after_keyword(arg: str | None, keyword: str) -> str | None:
+    if arg is None or arg[: len(keyword)].upper() != keyword:
+        return None
+    return arg[len(keyword) :]
+
+
+def _recipient(path: str, snapshot: Snapshot, utf8: bool) -> Mailbox:
+    if path.lower() == "postmaster":
+        # RFC 5321 §4.5.1: <postmaster> without a domain must be accepted.
+        for domain in _postmaster_domains(snapshot):
+            if snapshot.resolve_recipient(f"postmaster@{domain}") is not None:
+                return Mailbox("postmaster", domain, False)
+        raise AddressError("no postmaster")
+    return parse_mailbox(path, utf8=utf8)
+
+
+def _postmaster_domains(snapshot: Snapshot) -> list[str]:
+    """Where <postmaster> is looked for: the server's own name, its parent, then every domain."""
+    hostname = snapshot.hostname
+    candidates = [hostname, hostname.partition(".")[2], *snapshot.manifest.domains]
+    return [domain for domain in dict.fromkeys(candidates) if domain and snapshot.is_local_domain(domain)]
+
+
+def _printable(text: str) -> str:
+    return "".join(c if "!" <= c <= "~" else "?" for c in text)[:MAX_HELO_LENGTH]
+
+
+__all__ = ["MAX_HELO_LENGTH", "Greeting", "Intake", "Transaction"]
