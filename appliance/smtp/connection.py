@@ -8,8 +8,6 @@ the next command. The disk is only touched in the executor (`MailStore.deliver`)
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import collections
 import email.utils
 import errno
@@ -23,6 +21,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from aiosmtpd.smtp import SMTP, Envelope
 
+from appliance.auth import sasl
+from appliance.auth.attempts import Attempts, Refusal, admission
 from appliance.auth.service import Outcome, log_field
 from appliance.smtp import replies
 from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
@@ -38,11 +38,11 @@ log = logging.getLogger("appliance.smtp")
 
 SMTP_LISTENERS = ("smtp", "submission", "submissions")
 _REFUSALS = {
-    "max_connections": replies.TOO_MANY_CONNECTIONS,
-    "max_connections_per_client": replies.TOO_MANY_FROM_CLIENT,
+    Refusal.BANNED: replies.BANNED,
+    Refusal.MAX_CONNECTIONS: replies.TOO_MANY_CONNECTIONS,
+    Refusal.MAX_CONNECTIONS_PER_CLIENT: replies.TOO_MANY_FROM_CLIENT,
 }
-FAILED_LOGIN_DELAY = 0.75  # seconds before 535: slows guessing, never blocks the loop
-MAX_LOGIN_FAILURES = 3  # per connection; then it is closed
+MECHANISMS = ("PLAIN", "LOGIN")  # RFC 4954: offered in EHLO as "AUTH PLAIN LOGIN"
 MAX_HELO_LENGTH = 255
 _message_ids = itertools.count(1)
 _ID_PREFIX = f"{os.getpid():x}"
@@ -102,7 +102,7 @@ class SMTPConnection(SMTP):
         self.listener = listener
         self.tls_active = listener.implicit_tls
         self.account: AccountEntry | None = None
-        self.auth_failures = 0
+        self.logins: Attempts | None = None  # once the peer is known
         self.peer_ip = "unknown"
         self.refusal: str | None = None
         self.counted = False
@@ -141,28 +141,25 @@ class SMTPConnection(SMTP):
             return
         peer = transport.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if peer else "unknown"
-        snapshot = self.services.holder.current
-        limits = snapshot.manifest.server.limits
-        autoban = self.services.autoban
-        sessions = self.services.sessions
-        if autoban is not None and autoban.is_banned(self.peer_ip):
-            self.refusal, reason = replies.BANNED, "banned"
-        else:
-            refused = sessions.refusal(
-                self.listener.name,
-                self.peer_ip,
-                limits.max_connections,
-                limits.max_connections_per_client,
-                family=SMTP_LISTENERS,
-            )
-            if refused is not None:
-                self.refusal, reason = _REFUSALS[refused], refused
-        if self.refusal is not None:
-            self.refusal = self.refusal.format(host=snapshot.hostname)
-            log.info("refused client=%s listener=%s reason=%s", self.peer_ip, self.listener.name, reason)
+        services, name = self.services, self.listener.name
+        snapshot = services.holder.current
+        refused = admission(
+            snapshot,
+            services.sessions,
+            services.autoban,
+            name=name,
+            client=self.peer_ip,
+            family=SMTP_LISTENERS,
+        )
+        if refused is not None:
+            self.refusal = _REFUSALS[refused].format(host=snapshot.hostname)
+            log.info("refused client=%s listener=%s reason=%s", self.peer_ip, name, refused.value)
             return
+        self.logins = Attempts(
+            services.auth, services.holder, protocol="smtp", listener=name, client=self.peer_ip
+        )
         self.counted = True
-        sessions.opened(self.listener.name, self.peer_ip)
+        services.sessions.opened(name, self.peer_ip)
         log.info("connect client=%s listener=%s", self.peer_ip, self.listener.name)
 
     def connection_lost(self, error: Exception | None) -> None:
@@ -256,7 +253,7 @@ class SMTPConnection(SMTP):
         if not self.tls_active:
             keywords.append("STARTTLS")
         if self._auth_allowed(snapshot):
-            keywords.append("AUTH PLAIN LOGIN")  # RFC 4954 §4: offered only when it may be used
+            keywords.append(" ".join(("AUTH", *MECHANISMS)))  # RFC 4954 §4: only when it may be used
         lines = [snapshot.hostname, *keywords]
         await self._write_lines([f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"])
 
@@ -308,112 +305,41 @@ class SMTPConnection(SMTP):
         if not 1 <= len(parts) <= 2:
             await self.push(replies.AUTH_SYNTAX)
             return
-        mechanism = parts[0].upper()
-        initial = parts[1] if len(parts) == 2 else None
-        if mechanism == "PLAIN":
-            credentials = await self._read_plain(initial)
-        elif mechanism == "LOGIN":
-            credentials = await self._read_login(initial)
-        else:
+        mechanism = sasl.mechanism(parts[0], MECHANISMS)
+        if mechanism is None:
             await self.push(replies.AUTH_UNKNOWN_MECHANISM)
             return
-        if credentials is None:
-            return  # the reply is already sent
-        login, password = credentials
-        result = await self.services.auth.authenticate(login, password, protocol="smtp", client=self.peer_ip)
-        del password
-        fields = (self.peer_ip, self.listener.name, mechanism, log_field(login), log_field(result.cause))
-        if result.outcome is Outcome.ACCEPTED and result.account is not None:
-            self.account = result.account
-            log.info("auth result=accepted client=%s listener=%s mechanism=%s login=%s cause=%s", *fields)
+        # RFC 4954 §4: "=" is an empty initial response.
+        initial = None if len(parts) == 1 else "" if parts[1] == "=" else parts[1]
+        try:
+            credentials = await sasl.exchange(mechanism, initial, self._sasl_answer)
+        except sasl.SASLError as error:
+            await self.push(_SASL_ERRORS.get(error.cause, replies.AUTH_BAD_PLAIN))
+            return
+        assert self.logins is not None
+        attempt = await self.logins.login(credentials, mechanism.name, tls=self.tls_active)
+        del credentials
+        if attempt.outcome is Outcome.ACCEPTED:
+            self.account = attempt.account
             await self.push(replies.AUTH_OK)
-            return
-        if result.outcome is Outcome.UNAVAILABLE:
-            log.warning(
-                "auth result=unavailable client=%s listener=%s mechanism=%s login=%s cause=%s", *fields
-            )
+        elif attempt.outcome is Outcome.UNAVAILABLE:
             await self.push(replies.AUTH_UNAVAILABLE)
-            return
-        await self._auth_failed(fields)
-
-    async def _auth_failed(self, fields: tuple[str, ...]) -> None:
-        self.auth_failures += 1
-        log.info("auth result=rejected client=%s listener=%s mechanism=%s login=%s cause=%s", *fields)
-        await asyncio.sleep(FAILED_LOGIN_DELAY)
-        if self.auth_failures >= MAX_LOGIN_FAILURES:
+        elif attempt.close:
             await self.push(replies.AUTH_TOO_MANY_FAILURES.format(host=self.services.holder.current.hostname))
             if self.transport is not None:
                 self.transport.close()
-            return
-        await self.push(replies.AUTH_FAILED)  # RFC 4954 §6: the same reply whatever the cause
-
-    async def _read_plain(self, initial: str | None) -> tuple[str, str] | None:
-        if initial is None:
-            response = await self._challenge(b"")
         else:
-            response = self._decode(initial)  # RFC 4954 §4: "=" is an empty initial response
-            if response is None:
-                await self.push(replies.AUTH_BAD_BASE64)
-        if response is None:
-            return None
-        parts = response.split(b"\0")
-        if len(parts) != 3:
-            await self.push(replies.AUTH_BAD_PLAIN)
-            return None
-        try:
-            authzid, login, password = (part.decode("utf-8") for part in parts)
-        except UnicodeDecodeError:
-            await self.push(replies.AUTH_BAD_PLAIN)
-            return None
-        if authzid and authzid != login:
-            # RFC 4616 §2: acting as another user is not supported: a failed login like any other.
-            await self._auth_failed((self.peer_ip, self.listener.name, "PLAIN", log_field(login), "authzid"))
-            return None
-        return login, password
+            await self.push(replies.AUTH_FAILED)  # RFC 4954 §6: the same reply whatever the cause
 
-    async def _read_login(self, initial: str | None) -> tuple[str, str] | None:
-        if initial is None:
-            login_bytes = await self._challenge(b"Username:")
-        else:
-            login_bytes = self._decode(initial)
-            if login_bytes is None:
-                await self.push(replies.AUTH_BAD_BASE64)
-        if login_bytes is None:
-            return None
-        password_bytes = await self._challenge(b"Password:")
-        if password_bytes is None:
-            return None
-        try:
-            return login_bytes.decode("utf-8"), password_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            await self.push(replies.AUTH_BAD_PLAIN)
-            return None
-
-    async def _challenge(self, text: bytes) -> bytes | None:
-        """Send "334 <base64 text>", read the client's base64 answer (None: reply already sent)."""
-        await self._write_lines([f"334 {base64.b64encode(text).decode()}"])
+    async def _sasl_answer(self, challenge: str) -> str:
+        """RFC 4954 §4: "334 " and the base64 challenge; the client's line back ("=" is empty)."""
+        await self._write_lines([f"334 {challenge}"])
         try:
             line = await self._reader.readline()
         except ValueError:  # longer than the line limit
-            await self.push(replies.LINE_TOO_LONG)
-            return None
-        blob = line.strip()
-        if blob == b"*":
-            await self.push(replies.AUTH_CANCELLED)
-            return None
-        decoded = self._decode(blob.decode("ascii", "replace"))
-        if decoded is None:
-            await self.push(replies.AUTH_BAD_BASE64)
-        return decoded
-
-    @staticmethod
-    def _decode(text: str) -> bytes | None:
-        if text == "=":
-            return b""
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            return None
+            raise sasl.SASLError("line_too_long") from None
+        answer = line.strip().decode("ascii", "replace")
+        return "" if answer == "=" else answer
 
     # -- the mail transaction (RFC 5321 §3.3) ----------------------------------------------------
     def _reject(self, stage: str, reason: str, reply: str, **fields: str) -> str:
@@ -706,6 +632,11 @@ class SMTPConnection(SMTP):
         return f"(using {ssl_object.version()} with cipher {name})"
 
 
+_SASL_ERRORS = {  # anything else is a malformed response
+    "bad_base64": replies.AUTH_BAD_BASE64,
+    "cancelled": replies.AUTH_CANCELLED,
+    "line_too_long": replies.LINE_TOO_LONG,
+}
 _date_cache: tuple[int, str] = (0, "")
 
 
