@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from appliance.auth.attempts import may_act_as
+from appliance.auth.attempts import Refusal, admission, may_act_as
 from appliance.auth.passwords import hash_password
+from appliance.context import SessionCounter
 from appliance.manifest import parse_manifest
-from appliance.snapshot import Snapshot, build_snapshot
+from appliance.security import AutoBan
+from appliance.snapshot import Snapshot, SnapshotHolder, build_snapshot
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
 
 PASSWORD = "Login!Passw0rd"
@@ -87,6 +89,29 @@ def test_for_an_unknown_login_only_the_same_name_passes_so_the_service_refuses_i
 ) -> None:
     assert may_act_as(snapshot, "nobody@example.test", "Nobody@Example.Test")
     assert not may_act_as(snapshot, "nobody@example.test", JOHN)
+
+
+def test_admission_refuses_a_banned_client_first_then_over_the_total_then_over_the_per_client_limit() -> None:
+    text = (
+        '[server]\nhostname = "mail.example.test"\n[server.limits]\n'
+        "max_connections = 3\nmax_connections_per_client = 2\n[security.auto_ban]\nmax_failures = 1\n"
+    )
+    holder = SnapshotHolder(build_snapshot(parse_manifest(text.encode(), "t.toml", file=Path("/srv/t.toml"))))
+    sessions, autoban = SessionCounter(), AutoBan(holder)
+    family = ("smtp", "submission", "submissions")
+
+    def admit(name: str, client: str) -> Refusal | None:
+        return admission(holder.current, sessions, autoban, name=name, client=client, family=family)
+
+    assert admit("smtp", "192.0.2.1") is None
+    sessions.opened("smtp", "192.0.2.1")
+    sessions.opened("smtp", "192.0.2.1")
+    assert admit("smtp", "192.0.2.1") is Refusal.MAX_CONNECTIONS_PER_CLIENT
+    assert admit("submission", "192.0.2.1") is None  # the per-client limit is per listener
+    sessions.opened("submissions", "192.0.2.2")
+    assert admit("submission", "192.0.2.3") is Refusal.MAX_CONNECTIONS  # the three listeners together
+    autoban.failed("192.0.2.9", None, linked=False)
+    assert admit("smtp", "192.0.2.9") is Refusal.BANNED
 
 
 # -- real clients on the three protocols ------------------------------------------------------------

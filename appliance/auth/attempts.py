@@ -161,10 +161,7 @@ class Attempts:
             # Refused before any directory is asked (its lockout counter does not move), with
             # the answer a wrong password gets (RFC 4954 §6, RFC 5530, RFC 3206).
             result = AuthResult(Outcome.REJECTED, None, "authzid_not_authcid")
-        account = result.account if result.outcome is Outcome.ACCEPTED else None
-        outcome = (
-            Outcome.REJECTED if result.outcome is Outcome.ACCEPTED and account is None else result.outcome
-        )
+        account = result.account  # set exactly when ACCEPTED
         opened: Opened | None = None
         if account is not None and open_account is not None:
             try:
@@ -172,13 +169,13 @@ class Attempts:
             except BaseException:
                 self._log(credentials, mechanism, tls, result, Opened("unavailable", "internal_error"))
                 raise
-        self._log(credentials, mechanism, tls, result, opened, outcome)
+        self._log(credentials, mechanism, tls, result, opened)
         close = False
-        if outcome is Outcome.REJECTED:
+        if result.outcome is Outcome.REJECTED:
             self.failures += 1
             await asyncio.sleep(FAILED_LOGIN_DELAY)
             close = self.failures >= MAX_LOGIN_FAILURES
-        return Attempt(outcome, account, opened, close)
+        return Attempt(result.outcome, account, opened, close)
 
     def _log(
         self,
@@ -187,9 +184,8 @@ class Attempts:
         tls: bool,
         result: AuthResult,
         opened: Opened | None,
-        outcome: Outcome | None = None,
     ) -> None:
-        word, cause, fields = (outcome or result.outcome).value, result.log_cause, ""
+        word, cause, fields = result.outcome.value, result.log_cause, ""
         if opened is not None:
             word, fields = opened.result, opened.fields
             if not opened.ok:
