@@ -209,7 +209,8 @@ def test_imaplib_logs_in_over_starttls_and_sees_the_extensions(server: RunningAp
         assert word in capabilities
     client.logout()
     server.wait_for_log(
-        rf"imap login result=accepted login={re.escape(user)} client=127\.0\.0\.1 mechanism=LOGIN tls=yes"
+        rf"auth result=accepted login={re.escape(user)} protocol=imap listener=imap mechanism=LOGIN tls=yes "
+        rf"client=127\.0\.0\.1 cause=ok "
     )
     server.wait_for_log(
         rf"imap closed login={re.escape(user)} client=127\.0\.0\.1 reason=logout commands=\d+ "
@@ -226,7 +227,9 @@ def test_authenticate_plain_with_and_without_initial_response(server: RunningApp
     status, _ = client.authenticate("PLAIN", lambda _: f"\0{user}\0{PASSWORD}".encode())
     assert status == "OK"
     client.logout()
-    server.wait_for_log(rf"imap login result=accepted login={re.escape(user)} .*mechanism=PLAIN tls=yes")
+    server.wait_for_log(
+        rf"auth result=accepted login={re.escape(user)} protocol=imap listener=imaps mechanism=PLAIN tls=yes "
+    )
 
 
 def test_failed_logins_look_alike_and_the_third_one_closes_the_connection(
@@ -246,7 +249,8 @@ def test_failed_logins_look_alike_and_the_third_one_closes_the_connection(
     with pytest.raises(ConnectionError):
         raw.line()
     server.wait_for_log(
-        rf"imap login result=rejected login={re.escape(user)} client=127\.0\.0\.1 mechanism=LOGIN"
+        rf"auth result=rejected login={re.escape(user)} protocol=imap listener=imaps mechanism=LOGIN tls=yes "
+        r"client=127\.0\.0\.1 cause=bad_credentials "
     )
     assert "wrong" not in server.log().replace("wrong_password", "")
     assert PASSWORD not in server.log()

@@ -244,7 +244,7 @@ def test_plaintext_logins_before_tls_are_refused_without_reading_a_password(serv
     assert client.command("QUIT").startswith(b"+OK")
     client.close()
     assert PASSWORD not in server.log()
-    assert "pop3 login result=accepted" not in server.log()
+    assert "auth result=accepted" not in server.log()
 
 
 def test_plaintext_logins_are_allowed_when_the_manifest_says_so(appliance: ApplianceFactory) -> None:
@@ -272,7 +272,8 @@ def test_a_wrong_password_gets_auth_after_a_delay_and_is_never_logged(server: Ru
         client.line()
     client.close()
     server.wait_for_log(
-        r"pop3 login result=rejected login=john@example\.test client=127\.0\.0\.1 mechanism=USER tls=yes"
+        r"auth result=rejected login=john@example\.test protocol=pop3 listener=pop3s mechanism=USER tls=yes "
+        r"client=127\.0\.0\.1 cause=bad_credentials "
     )
     for secret in ("Wrong!Secret", "Other!Secret", "Third!Secret"):
         assert secret not in server.log()

@@ -49,5 +49,8 @@ def test_stls_then_auth_plain_logs_an_ad_linked_account_in_with_its_ad_password(
     assert b"Subject: for the AD user" in client.multiline()
     assert client.command("QUIT").startswith(b"+OK")
     client.close()
-    server.wait_for_log(r"pop3 login result=accepted login=john@example\.test .*mechanism=PLAIN tls=yes")
+    server.wait_for_log(
+        r"auth result=accepted login=john@example\.test protocol=pop3 listener=pop3 mechanism=PLAIN tls=yes "
+        r".* directory=cloudtech\.local "
+    )
     assert AD_PASSWORD not in server.log()

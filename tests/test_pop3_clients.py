@@ -98,7 +98,8 @@ def test_fetchmail_over_pop3s_with_keep_leaves_the_mail(server: RunningAppliance
     assert "Subject: kept" in received.read_text()
     assert len(files(server)) == 1
     server.wait_for_log(
-        r"pop3 login result=accepted login=john@example\.test client=127\.0\.0\.1 mechanism=\w+ tls=yes"
+        r"auth result=accepted login=john@example\.test protocol=pop3 listener=pop3s mechanism=\w+ tls=yes "
+        r"client=127\.0\.0\.1 cause=ok "
     )
 
 

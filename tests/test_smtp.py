@@ -116,7 +116,12 @@ def test_the_log_has_one_key_value_line_per_event_and_never_the_password(server:
     server.wait_for_log(r"delivered id=\S+ from=john@example.test to=mary@example.test size=\d+ ms=[\d.]+")
     log = server.log()
     assert re.search(r"connect client=127\.0\.0\.1 listener=submission", log)
-    assert re.search(r"auth result=accepted client=127\.0\.0\.1 listener=submission mechanism=PLAIN", log)
+    assert re.search(
+        r"auth result=accepted login=john@example\.test protocol=smtp listener=submission mechanism=PLAIN "
+        r"tls=yes client=127\.0\.0\.1 cause=ok ",
+        log,
+    )
+    assert log.count("auth result=") == 1  # one line per login: the auth service writes none of its own
     assert PASSWORD not in log and plain(JOHN, PASSWORD) not in log
     assert "Subject: logged" not in log
 

@@ -14,7 +14,11 @@ Rules that hold whatever the directory:
 - nothing positive is cached: a password changed in AD takes effect at the very next login;
 - a directory that cannot answer makes the login UNAVAILABLE (a temporary failure), never
   REJECTED;
-- a password is never logged nor kept. One log line per attempt on logger "appliance.auth":
+- a password is never logged nor kept.
+
+`check()` decides and writes nothing; the protocols call it through the login path
+(`appliance.auth.attempts`), which writes the one log line of the attempt. `authenticate()`
+(the check-auth command, benchmarks) checks and logs on logger "appliance.auth":
   `auth result=rejected login=john@example.test protocol=imap client=192.0.2.7
   cause=locked_out ad_code=775 directory=cloudtech.local server=ldaps://dc1... ms=3.1`
 """
@@ -58,7 +62,16 @@ class AuthResult:
     outcome: Outcome
     account: AccountEntry | None  # set when accepted
     cause: str  # words for the log, never shown to the client
+    detail: str = ""  # more key=value fields for the log, e.g. "ad_code=52e"
+    directory: str | None = None  # the directory asked, if any
+    server: str | None = None  # the server that answered (or those tried)
+    milliseconds: float = 0.0
     password_set: int | None = None  # AD pwdLastSet at this login (for session revocation)
+
+    @property
+    def log_cause(self) -> str:
+        """The cause and its detail, as they go after `cause=` in a log line."""
+        return f"{self.cause} {self.detail}" if self.detail else self.cause
 
 
 class DirectoryClient(Protocol):
@@ -116,6 +129,27 @@ class AuthService:
         return settings.max_failures_per_account, float(settings.window)
 
     async def authenticate(self, login: str, password: str, *, protocol: str, client: str) -> AuthResult:
+        """`check`, then one log line for the attempt."""
+        result = await self.check(login, password, client=client)
+        level = logging.WARNING if result.outcome is Outcome.UNAVAILABLE else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level,
+                "auth result=%s login=%s protocol=%s client=%s cause=%s directory=%s server=%s ms=%.1f",
+                result.outcome.value,
+                log_field(login),
+                log_field(protocol),
+                log_field(client),
+                result.log_cause,
+                result.directory or "-",
+                result.server or "-",
+                result.milliseconds,
+            )
+        return result
+
+    async def check(self, login: str, password: str, *, client: str) -> AuthResult:
+        """Whether `password` logs `login` in, asked of the account's directory; logs nothing
+        but an internal error. Failures and successes are counted for auto-ban."""
         started = time.perf_counter()
         snapshot = self._holder.current
         entry = snapshot.account_by_address(login) if login else None
@@ -127,31 +161,23 @@ class AuthService:
             else:
                 verdict, directory_name = await self._decide(snapshot, entry, password, client)
         except Exception:
-            log.exception("auth internal error login=%s protocol=%s", log_field(login), protocol)
+            log.exception("auth internal error login=%s client=%s", log_field(login), log_field(client))
             verdict = unavailable("internal_error")
         if autoban is not None:
             if verdict.outcome is Outcome.REJECTED:
                 autoban.failed(client, entry.address if entry else None)
             elif verdict.outcome is Outcome.ACCEPTED and entry is not None:
                 autoban.succeeded(client, entry.address)
-        account = entry if verdict.outcome is Outcome.ACCEPTED else None
-        milliseconds = (time.perf_counter() - started) * 1000
-        level = logging.WARNING if verdict.outcome is Outcome.UNAVAILABLE else logging.INFO
-        if log.isEnabledFor(level):
-            cause = f"{verdict.cause} {verdict.detail}" if verdict.detail else verdict.cause
-            log.log(
-                level,
-                "auth result=%s login=%s protocol=%s client=%s cause=%s directory=%s server=%s ms=%.1f",
-                verdict.outcome.value,
-                log_field(login),
-                log_field(protocol),
-                log_field(client),
-                cause,
-                directory_name or "-",
-                verdict.server or "-",
-                milliseconds,
-            )
-        return AuthResult(verdict.outcome, account, verdict.cause, verdict.password_set)
+        return AuthResult(
+            verdict.outcome,
+            entry if verdict.outcome is Outcome.ACCEPTED else None,
+            verdict.cause,
+            verdict.detail,
+            directory_name,
+            verdict.server,
+            (time.perf_counter() - started) * 1000,
+            verdict.password_set,
+        )
 
     async def _decide(
         self, snapshot: Snapshot, entry: AccountEntry | None, password: str, client: str

@@ -59,6 +59,11 @@ def tagged(tag: str, status: str, text: str, code: str | None = None) -> bytes:
     return f"{tag} {status} {prefix}{text}\r\n".encode("utf-8", "replace")
 
 
+def continuation(text: str) -> bytes:
+    """RFC 3501 §7.5: a continuation request ("+ " and, for AUTHENTICATE, a base64 challenge)."""
+    return b"+ " + text.encode("ascii") + b"\r\n"
+
+
 def untagged(text: str) -> bytes:
     return f"* {text}\r\n".encode("utf-8", "replace")
 

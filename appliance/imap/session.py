@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.auth.sasl import decode_plain
+from appliance.auth import sasl
+from appliance.auth.attempts import Attempts, Opened, Refusal, admission
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
 from appliance.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
@@ -40,9 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.imap")
 
-FAILED_LOGIN_DELAY = 0.75  # seconds before "NO [AUTHENTICATIONFAILED]": slows guessing
-MAX_LOGIN_FAILURES = 3  # per connection; then it is closed
-MAX_SASL_LINE = 8192
+MECHANISMS = ("PLAIN",)  # RFC 3501 §6.2.2: AUTHENTICATE mechanisms (capability AUTH=PLAIN)
 FLUSH_ABOVE = 256 * 1024  # bytes of responses gathered before they are written out
 
 
@@ -59,7 +58,9 @@ class Session:
         self.folders: AccountMailboxes | None = None  # the account's folders, once logged in
         self.view: FolderView | None = None  # the selected folder
         self.login: str | None = None
-        self.failures = 0
+        self.logins = Attempts(
+            services.auth, services.holder, protocol="imap", listener=listener.name, client=connection.peer
+        )
         self.closing = False
         self.end_reason = "logout"  # what the log says when the command loop ends the session
         self.commands = 0
@@ -137,23 +138,18 @@ class Session:
     # -- the session's life ------------------------------------------------------------------------
     async def run(self) -> None:
         peer = self.connection.peer
-        limits = self.services.holder.current.manifest.server.limits
-        refused = self.services.sessions.refusal(
-            "imap", peer, limits.max_connections, limits.max_connections_per_client
+        services = self.services
+        refused = admission(
+            services.holder.current, services.sessions, services.autoban, name="imap", client=peer
         )
-        self.services.sessions.opened("imap", peer)
+        services.sessions.opened("imap", peer)
         reason = "logout"
         try:
-            autoban = self.services.autoban
-            if autoban is not None and autoban.is_banned(peer):
-                self.send(responses.untagged("BYE [UNAVAILABLE] Too many failed logins; try again later"))
-                await self.flush()
-                reason = "banned"
-                return
             if refused is not None:
-                self.send(responses.untagged("BYE [UNAVAILABLE] Too many connections; try again later"))
+                why = "Too many failed logins" if refused is Refusal.BANNED else "Too many connections"
+                self.send(responses.untagged(f"BYE [UNAVAILABLE] {why}; try again later"))
                 await self.flush()
-                reason = refused
+                reason = refused.value
                 return
             hostname = self.services.holder.current.hostname
             self.send(responses.untagged(f"OK [CAPABILITY {self.capabilities()}] {hostname} IMAP4rev1 ready"))
@@ -298,47 +294,46 @@ class Session:
             self.state = State.AUTHENTICATED
 
     # -- login -------------------------------------------------------------------------------------
-    async def authenticate(self, login: str, password: str, mechanism: str) -> str:
-        peer = self.connection.peer
-        result = await self.services.auth.authenticate(login, password, protocol="imap", client=peer)
-        if result.outcome is Outcome.UNAVAILABLE:
-            self._log_login("unavailable", login, mechanism, result.cause)
+    async def authenticate(self, credentials: sasl.Credentials, mechanism: str) -> str:
+        attempt = await self.logins.login(
+            credentials, mechanism, tls=self.connection.is_tls, open_account=self._open_folders
+        )
+        if attempt.outcome is Outcome.UNAVAILABLE:
             raise No("Authentication is temporarily unavailable; try again later", "UNAVAILABLE")
-        if result.outcome is Outcome.REJECTED or result.account is None:
+        if attempt.outcome is Outcome.REJECTED:
             # RFC 5530: one answer whatever the cause (unknown user, wrong password, disabled).
-            self.failures += 1
-            self._log_login("rejected", login, mechanism, result.cause)
-            await asyncio.sleep(FAILED_LOGIN_DELAY)
-            if self.failures >= MAX_LOGIN_FAILURES:
+            if attempt.close:
                 self.closing = True
                 self.after_command = self._too_many_failures
             raise No("Authentication failed", "AUTHENTICATIONFAILED")
-        account = result.account
+        if not attempt.logged_in:
+            raise No("Your mailbox cannot be opened now; try again later", "UNAVAILABLE")
+        return f"[CAPABILITY {self.capabilities()}] Logged in"
+
+    async def _open_folders(self, account: AccountEntry) -> Opened:
         folders = self.mailboxes.account(account)
         try:
             await folders.prepare()  # RFC 6154: the special-use folders exist from the first login
         except (MailboxError, OSError) as error:
-            self._log_login("unavailable", login, mechanism, f"mailbox_error={error}")
-            raise No("Your mailbox cannot be opened now; try again later", "UNAVAILABLE") from None
+            return Opened("unavailable", f"mailbox_error error={log_field(str(error))}")
         self.account, self.folders, self.login = account, folders, account.address
         self.state = State.AUTHENTICATED
-        self._log_login("accepted", login, mechanism, "ok")
-        return f"[CAPABILITY {self.capabilities()}] Logged in"
+        return Opened()
 
     async def _too_many_failures(self) -> None:
         self.send(responses.untagged("BYE Too many failed logins; closing"))
         await self.flush()
 
-    def _log_login(self, result: str, login: str, mechanism: str, cause: str) -> None:
-        log.info(
-            "imap login result=%s login=%s client=%s mechanism=%s tls=%s cause=%s",
-            result,
-            log_field(login),
-            self.connection.peer,
-            mechanism,
-            "yes" if self.connection.is_tls else "no",
-            cause,
-        )
+    async def sasl_answer(self, challenge: str) -> str:
+        """RFC 3501 §6.2.2: "+ " and the base64 challenge; the client's line back."""
+        self.send(responses.continuation(challenge))
+        await self.flush()
+        try:
+            line = await self.connection.readline(sasl.MAX_RESPONSE_LINE, self.idle_timeout())
+        except LineTooLong:
+            raise sasl.SASLError("line_too_long") from None
+        self.reader.bytes_in += len(line) + 2
+        return line.decode("ascii", "replace").strip()
 
 
 def _wrong_state(state: State, wanted: frozenset[State]) -> str:
@@ -424,34 +419,30 @@ async def login_command(session: Session, tag: str, args: list[Token], uid: bool
     login, password = text_argument(args[0], "User name"), text_argument(args[1], "Password")
     if not session.plaintext_allowed():
         raise No("Use STARTTLS first: no passwords in clear", "PRIVACYREQUIRED")  # RFC 3501 §6.2.3
-    return await session.authenticate(login, password, "LOGIN")
+    return await session.authenticate(sasl.Credentials(login, password), "LOGIN")
 
 
 @command("AUTHENTICATE", NOT_AUTHENTICATED)
 async def authenticate_command(session: Session, tag: str, args: list[Token], uid: bool) -> str:
-    """RFC 3501 §6.2.2 with PLAIN (RFC 4616) only; the initial response may come along (SASL-IR,
-    RFC 4959: "=" stands for an empty one)."""
+    """RFC 3501 §6.2.2; the initial response may come along (SASL-IR, RFC 4959: "=" stands for
+    an empty one)."""
     if not 1 <= len(args) <= 2 or not isinstance(args[0], Atom):
         raise Bad("AUTHENTICATE takes a mechanism and an optional initial response")
-    if args[0].upper() != "PLAIN":
+    mechanism = sasl.mechanism(args[0].upper(), MECHANISMS)
+    if mechanism is None:
         raise No("Unsupported authentication mechanism", "CANNOT")
     if not session.plaintext_allowed():
         raise No("Use STARTTLS first: no passwords in clear", "PRIVACYREQUIRED")
+    initial: str | None = None
     if len(args) == 2:
-        response = text_argument(args[1], "Initial response")
-        response = "" if response == "=" else response
-    else:
-        session.send(b"+ \r\n")
-        await session.flush()
-        try:
-            line = await session.connection.readline(MAX_SASL_LINE, session.idle_timeout())
-        except LineTooLong:
+        initial = text_argument(args[1], "Initial response")
+        initial = "" if initial == "=" else initial
+    try:
+        credentials = await sasl.exchange(mechanism, initial, session.sasl_answer)
+    except sasl.SASLError as error:
+        if error.cause == "cancelled":
+            raise Bad("Authentication cancelled") from None  # RFC 3501 §6.2.2
+        if error.cause == "line_too_long":
             raise Bad("SASL response too long") from None
-        session.reader.bytes_in += len(line) + 2
-        response = line.decode("ascii", "replace").strip()
-        if response == "*":
-            raise Bad("Authentication cancelled")  # RFC 3501 §6.2.2
-    credentials = decode_plain(response)
-    if credentials is None:
-        raise Bad("Malformed SASL PLAIN response")
-    return await session.authenticate(credentials[0], credentials[1], "PLAIN")
+        raise Bad(f"Malformed SASL {mechanism.name} response") from None
+    return await session.authenticate(credentials, mechanism.name)

@@ -21,6 +21,11 @@ def message_follows(size: int) -> bytes:
     return b"+OK %d octets\r\n" % size
 
 
+def continuation(challenge: str) -> bytes:
+    """RFC 5034 §4: "+ " and a base64 server challenge ("+ " alone for an empty one)."""
+    return b"+ " + challenge.encode("ascii") + b"\r\n"
+
+
 def multiline(first: bytes, lines: list[bytes]) -> bytes:
     """A "+OK" line, the lines (none starts with "."), then the terminator (RFC 1939 §3)."""
     return first + b"".join(line + b"\r\n" for line in lines) + b".\r\n"
@@ -49,7 +54,6 @@ IN_USE = err("Your mailbox is in use by another session", "IN-USE")
 UNKNOWN_MECHANISM = err("Unrecognized authentication type")
 AUTH_CANCELLED = err("Authentication cancelled")
 AUTH_MALFORMED = err("Malformed SASL response")
-AUTH_CONTINUE = b"+ \r\n"  # RFC 5034 §4: an empty server challenge
 AUTH_MECHANISMS = multiline(ok("Mechanisms follow"), [b"PLAIN"])  # AUTH without arguments
 
 # STLS (RFC 2595 §4)

@@ -11,7 +11,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from appliance.auth.sasl import decode_plain
+from appliance.auth import sasl
+from appliance.auth.attempts import Attempts, Opened, Refusal, admission
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
 from appliance.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
@@ -30,9 +31,7 @@ log = logging.getLogger("appliance.pop3")
 # RFC 2449 §4: a command line is at most 255 octets. Be tolerant (some clients send long USER
 # lines) but bounded; a SASL response may be longer (RFC 5034 §4), e.g. a long AD password.
 MAX_COMMAND_LINE = 512
-MAX_SASL_LINE = 8192
-FAILED_LOGIN_DELAY = 0.75  # seconds before "-ERR [AUTH]": slows guessing, never blocks the loop
-MAX_LOGIN_FAILURES = 3  # per connection; then it is closed
+MECHANISMS = ("PLAIN",)  # RFC 5034: SASL mechanisms offered by AUTH (CAPA "SASL PLAIN")
 
 
 class State(enum.Enum):
@@ -66,7 +65,9 @@ class Session:
         self.state = State.AUTHORIZATION
         self.user: str | None = None  # from USER, waiting for PASS
         self.login: str | None = None  # once authenticated
-        self.failures = 0
+        self.logins = Attempts(
+            services.auth, services.holder, protocol="pop3", listener=listener.name, client=connection.peer
+        )
         self.maildrop: Maildrop | None = None
         self.readahead: ReadAhead | None = None
         self.retrieved_octets = 0
@@ -93,21 +94,17 @@ class Session:
     # -- the session's life ------------------------------------------------------------------------
     async def run(self) -> None:
         peer = self.connection.peer
-        limits = self.services.holder.current.manifest.server.limits
-        refused = self.services.sessions.refusal(
-            "pop3", peer, limits.max_connections, limits.max_connections_per_client
+        services = self.services
+        refused = admission(
+            services.holder.current, services.sessions, services.autoban, name="pop3", client=peer
         )
-        self.services.sessions.opened("pop3", peer)
+        services.sessions.opened("pop3", peer)
         reason = "quit"
         try:
-            autoban = self.services.autoban
-            if autoban is not None and autoban.is_banned(peer):
-                self.write(replies.BANNED)
-                reason = "banned"
-                return
             if refused is not None:
-                self.write(replies.TOO_MANY_CONNECTIONS)  # RFC 2449 §8.1.2: [SYS/TEMP]
-                reason = refused
+                # RFC 2449 §8.1.2: [SYS/PERM] for a banned client, [SYS/TEMP] over a limit.
+                self.write(replies.BANNED if refused is Refusal.BANNED else replies.TOO_MANY_CONNECTIONS)
+                reason = refused.value
                 return
             self.write(replies.ok(replies.GREETING.format(hostname=self._hostname())))
             while not self.closing:
@@ -274,89 +271,72 @@ class Session:
             self.write(replies.PASS_WITHOUT_USER)
             return
         login, self.user = self.user, None
-        await self._authenticate(login, argument, "USER")
+        await self._authenticate(sasl.Credentials(login, argument), "USER")
 
     @command("AUTH", AUTHORIZATION)
     async def auth(self, argument: str) -> None:
-        """RFC 5034: SASL. Only PLAIN (RFC 4616), with or without the initial response."""
-        mechanism, _, initial = argument.strip().partition(" ")
-        if not mechanism:
+        """RFC 5034: SASL, with or without the initial response."""
+        name, _, initial = argument.strip().partition(" ")
+        if not name:
             self.write(replies.AUTH_MECHANISMS)  # not in RFC 5034; Outlook and others ask so
             return
-        if mechanism.upper() != "PLAIN":
+        mechanism = sasl.mechanism(name, MECHANISMS)
+        if mechanism is None:
             self.write(replies.UNKNOWN_MECHANISM)
             return
         if not self._plaintext_allowed():
             self.write(replies.PLAINTEXT_REFUSED)  # before any response is read
             return
         response = initial.strip()
-        if not response:
-            self.write(replies.AUTH_CONTINUE)
-            await self.connection.drain()
-            try:
-                line = await self.connection.readline(MAX_SASL_LINE, self._idle_timeout())
-            except LineTooLong:
-                self.write(replies.AUTH_MALFORMED)
-                return
-            response = line.decode("ascii", "replace").strip()
-        if response == "*":
-            self.write(replies.AUTH_CANCELLED)  # RFC 5034 §4
+        try:
+            if response == "*":
+                raise sasl.SASLError("cancelled")
+            # RFC 5034 §4: "=" is an empty initial response; none at all is asked for with "+ ".
+            first = None if not response else "" if response == "=" else response
+            credentials = await sasl.exchange(mechanism, first, self._sasl_answer)
+        except sasl.SASLError as error:
+            self.write(replies.AUTH_CANCELLED if error.cause == "cancelled" else replies.AUTH_MALFORMED)
             return
-        credentials = decode_plain(response)
-        if credentials is None:
-            self.write(replies.AUTH_MALFORMED)
-            return
-        await self._authenticate(credentials[0], credentials[1], "PLAIN")
+        await self._authenticate(credentials, mechanism.name)
 
-    async def _authenticate(self, login: str, password: str, mechanism: str) -> None:
-        peer = self.connection.peer
-        result = await self.services.auth.authenticate(login, password, protocol="pop3", client=peer)
-        if result.outcome is Outcome.UNAVAILABLE:
-            self._log_login("unavailable", login, mechanism, result.cause)
+    async def _sasl_answer(self, challenge: str) -> str:
+        """RFC 5034 §4: "+ " and the base64 challenge; the client's line back."""
+        self.write(replies.continuation(challenge))
+        await self.connection.drain()
+        try:
+            line = await self.connection.readline(sasl.MAX_RESPONSE_LINE, self._idle_timeout())
+        except LineTooLong:
+            raise sasl.SASLError("line_too_long") from None
+        return line.decode("ascii", "replace").strip()
+
+    async def _authenticate(self, credentials: sasl.Credentials, mechanism: str) -> None:
+        attempt = await self.logins.login(
+            credentials, mechanism, tls=self.connection.is_tls, open_account=self._open_maildrop
+        )
+        if attempt.outcome is Outcome.UNAVAILABLE:
             self.write(replies.DIRECTORY_UNAVAILABLE)
-            return
-        if result.outcome is Outcome.REJECTED or result.account is None:
-            self.failures += 1
-            self._log_login("rejected", login, mechanism, result.cause)
-            await asyncio.sleep(FAILED_LOGIN_DELAY)
-            if self.failures >= MAX_LOGIN_FAILURES:
-                self.write(replies.TOO_MANY_FAILURES)
+        elif attempt.outcome is Outcome.REJECTED:
+            self.write(replies.TOO_MANY_FAILURES if attempt.close else replies.LOGIN_FAILED)
+            if attempt.close:
                 self.closing = True
-            else:
-                self.write(replies.LOGIN_FAILED)
-            return
-        await self._open_maildrop(result.account, login, mechanism)
+        # accepted: _open_maildrop has answered
 
-    async def _open_maildrop(self, account: AccountEntry, login: str, mechanism: str) -> None:
+    async def _open_maildrop(self, account: AccountEntry) -> Opened:
         maildir = self.services.store.maildir(account)
         try:
             maildrop = await self.loop.run_in_executor(self.services.executor, Maildrop.open, maildir)
         except MaildropInUse:
-            self._log_login("in_use", login, mechanism, "maildrop_locked")
             self.write(replies.IN_USE)  # RFC 2449 §8.1.1
-            return
+            return Opened("in_use", "maildrop_locked")
         except OSError as error:
-            self._log_login("unavailable", login, mechanism, f"maildir_error={error.strerror}")
             self.write(replies.MAILDROP_UNAVAILABLE)
-            return
+            return Opened("unavailable", f"maildir_error error={log_field(error.strerror or repr(error))}")
         self.maildrop, self.login, self.state = maildrop, account.address, State.TRANSACTION
         self.readahead = ReadAhead(maildrop, self.services.reader_process or self.services.readers)
         self.connection.on_line = self.answer_now
         count, octets = maildrop.totals()
-        self._log_login("accepted", login, mechanism, "ok", f" messages={count} octets={octets}")
         self.write(replies.ok(f"Logged in; {count} messages ({octets} octets)"))
-
-    def _log_login(self, result: str, login: str, mechanism: str, cause: str, extra: str = "") -> None:
-        log.info(
-            "pop3 login result=%s login=%s client=%s mechanism=%s tls=%s cause=%s%s",
-            result,
-            log_field(login),
-            self.connection.peer,
-            mechanism,
-            "yes" if self.connection.is_tls else "no",
-            cause,
-            extra,
-        )
+        return Opened(fields=f" messages={count} octets={octets}")
 
     # -- TRANSACTION -------------------------------------------------------------------------------
     def _index(self, argument: str) -> int | bytes:

@@ -9,15 +9,14 @@ from replies.py; the mail transaction's rules and delivery are in transaction.py
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import enum
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+from appliance.auth import sasl
+from appliance.auth.attempts import Attempts, Refusal, admission
 from appliance.auth.service import Outcome, log_field
 from appliance.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
 from appliance.smtp import replies
@@ -32,11 +31,16 @@ log = logging.getLogger("appliance.smtp")
 
 SMTP_LISTENERS = ("smtp", "submission", "submissions")
 _REFUSALS = {
-    "max_connections": replies.TOO_MANY_CONNECTIONS,
-    "max_connections_per_client": replies.TOO_MANY_FROM_CLIENT,
+    Refusal.BANNED: replies.BANNED,
+    Refusal.MAX_CONNECTIONS: replies.TOO_MANY_CONNECTIONS,
+    Refusal.MAX_CONNECTIONS_PER_CLIENT: replies.TOO_MANY_FROM_CLIENT,
 }
-FAILED_LOGIN_DELAY = 0.75  # seconds before 535: slows guessing, never blocks the loop
-MAX_LOGIN_FAILURES = 3  # per connection; then it is closed
+MECHANISMS = ("PLAIN", "LOGIN")  # RFC 4954: offered in EHLO as "AUTH PLAIN LOGIN"
+_SASL_ERRORS = {  # anything else is a malformed response
+    "bad_base64": replies.AUTH_BAD_BASE64,
+    "cancelled": replies.AUTH_CANCELLED,
+    "line_too_long": replies.LINE_TOO_LONG,
+}
 MAX_UNRECOGNIZED = 5  # unknown commands per connection; the fifth gets 421 and the connection ends
 
 
@@ -74,7 +78,9 @@ class Session:
         self.helo = ""  # what HELO/EHLO named
         self.extended = False  # EHLO rather than HELO
         self.account: AccountEntry | None = None
-        self.auth_failures = 0
+        self.logins = Attempts(
+            services.auth, services.holder, protocol="smtp", listener=listener.name, client=connection.peer
+        )
         self.unrecognized = 0
         self.delivered = 0
         self.tx: Transaction | None = None
@@ -123,33 +129,27 @@ class Session:
             )
 
     def _admit(self, snapshot: Snapshot) -> bool:
-        """Connection admission: a banned address or one over a connection limit gets 421."""
-        limits = snapshot.manifest.server.limits
-        autoban = self.services.autoban
-        sessions = self.services.sessions
-        refusal: str | None = None
-        if autoban is not None and autoban.is_banned(self.peer_ip):
-            refusal, reason = replies.BANNED, "banned"
-        else:
-            refused = sessions.refusal(
-                self.listener.name,
-                self.peer_ip,
-                limits.max_connections,
-                limits.max_connections_per_client,
-                family=SMTP_LISTENERS,
-            )
-            if refused is not None:
-                refusal, reason = _REFUSALS[refused], refused
-        if refusal is not None:
-            log.info("refused client=%s listener=%s reason=%s", self.peer_ip, self.listener.name, reason)
+        """Connection admission (the login path's rule): a banned address or one over a
+        connection limit gets 421."""
+        services, name = self.services, self.listener.name
+        refused = admission(
+            snapshot,
+            services.sessions,
+            services.autoban,
+            name=name,
+            client=self.peer_ip,
+            family=SMTP_LISTENERS,
+        )
+        if refused is not None:
+            log.info("refused client=%s listener=%s reason=%s", self.peer_ip, name, refused.value)
             try:
-                self.reply(refusal.format(host=snapshot.hostname))
+                self.reply(_REFUSALS[refused].format(host=snapshot.hostname))
             except ConnectionClosed:
                 pass
             self.connection.close()
             return False
-        sessions.opened(self.listener.name, self.peer_ip)
-        log.info("connect client=%s listener=%s", self.peer_ip, self.listener.name)
+        services.sessions.opened(name, self.peer_ip)
+        log.info("connect client=%s listener=%s", self.peer_ip, name)
         return True
 
     async def _serve(self) -> None:
@@ -234,7 +234,7 @@ class Session:
         if not self.connection.is_tls:
             keywords.append("STARTTLS")
         if self._auth_allowed(snapshot):
-            keywords.append("AUTH PLAIN LOGIN")  # RFC 4954 §4: offered only when it may be used
+            keywords.append(" ".join(("AUTH", *MECHANISMS)))  # RFC 4954 §4: only when it may be used
         self._reply_lines("250", keywords)
 
     @command("HELO", *ANY)
@@ -339,112 +339,40 @@ class Session:
         if not 1 <= len(parts) <= 2:
             self.reply(replies.AUTH_SYNTAX)
             return
-        mechanism = parts[0].upper()
-        initial = parts[1] if len(parts) == 2 else None
-        if mechanism == "PLAIN":
-            credentials = await self._read_plain(initial)
-        elif mechanism == "LOGIN":
-            credentials = await self._read_login(initial)
-        else:
+        mechanism = sasl.mechanism(parts[0], MECHANISMS)
+        if mechanism is None:
             self.reply(replies.AUTH_UNKNOWN_MECHANISM)
             return
-        if credentials is None:
-            return  # the reply is already sent
-        login, password = credentials
-        result = await self.services.auth.authenticate(login, password, protocol="smtp", client=self.peer_ip)
-        del password
-        fields = (self.peer_ip, self.listener.name, mechanism, log_field(login), log_field(result.cause))
-        if result.outcome is Outcome.ACCEPTED and result.account is not None:
-            self.account = result.account
-            log.info("auth result=accepted client=%s listener=%s mechanism=%s login=%s cause=%s", *fields)
+        # RFC 4954 §4: "=" is an empty initial response.
+        initial = None if len(parts) == 1 else "" if parts[1] == "=" else parts[1]
+        try:
+            credentials = await sasl.exchange(mechanism, initial, self._sasl_answer)
+        except sasl.SASLError as error:
+            self.reply(_SASL_ERRORS.get(error.cause, replies.AUTH_BAD_PLAIN))
+            return
+        attempt = await self.logins.login(credentials, mechanism.name, tls=self.connection.is_tls)
+        del credentials
+        if attempt.outcome is Outcome.ACCEPTED:
+            self.account = attempt.account
             self.reply(replies.AUTH_OK)
-            return
-        if result.outcome is Outcome.UNAVAILABLE:
-            log.warning(
-                "auth result=unavailable client=%s listener=%s mechanism=%s login=%s cause=%s", *fields
-            )
+        elif attempt.outcome is Outcome.UNAVAILABLE:
             self.reply(replies.AUTH_UNAVAILABLE)
-            return
-        await self._auth_failed(fields)
-
-    async def _auth_failed(self, fields: tuple[str, ...]) -> None:
-        self.auth_failures += 1
-        log.info("auth result=rejected client=%s listener=%s mechanism=%s login=%s cause=%s", *fields)
-        await asyncio.sleep(FAILED_LOGIN_DELAY)
-        if self.auth_failures >= MAX_LOGIN_FAILURES:
+        elif attempt.close:
             self.reply(replies.AUTH_TOO_MANY_FAILURES.format(host=self._hostname()))
             self._close()
-            return
-        self.reply(replies.AUTH_FAILED)
-
-    async def _read_plain(self, initial: str | None) -> tuple[str, str] | None:
-        if initial is None:
-            response = await self._challenge(b"")
         else:
-            response = self._decode(initial)  # RFC 4954 §4: "=" is an empty initial response
-            if response is None:
-                self.reply(replies.AUTH_BAD_BASE64)
-        if response is None:
-            return None
-        parts = response.split(b"\0")
-        if len(parts) != 3:
-            self.reply(replies.AUTH_BAD_PLAIN)
-            return None
-        try:
-            authzid, login, password = (part.decode("utf-8") for part in parts)
-        except UnicodeDecodeError:
-            self.reply(replies.AUTH_BAD_PLAIN)
-            return None
-        if authzid and authzid != login:
-            # RFC 4616 §2: acting as another user is not supported: a failed login like any other.
-            await self._auth_failed((self.peer_ip, self.listener.name, "PLAIN", log_field(login), "authzid"))
-            return None
-        return login, password
+            self.reply(replies.AUTH_FAILED)  # RFC 4954 §6: the same reply whatever the cause
 
-    async def _read_login(self, initial: str | None) -> tuple[str, str] | None:
-        if initial is None:
-            login_bytes = await self._challenge(b"Username:")
-        else:
-            login_bytes = self._decode(initial)
-            if login_bytes is None:
-                self.reply(replies.AUTH_BAD_BASE64)
-        if login_bytes is None:
-            return None
-        password_bytes = await self._challenge(b"Password:")
-        if password_bytes is None:
-            return None
-        try:
-            return login_bytes.decode("utf-8"), password_bytes.decode("utf-8")
-        except UnicodeDecodeError:
-            self.reply(replies.AUTH_BAD_PLAIN)
-            return None
-
-    async def _challenge(self, text: bytes) -> bytes | None:
-        """Send "334 <base64 text>", read the client's base64 answer (None: reply already sent)."""
-        self.reply(f"334 {base64.b64encode(text).decode()}")
+    async def _sasl_answer(self, challenge: str) -> str:
+        """RFC 4954 §4: "334 " and the base64 challenge; the client's line back ("=" is empty)."""
+        self.reply(f"334 {challenge}")
         limits = self.services.holder.current.manifest.server.limits
         try:
             line = await self.connection.readline(limits.max_line_length, limits.command_timeout)
         except LineTooLong:
-            self.reply(replies.LINE_TOO_LONG)
-            return None
-        blob = line.strip()
-        if blob == b"*":
-            self.reply(replies.AUTH_CANCELLED)
-            return None
-        decoded = self._decode(blob.decode("ascii", "replace"))
-        if decoded is None:
-            self.reply(replies.AUTH_BAD_BASE64)
-        return decoded
-
-    @staticmethod
-    def _decode(text: str) -> bytes | None:
-        if text == "=":
-            return b""
-        try:
-            return base64.b64decode(text, validate=True)
-        except (binascii.Error, ValueError):
-            return None
+            raise sasl.SASLError("line_too_long") from None
+        answer = line.strip().decode("ascii", "replace")
+        return "" if answer == "=" else answer
 
     # -- the mail transaction (RFC 5321 §3.3; rules in transaction.py) -------------------------------
     @command("MAIL", GREETED, TRANSACTION)

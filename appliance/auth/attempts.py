@@ -1,0 +1,214 @@
+"""The one login path of SMTP, POP3 and IMAP: who may connect, and what a login attempt costs.
+
+- `admission()`: at connect time, refuse a banned client (auto-ban) or one over the manifest's
+  connection limits; each protocol renders the refusal in its own words.
+- `Attempts`: one connection's logins. It applies the authorization-identity rule, asks the auth
+  service, lets the protocol open the account (POP3's maildrop, IMAP's folders), writes the one
+  log line of the attempt, and after a refusal waits FAILED_LOGIN_DELAY and says whether the
+  connection is to be closed (the MAX_LOGIN_FAILURES-th refusal closes it).
+
+The log line, on logger "appliance.auth", never with the password:
+  `auth result=rejected login=john@example.test protocol=smtp listener=submissions mechanism=PLAIN
+  tls=yes client=192.0.2.7 cause=bad_credentials directory=- server=local-hash ms=31.2`
+`result` is accepted, rejected or unavailable (the directory could not answer), or what the
+protocol says after a good password (POP3: in_use); `authzid=` is added when one was given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from appliance.auth.sasl import Credentials
+from appliance.auth.service import AuthResult, log_field
+from appliance.auth.verdict import Outcome
+
+if TYPE_CHECKING:
+    from appliance.auth.service import AuthService
+    from appliance.security import AutoBan
+    from appliance.snapshot import AccountEntry, Snapshot, SnapshotHolder
+
+log = logging.getLogger("appliance.auth")
+
+FAILED_LOGIN_DELAY = 0.75  # seconds before the refusal is sent: slows guessing, never blocks the loop
+MAX_LOGIN_FAILURES = 3  # refused logins per connection; the last refusal closes it
+
+
+# -- connect time -----------------------------------------------------------------------------------
+class Refusal(enum.Enum):
+    """Why a new connection is turned away (the value is the log's reason=)."""
+
+    BANNED = "banned"
+    MAX_CONNECTIONS = "max_connections"
+    MAX_CONNECTIONS_PER_CLIENT = "max_connections_per_client"
+
+
+class ConnectionCounts(Protocol):
+    """The live connections (appliance.context.SessionCounter)."""
+
+    def refusal(
+        self,
+        protocol: str,
+        client: str,
+        max_connections: int,
+        max_per_client: int,
+        family: tuple[str, ...] = (),
+    ) -> str | None: ...
+
+
+def admission(
+    snapshot: Snapshot,
+    sessions: ConnectionCounts,
+    autoban: AutoBan | None,
+    *,
+    name: str,
+    client: str,
+    family: tuple[str, ...] = (),
+) -> Refusal | None:
+    """None to serve a new connection from `client` on `name` (a protocol, or an SMTP listener
+    whose `family` of listeners shares the total), else why it is refused: a banned client
+    first, then `max_connections` over the family, then `max_connections_per_client`."""
+    if autoban is not None and autoban.is_banned(client):
+        return Refusal.BANNED
+    limits = snapshot.manifest.server.limits
+    refused = sessions.refusal(
+        name, client, limits.max_connections, limits.max_connections_per_client, family=family
+    )
+    return Refusal(refused) if refused is not None else None
+
+
+# -- the authorization identity ---------------------------------------------------------------------
+def may_act_as(snapshot: Snapshot, authcid: str, authzid: str) -> bool:
+    """RFC 4422 §3.4.1, RFC 4616 §2: whether a client that logs in as `authcid` may act as
+    `authzid`. Nobody may act as somebody else here, so an authzid is accepted only when it is
+    empty or names the same account, compared as logins are (Snapshot.account_by_address):
+    - case does not matter, in the local part or the domain (`John@Example.TEST`);
+    - any of the account's own addresses counts (its `addresses`, e.g. `j.doe@example.test`);
+    - an address with a recipient delimiter (`john+news@`), an alias (even one that reaches only
+      this account) or a catch-all is a delivery address, not a login: refused.
+    When `authcid` names no account, an authzid equal to it (case aside) is accepted, so that the
+    auth service rejects the login as for any unknown address."""
+    if not authzid:
+        return True
+    account = snapshot.account_by_address(authcid)
+    if account is None:
+        return authzid.lower() == authcid.lower()
+    other = snapshot.account_by_address(authzid)
+    return other is not None and other.address == account.address
+
+
+# -- one connection's logins -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Opened:
+    """What the protocol says once a good password gave it the account to open."""
+
+    result: str = "accepted"  # or why the login still fails: "in_use", "unavailable"
+    cause: str = "ok"
+    fields: str = ""  # more " key=value" pairs for the log line (e.g. " messages=3 octets=120")
+
+    @property
+    def ok(self) -> bool:
+        return self.result == "accepted"
+
+
+OpenAccount = Callable[["AccountEntry"], Awaitable[Opened]]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The outcome of one login, for the protocol's reply."""
+
+    outcome: Outcome  # ACCEPTED also when `opened` then failed
+    account: AccountEntry | None  # set when ACCEPTED
+    opened: Opened | None  # what open_account said, when it was called
+    close: bool  # refused once too often: say so and close the connection
+
+    @property
+    def logged_in(self) -> bool:
+        return self.outcome is Outcome.ACCEPTED and (self.opened is None or self.opened.ok)
+
+
+class Attempts:
+    """The login attempts of one connection."""
+
+    def __init__(
+        self, auth: AuthService, holder: SnapshotHolder, *, protocol: str, listener: str, client: str
+    ) -> None:
+        self._auth = auth
+        self._holder = holder
+        self.protocol = protocol
+        self.listener = listener
+        self.client = client
+        self.failures = 0
+
+    async def login(
+        self,
+        credentials: Credentials,
+        mechanism: str,
+        *,
+        tls: bool,
+        open_account: OpenAccount | None = None,
+    ) -> Attempt:
+        """Check `credentials` (from SASL `mechanism`, or "USER"/"LOGIN" for the protocols' own
+        commands); call `open_account` after a good password. One log line, whatever happens."""
+        if may_act_as(self._holder.current, credentials.authcid, credentials.authzid):
+            result = await self._auth.check(credentials.authcid, credentials.password, client=self.client)
+        else:
+            # Refused before any directory is asked (its lockout counter does not move), with
+            # the answer a wrong password gets (RFC 4954 §6, RFC 5530, RFC 3206).
+            result = AuthResult(Outcome.REJECTED, None, "authzid_not_authcid")
+        account = result.account  # set exactly when ACCEPTED
+        opened: Opened | None = None
+        if account is not None and open_account is not None:
+            try:
+                opened = await open_account(account)
+            except BaseException:
+                self._log(credentials, mechanism, tls, result, Opened("unavailable", "internal_error"))
+                raise
+        self._log(credentials, mechanism, tls, result, opened)
+        close = False
+        if result.outcome is Outcome.REJECTED:
+            self.failures += 1
+            await asyncio.sleep(FAILED_LOGIN_DELAY)
+            close = self.failures >= MAX_LOGIN_FAILURES
+        return Attempt(result.outcome, account, opened, close)
+
+    def _log(
+        self,
+        credentials: Credentials,
+        mechanism: str,
+        tls: bool,
+        result: AuthResult,
+        opened: Opened | None,
+    ) -> None:
+        word, cause, fields = result.outcome.value, result.log_cause, ""
+        if opened is not None:
+            word, fields = opened.result, opened.fields
+            if not opened.ok:
+                cause = opened.cause
+        level = logging.WARNING if word == Outcome.UNAVAILABLE.value else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        if credentials.authzid:
+            fields = f" authzid={log_field(credentials.authzid)}{fields}"
+        log.log(
+            level,
+            "auth result=%s login=%s protocol=%s listener=%s mechanism=%s tls=%s client=%s cause=%s "
+            "directory=%s server=%s ms=%.1f%s",
+            word,
+            log_field(credentials.authcid),
+            self.protocol,
+            self.listener,
+            mechanism,
+            "yes" if tls else "no",
+            log_field(self.client),
+            cause,
+            result.directory or "-",
+            result.server or "-",
+            result.milliseconds,
+            fields,
+        )
