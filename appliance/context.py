@@ -13,7 +13,7 @@ from appliance.tls import TLSProvider
 
 if TYPE_CHECKING:
     from appliance.auth.service import AuthService
-    from appliance.imap.sender import Senders
+    from appliance.queue import OutboundQueue
     from appliance.security import AutoBan
     from appliance.store.maildir import MailStore
 
@@ -62,13 +62,16 @@ class SessionCounter:
         return sum(self._counts.values())
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Services:
+    """Built whole by `serve` before the first listener opens; nothing is filled in later."""
+
     holder: SnapshotHolder
     auth: AuthService
     store: MailStore
     tls: TLSProvider
     executor: concurrent.futures.ThreadPoolExecutor
+    queue: OutboundQueue  # mail for other domains
     sessions: SessionCounter = field(default_factory=SessionCounter)
     # Message reads for IMAP FETCH/SEARCH, a batch of up to 200 messages at a time: one thread.
     # Its work is mostly Python under the GIL; with one thread per busy session they spent more
@@ -80,9 +83,6 @@ class Services:
     # message): the reader process when the server started one (store/reader.py says why),
     # else `readers`.
     reader_process: Readers | None = None
-    # FETCH responses of clear-text IMAP sessions written by processes of their own (imap/sender.py).
-    fetch_senders: Senders | None = None
-    queue: Any = None  # the outbound queue, once there is one
     autoban: AutoBan | None = None  # refuse clients (and stop asking directories) after failed logins
 
 

@@ -11,54 +11,44 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import ctypes
 import functools
-import gc
-import importlib
-import json
+import hashlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import watchfiles
+
+from appliance.auth.service import AuthService
 from appliance.context import ListenerSpec, Services, SessionCounter, listener_specs
+from appliance.imap.sender import Senders
+from appliance.imap.server import IMAPServer
 from appliance.manifest import LoadedManifest, ManifestError, Problem, load_manifest, parse_manifest
+from appliance.memory import freeze_live_objects, limit_malloc_arenas, release_memory
+from appliance.pop3 import readahead, start_pop3
+from appliance.queue import OutboundQueue
+from appliance.security import AutoBan
+from appliance.smtp import start_smtp
 from appliance.snapshot import Snapshot, SnapshotHolder, build_snapshot
+from appliance.status import process_figures, write_status
+from appliance.store.maildir import MailStore
+from appliance.store.reader import ReaderProcess
+from appliance.store.sweep import sweep_tmp
+from appliance.store.writer import DeliveryProcess
+from appliance.systemd import SystemdNotifier
 from appliance.tls import TLSProvider
 
 log = logging.getLogger("appliance.serve")
 
-Factory = Callable[[Services, ListenerSpec], Awaitable[asyncio.Server]]
-
-# listener name → (module, factory function)
-_FACTORIES = {
-    "smtp": ("appliance.smtp", "start_smtp"),
-    "submission": ("appliance.smtp", "start_smtp"),
-    "submissions": ("appliance.smtp", "start_smtp"),
-    "pop3": ("appliance.pop3", "start_pop3"),
-    "pop3s": ("appliance.pop3", "start_pop3"),
-    "imap": ("appliance.imap", "start_imap"),
-    "imaps": ("appliance.imap", "start_imap"),
-}
+# Opens one listener of the manifest's [server.listeners], with everything the protocol needs.
+Factory = Callable[[ListenerSpec], Awaitable[asyncio.Server]]
 
 SHUTDOWN_GRACE_SECONDS = 10.0
-
-
-def _factory(name: str) -> Factory | None:
-    module_name, function = _FACTORIES[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        return None
-    factory: Factory | None = getattr(module, function, None)
-    return factory
 
 
 def git_revision(path: Path) -> str | None:
@@ -74,25 +64,6 @@ def git_revision(path: Path) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
-
-
-class SystemdNotifier:
-    """sd_notify(3) without libsystemd: a datagram to $NOTIFY_SOCKET, when there is one."""
-
-    def __init__(self) -> None:
-        self._address = os.environ.get("NOTIFY_SOCKET")
-
-    def notify(self, *fields: str) -> None:
-        if not self._address:
-            return
-        address = self._address
-        if address.startswith("@"):
-            address = "\0" + address[1:]
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.sendto("\n".join(fields).encode(), address)
-        except OSError as error:
-            log.warning("sd_notify failed error=%s", error)
 
 
 def _pid(process: object) -> int | None:
@@ -121,52 +92,60 @@ class Server:
         self.notifier = SystemdNotifier()
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
+        # Built by start(), whole, before the first listener opens.
         self.services: Services | None = None
+        self.imap: IMAPServer | None = None
+        self.factories: dict[str, Factory] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.reloads_applied = 0
         self.reloads_rejected = 0
 
     # -- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
-        from appliance.auth.service import AuthService
-        from appliance.imap.sender import Senders
-        from appliance.queue import OutboundQueue
-        from appliance.security import AutoBan
-        from appliance.store.maildir import MailStore
-        from appliance.store.reader import ReaderProcess
-        from appliance.store.writer import DeliveryProcess
-
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "state").mkdir(exist_ok=True)
         self.tls.ensure_files()
         self.tls.server_context()  # fail now, not at the first client, when the files are unusable
         autoban = AutoBan(self.holder)
-        reader_process = ReaderProcess()
+        # POP3 RETR reads in a process of their own (store/reader.py says why).
+        reader_process = ReaderProcess(preload=(readahead.__name__,))
         await reader_process.start()
-        self.services = Services(
+        delivery_process = DeliveryProcess()
+        await delivery_process.start()
+        store = MailStore(self.data_dir, self.executor)
+        store.delivery_process = delivery_process
+        queue = OutboundQueue(self.holder, store, self.executor, self.data_dir)
+        services = Services(
             holder=self.holder,
             auth=AuthService(self.holder, autoban=autoban),
-            store=MailStore(self.data_dir, self.executor),
+            store=store,
             tls=self.tls,
             executor=self.executor,
+            queue=queue,
             sessions=SessionCounter(),
             autoban=autoban,
             reader_process=reader_process,
-            fetch_senders=Senders(),  # their processes start when a FETCH first needs one
         )
-        delivery_process = DeliveryProcess()
-        await delivery_process.start()
-        self.services.store.delivery_process = delivery_process
-        self.services.queue = OutboundQueue(self.holder, self.services.store, self.executor, self.data_dir)
-        await self.services.queue.start()
+        # The FETCH sender processes start when a FETCH first needs one.
+        imap = IMAPServer(services, Senders())
+        smtp, pop3 = functools.partial(start_smtp, services), functools.partial(start_pop3, services)
+        self.services, self.imap = services, imap
+        self.factories = {
+            "smtp": smtp,
+            "submission": smtp,
+            "submissions": smtp,
+            "pop3": pop3,
+            "pop3s": pop3,
+            "imap": imap.start,
+            "imaps": imap.start,
+        }
+        await queue.start()
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_tmp(time.time()))
 
     async def _sweep_tmp(self, started: float) -> None:
         """Remove what a crash left in the Maildirs' tmp/ (never acknowledged; see store/sweep.py)."""
-        from appliance.store.sweep import sweep_tmp
-
         began = time.monotonic()
         try:
             removed, freed = await asyncio.get_running_loop().run_in_executor(
@@ -194,16 +173,15 @@ class Server:
                 server.close_clients()  # type: ignore[attr-defined]  # Python 3.13+
         self.listeners.clear()
         if self.services is not None:
-            if self.services.queue is not None:
-                await self.services.queue.stop()
+            await self.services.queue.stop()
             await self.services.auth.close()
             if self.services.store.delivery_process is not None:
                 await self.services.store.delivery_process.close()
             await self.services.readers.close()
             if self.services.reader_process is not None:
                 await self.services.reader_process.close()
-            if self.services.fetch_senders is not None:
-                await self.services.fetch_senders.close()
+        if self.imap is not None:
+            await self.imap.close()
         self.executor.shutdown(wait=True)
         self.loader.shutdown(wait=True)
         self.write_status(stopped=True)
@@ -225,13 +203,8 @@ class Server:
         for name, spec in wanted.items():
             if name in self.listeners:
                 continue
-            factory = _factory(name)
-            if factory is None:
-                self.listener_errors[name] = "not available in this version"
-                log.warning("listener unavailable name=%s reason=not-implemented-in-this-version", name)
-                continue
             try:
-                server = await factory(self.services, spec)
+                server = await self.factories[name](spec)
             except OSError as error:
                 self.listener_errors[name] = f"cannot listen on {spec.address}: {error.strerror}"
                 log.error("listener failed name=%s address=%s error=%r", name, spec.address, error.strerror)
@@ -320,8 +293,6 @@ class Server:
 
     async def watch(self) -> None:
         """Reload when the manifest file changes: in place, by rename, or by a symlink swap."""
-        import watchfiles
-
         path = self.manifest_path.absolute()
         watched = {path.parent}
         if path.is_symlink():
@@ -367,12 +338,10 @@ class Server:
             "domains": snapshot.domain_count,
             "accounts": snapshot.account_count,
             "sessions": self.services.sessions.counts() if self.services else {},
-            "process": _process_figures(),
+            "process": process_figures(),
             "delivery_process_pid": _pid(self.services.store.delivery_process if self.services else None),
             "reader_process_pid": _pid(self.services.reader_process if self.services else None),
-            "fetch_sender_pids": self.services.fetch_senders.pids
-            if self.services and self.services.fetch_senders
-            else [],
+            "fetch_sender_pids": self.imap.senders.pids if self.imap and self.imap.senders else [],
             "reloads": {"applied": self.reloads_applied, "rejected": self.reloads_rejected},
             "written_at": time.time(),
         }
@@ -386,12 +355,7 @@ class Server:
         )
 
     def write_status(self, stopped: bool = False) -> None:
-        state_dir = self.data_dir / "state"
-        state_dir.mkdir(parents=True, exist_ok=True)
-        target = state_dir / "status.json"
-        temporary = state_dir / f".status.json.{os.getpid()}"
-        temporary.write_text(json.dumps(self.status(stopped), indent=2) + "\n")
-        os.replace(temporary, target)
+        write_status(self.data_dir, self.status(stopped))
 
     async def status_loop(self) -> None:
         """Keep live counters in the status file fresh (sessions come and go between reloads)."""
@@ -402,32 +366,7 @@ class Server:
                 self.write_status()
 
 
-def _process_figures() -> dict[str, float]:
-    """Open file descriptors, asyncio tasks and memory: what a leak would show in."""
-    try:
-        fds = len(os.listdir("/proc/self/fd"))
-    except OSError:
-        fds = -1
-    try:
-        tasks = len(asyncio.all_tasks())
-    except RuntimeError:
-        tasks = 0
-    rss_mb = peak = 0.0
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    rss_mb = int(line.split()[1]) / 1024
-                elif line.startswith("VmHWM:"):
-                    peak = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return {"fds": fds, "tasks": tasks, "rss_mb": round(rss_mb, 1), "peak_rss_mb": round(peak, 1)}
-
-
 def _sha256(raw: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(raw).hexdigest()
 
 
@@ -469,46 +408,6 @@ def configure_logging(level: str) -> None:
     logging.getLogger("watchfiles").setLevel(logging.WARNING)
 
 
-def limit_malloc_arenas(count: int = 2) -> None:
-    """glibc's M_ARENA_MAX: by default each thread that allocates may get an arena of its own
-    (up to 8 per core), and memory freed in one is not reused by another. Python allocates
-    under its GIL anyway, so two arenas cost no concurrency; they keep a server that reloads a
-    100k-account manifest from keeping every generation's freed memory. A no-op off glibc."""
-    libc = _glibc()
-    if libc is not None:
-        libc.mallopt(-8, count)  # M_ARENA_MAX
-
-
-def release_memory() -> None:
-    """After a reload: collect the old generation's cycles and give free pages back to the
-    system (glibc malloc_trim), so the next reload starts from what is live. What is live then is
-    frozen (see `freeze_live_objects`)."""
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
-    libc = _glibc()
-    if libc is not None:
-        libc.malloc_trim(0)
-
-
-def freeze_live_objects() -> None:
-    """Leave the objects alive now out of every later garbage collection (gc.freeze): the
-    snapshot in force lives until the next reload, and every full collection walked it again
-    while every session waited: 53 ms a time with a 100k-account manifest (330,000 objects the
-    collector tracks), 0 once frozen. `release_memory` unfreezes, collects and freezes again at
-    each reload, so the old snapshot's cycles are still collected."""
-    gc.freeze()
-
-
-def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (mallopt and malloc_trim are its own), else None."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else None
-
-
 async def run(manifest_path: Path) -> int:
     limit_malloc_arenas()
     try:
@@ -535,7 +434,7 @@ async def run(manifest_path: Path) -> int:
         task.add_done_callback(reloads.discard)
 
     loop.add_signal_handler(signal.SIGHUP, on_sighup)
-    if server.services is not None and server.services.queue is not None:
+    if server.services is not None:
         loop.add_signal_handler(signal.SIGUSR1, server.services.queue.flush)  # `appliance queue flush`
     watcher = loop.create_task(server.watch())
     # The watcher needs a moment to arm; an edit made before then would go unseen, so read the

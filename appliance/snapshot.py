@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.manifest import LoadedManifest
-from appliance.manifest.loader import gc_paused
 from appliance.manifest.models import Account, ActiveDirectory, LDAPDirectory, LocalSystem, Manifest
+from appliance.memory import gc_paused
 
 DirectoryModel = ActiveDirectory | LDAPDirectory | LocalSystem
 

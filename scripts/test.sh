@@ -10,5 +10,7 @@ echo "== ruff"
 .venv/bin/ruff format --check appliance tests bench
 echo "== mypy"
 .venv/bin/mypy
+echo "== import-linter"
+.venv/bin/lint-imports
 echo "== pytest"
 .venv/bin/pytest "$@"

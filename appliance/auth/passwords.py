@@ -13,19 +13,13 @@ import argon2
 import bcrypt
 import crypt_r
 
+from appliance.manifest.hashes import SCHEME_PATTERNS
+
 _ARGON2 = argon2.PasswordHasher()  # argon2id, RFC 9106 "low memory" defaults of argon2-cffi
 
 
-# The PHC string of argon2id, bcrypt's modular crypt format, and SHA-512-crypt (with rounds=).
-_ARGON2ID = r"\$argon2id\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
-_BCRYPT = r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}"
-_SHA512_CRYPT = r"\$6\$(?:rounds=\d+\$)?[^$:\n]{1,16}\$[./A-Za-z0-9]{86}"
-_SCHEMES = (
-    ("argon2id", re.compile(f"^{_ARGON2ID}$")),
-    ("bcrypt", re.compile(f"^{_BCRYPT}$")),
-    ("sha512-crypt", re.compile(f"^{_SHA512_CRYPT}$")),
-)
-HASH_PATTERN = f"^(?:{_ARGON2ID}|{_BCRYPT}|{_SHA512_CRYPT})$"  # for the manifest's schema
+# The schemes we verify; their formats are the manifest's (a hash there is checked against them).
+_SCHEMES = tuple((scheme, re.compile(f"^{pattern}$")) for scheme, pattern in SCHEME_PATTERNS)
 
 
 def hash_scheme(encoded: str) -> str | None:

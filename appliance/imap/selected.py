@@ -223,7 +223,7 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
             session.send(lines(chunk, infos, view.recent))
             await session.flush()  # the client reads one chunk while the next is rendered
         return "FETCH completed"
-    senders = session.services.fetch_senders
+    senders = session.senders
     if (
         senders is not None
         and not sets_seen

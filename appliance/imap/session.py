@@ -37,6 +37,7 @@ from appliance.imap.tokens import Atom, Token, as_text
 
 if TYPE_CHECKING:
     from appliance.context import ListenerSpec, Services
+    from appliance.imap.sender import Senders
     from appliance.snapshot import AccountEntry
 
 log = logging.getLogger("appliance.imap")
@@ -47,12 +48,18 @@ FLUSH_ABOVE = 256 * 1024  # bytes of responses gathered before they are written 
 
 class Session:
     def __init__(
-        self, services: Services, listener: ListenerSpec, connection: Connection, mailboxes: Mailboxes
+        self,
+        services: Services,
+        listener: ListenerSpec,
+        connection: Connection,
+        mailboxes: Mailboxes,
+        senders: Senders | None = None,
     ) -> None:
         self.services = services
         self.listener = listener
         self.connection = connection
         self.mailboxes = mailboxes
+        self.senders = senders  # FETCH responses written by processes of their own (sender.py)
         self.state = State.NOT_AUTHENTICATED
         self.account: AccountEntry | None = None
         self.folders: AccountMailboxes | None = None  # the account's folders, once logged in

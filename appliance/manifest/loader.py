@@ -6,14 +6,12 @@ table does not hide the errors of the others; the cross-checks then run on what 
 
 from __future__ import annotations
 
-import contextlib
 import difflib
-import gc
 import hashlib
 import json
 import re
 import tomllib
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,7 @@ from appliance.manifest.models import (
     Security,
     Server,
 )
+from appliance.memory import gc_paused
 
 KeyPath = tuple[str | int, ...]
 
@@ -79,22 +78,6 @@ class LoadedManifest:
     path: Path  # the file as given (symlinks not resolved)
     base_dir: Path  # relative paths in the manifest are relative to this directory
     sha256: str
-
-
-@contextlib.contextmanager
-def gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while building many objects at once.
-
-    A 100k-account manifest creates about a million objects; each allocation burst sets off
-    collections that walk every object built so far, which doubled load time. Reference counting
-    still frees everything as usual; only cycle collection waits until the block ends."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")

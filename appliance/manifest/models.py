@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from appliance.auth.passwords import HASH_PATTERN
+from appliance.manifest.hashes import HASH_PATTERN
 from appliance.manifest.units import Duration, Size
 
 # RFC 5322 §3.2.3 atext, minus "+" (the recipient delimiter for plus-addressing).

@@ -98,6 +98,10 @@ class ChildProcess:
         """What a request gets when the process is not there to answer it."""
         return OSError(errno.EIO, f"the {self.label} {text}")
 
+    def process_environment(self) -> dict[str, str]:
+        """Set for the process, beside the server's own environment."""
+        return self.environment
+
     def decode(self, meta: bytes, data: memoryview) -> Any:
         """A reply as `request` returns it. `data` is only valid during this call: copy from it."""
         return meta, bytes(data)
@@ -115,7 +119,7 @@ class ChildProcess:
             )
             passed = [theirs.fileno()] + ([packets[1].fileno()] if packets is not None else [])
             try:
-                environment = dict(os.environ) | self.environment
+                environment = dict(os.environ) | self.process_environment()
                 package_root = str(Path(__file__).resolve().parents[2])
                 inherited = environment.get("PYTHONPATH")
                 environment["PYTHONPATH"] = package_root + (os.pathsep + inherited if inherited else "")

@@ -21,11 +21,13 @@ import array
 import asyncio
 import concurrent.futures
 import errno
+import importlib
 import logging
+import os
 import pickle
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
 from appliance.store.child import ChildProcess, Reply, main
@@ -35,6 +37,7 @@ log = logging.getLogger("appliance.store")
 THREADS = 2  # reads in the process at once: one waits for the disk while the other converts
 OUT_OF_BAND = 512  # bytes objects at least this long travel beside the pickle
 _COUNT = struct.Struct("!I")
+PRELOAD_VARIABLE = "APPLIANCE_READER_PRELOAD"  # the `preload` modules, for the process
 _T = TypeVar("_T")
 
 
@@ -49,6 +52,15 @@ class ReaderProcess(ChildProcess):
     label = "reader process"
     failed_name = "failed_reads"
     threads = THREADS
+
+    def __init__(self, threads: int | None = None, *, preload: Sequence[str] = ()) -> None:
+        """`preload`: the modules whose functions the process will run, imported when it starts
+        rather than at the first request (a request names its function by module and name)."""
+        super().__init__(threads)
+        self.preload = tuple(preload)
+
+    def process_environment(self) -> dict[str, str]:
+        return self.environment | {PRELOAD_VARIABLE: " ".join(self.preload)}
 
     async def run(self, function: Callable[..., _T], *args: Any) -> _T:
         ok, value = await self.request(pickle.dumps((function, args), pickle.HIGHEST_PROTOCOL))
@@ -123,7 +135,7 @@ def _marked(item: Any) -> Any:
 
 
 if __name__ == "__main__":
-    # What the reads call (POP3 read-ahead), imported once now rather than at the first request.
-    import appliance.pop3.readahead  # noqa: F401
-
+    # What the reads call (POP3's read-ahead, as the server named it), imported once now.
+    for preloaded in os.environ.get(PRELOAD_VARIABLE, "").split():
+        importlib.import_module(preloaded)
     sys.exit(main(sys.argv[1:], _handle, "read"))

@@ -1,4 +1,8 @@
-"""The `appliance` command: validate, schema, hash-password, plan, serve, status, check-auth."""
+"""The `appliance` command: validate, schema, hash-password, plan, serve, status, check-auth, queue.
+
+The top layer: it may import every other. `check-auth` is in check_auth.py, `queue` in queue.py;
+the server itself is `appliance.serve`, imported only by `appliance serve`.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import sys
 import time
 from pathlib import Path
 
+from appliance.cli.check_auth import add_check_auth_parser
 from appliance.manifest import ManifestError, load_manifest
 from appliance.manifest.schema import schema_json
+from appliance.status import read_status, serving_pid, status_path
 
 DEFAULT_MANIFEST = "appliance.toml"
 
@@ -116,8 +122,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import os
-
     try:
         loaded = load_manifest(args.manifest)
         data_dir = (loaded.base_dir / loaded.manifest.server.data_dir).resolve()
@@ -125,20 +129,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         # The file on disk may be broken while the server keeps serving the last good one:
         # find the data directory from the raw text if we can, else the default.
         data_dir = Path(args.manifest).absolute().parent / "var"
-    status_file = data_dir / "state" / "status.json"
+    status_file = status_path(data_dir)
     try:
-        status = json.loads(status_file.read_text())
+        status = read_status(data_dir)
     except (OSError, ValueError):
         print(
             f"no status at {status_file}: is `appliance serve` running with this manifest?", file=sys.stderr
         )
         return 3
-    alive = status.get("state") == "serving"
-    if alive:
-        try:
-            os.kill(int(status["pid"]), 0)
-        except (OSError, ValueError, KeyError):
-            alive = False
+    alive = serving_pid(status) is not None
     if args.format == "json":
         print(json.dumps({**status, "running": alive}, indent=2))
         return 0 if alive else 3
@@ -164,7 +163,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
-    from appliance.queue.admin import queue_command
+    from appliance.cli.queue import queue_command  # the queue's modules only when asked for
 
     return queue_command(args)
 
@@ -215,13 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_argument("--format", choices=("text", "json"), default="text")
     queue.set_defaults(func=cmd_queue)
 
-    try:
-        from appliance.auth.cli import add_check_auth_parser
-    except ImportError:
-        pass
-    else:
-        check = add_check_auth_parser(commands)
-        _add_manifest_option(check) if not any(a.dest == "manifest" for a in check._actions) else None
+    add_check_auth_parser(commands)
     return parser
 
 

@@ -16,6 +16,8 @@ import sys
 from typing import Any
 
 from appliance.auth.service import AuthResult, AuthService, Outcome
+from appliance.manifest import ManifestError, load_manifest
+from appliance.snapshot import SnapshotHolder, build_snapshot
 
 EXIT_CODES = {Outcome.ACCEPTED: 0, Outcome.REJECTED: 1, Outcome.UNAVAILABLE: 2}
 
@@ -57,9 +59,6 @@ async def _check(service: AuthService, address: str, password: str, protocol: st
 
 
 def check_auth_command(args: argparse.Namespace) -> int:
-    from appliance.manifest import ManifestError, load_manifest
-    from appliance.snapshot import SnapshotHolder, build_snapshot
-
     try:
         loaded = load_manifest(args.manifest)
     except ManifestError as error:

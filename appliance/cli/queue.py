@@ -17,6 +17,7 @@ from pathlib import Path
 
 from appliance.manifest import ManifestError, load_manifest
 from appliance.queue.spool import Spool
+from appliance.status import read_status, serving_pid
 
 
 def queue_command(args: argparse.Namespace) -> int:
@@ -80,7 +81,10 @@ def _flush(spool: Spool, data_dir: Path) -> int:
         print("The queue is empty.")
         return 0
     spool.request_flush()
-    pid = _serving_pid(data_dir)
+    try:
+        pid = serving_pid(read_status(data_dir))
+    except (OSError, ValueError):
+        pid = None
     if pid is None:
         print("Flush requested; no running server found, so it applies when `appliance serve` starts.")
         return 0
@@ -105,18 +109,3 @@ def _delete(spool: Spool, ids: list[str]) -> int:
         else:
             print(f"{queue_id}: deleted")
     return 1 if missing else 0
-
-
-def _serving_pid(data_dir: Path) -> int | None:
-    try:
-        status = json.loads((data_dir / "state" / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if status.get("state") != "serving":
-        return None
-    try:
-        pid = int(status["pid"])
-        os.kill(pid, 0)
-    except (OSError, ValueError, KeyError):
-        return None
-    return pid

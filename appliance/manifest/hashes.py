@@ -1,0 +1,16 @@
+"""The password hash formats a manifest may hold in `password_hash`, as regular expressions.
+
+The manifest's models check a hash's form with `HASH_PATTERN`; `appliance.auth.passwords` tells
+the schemes apart with `SCHEME_PATTERNS` and verifies against them. The formats live here, below
+both, so that the manifest needs nothing from the auth service.
+"""
+
+from __future__ import annotations
+
+# The PHC string of argon2id, bcrypt's modular crypt format, and SHA-512-crypt (with rounds=).
+ARGON2ID = r"\$argon2id\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
+BCRYPT = r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}"
+SHA512_CRYPT = r"\$6\$(?:rounds=\d+\$)?[^$:\n]{1,16}\$[./A-Za-z0-9]{86}"
+
+SCHEME_PATTERNS = (("argon2id", ARGON2ID), ("bcrypt", BCRYPT), ("sha512-crypt", SHA512_CRYPT))
+HASH_PATTERN = f"^(?:{ARGON2ID}|{BCRYPT}|{SHA512_CRYPT})$"  # for the models and the manifest's schema
