@@ -222,6 +222,9 @@ class Session:
             count,
             time.monotonic() - self.started,
         )
+        # The maildrop is free before the client hears +OK: a client that logs in again at once
+        # (a cached password answers in microseconds) must not find it still locked.
+        maildrop.release()
         if failed:
             self.write(replies.UPDATE_FAILED)
         else:
