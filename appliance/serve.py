@@ -132,7 +132,7 @@ class Server:
         from appliance.imap.sender import Senders
         from appliance.queue import OutboundQueue
         from appliance.security import AutoBan
-        from appliance.store.maildir import MailStore
+        from appliance.store.mailstore import MailStore
         from appliance.store.reader import ReaderProcess
         from appliance.store.writer import DeliveryProcess
 

@@ -5,7 +5,8 @@ TLS, RFC 8314). Each connection runs a `Session` (session.py: the command loop a
 state machine) over the POP3 side's `Connection` (bounded reads, idle timeout, STARTTLS that
 drops pipelined bytes). Commands are read by syntax.py, dispatched through commands.py to
 session.py, folders.py, selected.py and idle.py; FETCH items are in fetch.py, responses in
-responses.py. Folders, UIDs and flags live in mailbox.py over the Maildir++ store; message
+responses.py. Folders live in mailboxes.py (an account's tree), index.py (one folder's UIDs and
+flags, synced with the Maildir++ store) and view.py (a session's selected folder); message
 parsing (ENVELOPE, BODYSTRUCTURE, sections) in message.py, SEARCH in search.py.
 
 Extensions: LITERAL+ (RFC 7888), SASL-IR (RFC 4959), ID (RFC 2971), ENABLE (RFC 5161), IDLE
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from appliance.context import ListenerSpec, Services
-    from appliance.imap.mailbox import Mailboxes
+    from appliance.imap.mailboxes import Mailboxes
 
 __all__ = ["start_imap"]
 
@@ -30,7 +31,7 @@ _MAILBOXES: dict[int, tuple[Services, Mailboxes]] = {}
 
 
 def _mailboxes(services: Services) -> Mailboxes:
-    from appliance.imap.mailbox import Mailboxes
+    from appliance.imap.mailboxes import Mailboxes
     from appliance.imap.syntax import remove_spool
 
     found = _MAILBOXES.get(id(services))

@@ -28,7 +28,7 @@ from appliance.smtp import replies
 from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
 from appliance.smtp.data import Data, DataState, read_data
 from appliance.smtp.outbound import hand_to_queue, queue_available
-from appliance.store.maildir import QuotaExceeded
+from appliance.store.mailstore import QuotaExceeded
 
 if TYPE_CHECKING:
     from appliance.context import ListenerSpec, Services
