@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -22,7 +20,13 @@ from appliance.imap.index import FolderIndex, MailboxError
 from appliance.imap.view import FolderView
 from appliance.store.delivery import write_message
 from appliance.store.durable import replace_file
-from appliance.store.folders import create_folders, delete_folder, move_messages, rename_folders
+from appliance.store.folders import (
+    create_folders,
+    delete_folder,
+    move_messages,
+    remove_leftovers,
+    rename_folders,
+)
 from appliance.store.maildir import INFO_SEPARATOR, Maildir, disk_size
 from appliance.store.mailstore import MailStore
 
@@ -265,9 +269,7 @@ def _prepare(root: Path) -> None:
     """First login: INBOX and the special-use folders (RFC 6154), subscribed. Later logins only
     clear away what an interrupted DELETE left behind."""
     Maildir(root).ensure()
-    for entry in os.listdir(root):
-        if entry.startswith(DELETED_PREFIX):
-            shutil.rmtree(root / entry, ignore_errors=True)
+    remove_leftovers(root, DELETED_PREFIX)
     if (root / PREPARED_MARKER).exists():
         return
     for name in SPECIAL_USE:

@@ -38,6 +38,13 @@ def delete_folder(path: Path, doomed: Path) -> int:
     return freed
 
 
+def remove_leftovers(root: Path, prefix: str) -> None:
+    """What an interrupted delete_folder left under `root` (names starting with `prefix`)."""
+    for entry in os.listdir(root):
+        if entry.startswith(prefix):
+            shutil.rmtree(root / entry, ignore_errors=True)
+
+
 def rename_folders(root: Path, moves: list[tuple[Path, Path]], parents: list[Path]) -> None:
     """Folders under `root` renamed (before, after) once the new `parents` exist; `root` fsynced."""
     for parent in parents:
