@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from appliance.auth.service import AuthService
     from appliance.queue import OutboundQueue
     from appliance.security import AutoBan
-    from appliance.store.maildir import MailStore
+    from appliance.store.mailstore import MailStore
 
 
 class SessionCounter:

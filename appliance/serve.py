@@ -36,7 +36,7 @@ from appliance.security import AutoBan
 from appliance.smtp import start_smtp
 from appliance.snapshot import Snapshot, SnapshotHolder, build_snapshot
 from appliance.status import process_figures, write_status
-from appliance.store.maildir import MailStore
+from appliance.store.mailstore import MailStore
 from appliance.store.reader import ReaderProcess
 from appliance.store.sweep import sweep_tmp
 from appliance.store.writer import DeliveryProcess

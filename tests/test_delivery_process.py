@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.store.maildir import DeliveryError, Maildir
+from appliance.store.delivery import DeliveryError
+from appliance.store.maildir import Maildir
 from appliance.store.writer import DeliveryProcess
 from tests.fixtures.appliance import ApplianceFactory
 

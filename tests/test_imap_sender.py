@@ -27,12 +27,12 @@ import pytest
 
 from appliance.auth.passwords import hash_password
 from appliance.imap.fetch import parse_items, render_pieces
-from appliance.imap.index import to_crlf
-from appliance.imap.mailbox import MessageInfo
+from appliance.imap.index import MessageInfo
 from appliance.imap.message import ParsedMessage
 from appliance.imap.selected import JOB_MESSAGES
 from appliance.imap.sender import FetchJob, SenderProcess
 from appliance.imap.tokens import Atom
+from appliance.store.maildir import to_crlf
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
 
 PASSWORD = "Sender!Passw0rd"

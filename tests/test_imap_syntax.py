@@ -12,7 +12,7 @@ from appliance.imap.fetch import (
     render_pieces,
     whole_message_head,
 )
-from appliance.imap.mailbox import MessageInfo
+from appliance.imap.index import MessageInfo
 from appliance.imap.responses import Bad, internaldate, parse_date_time
 from appliance.imap.sequence import SequenceSet, SequenceSetError
 from appliance.imap.syntax import CommandSyntaxError, Tokenizer

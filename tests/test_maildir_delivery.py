@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.store import maildir
-from appliance.store.maildir import MailStore
+from appliance.store import durable
+from appliance.store.mailstore import MailStore
 
 DATA = b"Return-Path: <a@b.example>\nSubject: hi\n\nbody\n"
 LINES = DATA.count(b"\n")
@@ -26,9 +26,9 @@ def store(tmp_path: Path) -> MailStore:
 @pytest.fixture(params=["nameless", "rename"])
 def way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "rename":
-        monkeypatch.setattr(maildir, "_nameless_files", False)
+        monkeypatch.setattr(durable, "_nameless_files", False)
     else:
-        assert maildir._nameless_files, "O_TMPFILE should work on this machine's filesystem"
+        assert durable._nameless_files, "O_TMPFILE should work on this machine's filesystem"
     return str(request.param)
 
 
@@ -50,15 +50,15 @@ def test_a_delivery_lands_whole_in_new_with_no_trace_in_tmp(
 def test_a_filesystem_without_nameless_files_falls_back_to_rename_for_good(
     store: MailStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def unsupported(root: Path) -> int:
+    def unsupported(scratch: Path) -> int:
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
-    monkeypatch.setattr(maildir, "_open_nameless", unsupported)
-    monkeypatch.setattr(maildir, "_nameless_files", True)
+    monkeypatch.setattr(durable, "_open_nameless", unsupported)
+    monkeypatch.setattr(durable, "_nameless_files", True)
     root = tmp_path / "mail" / "example.test" / "john"
     [path] = store.deliver_now(DATA, [root])
     assert path.read_bytes() == DATA
-    assert maildir._nameless_files is False
+    assert durable._nameless_files is False
     assert os.listdir(root / "tmp") == []
 
 

@@ -5,7 +5,8 @@ implicit TLS, RFC 8314). Each connection runs a `Session` (session.py: the comma
 state machine) over the shared transport (`appliance.connection`) (bounded reads, idle timeout, STARTTLS that
 drops pipelined bytes). Commands are read by syntax.py, dispatched through commands.py to
 session.py, folders.py, selected.py and idle.py; FETCH items are in fetch.py, responses in
-responses.py. Folders, UIDs and flags live in mailbox.py over the Maildir++ store; message
+responses.py. Folders live in mailboxes.py (an account's tree), index.py (one folder's UIDs and
+flags, synced with the Maildir++ store) and view.py (a session's selected folder); message
 parsing (ENVELOPE, BODYSTRUCTURE, sections) in message.py, SEARCH in search.py.
 
 Extensions: LITERAL+ (RFC 7888), SASL-IR (RFC 4959), ID (RFC 2971), ENABLE (RFC 5161), IDLE

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from appliance.imap import responses, wire
-from appliance.imap.mailbox import MessageInfo
+from appliance.imap.index import MessageInfo
 from appliance.imap.message import ParsedMessage
 from appliance.imap.responses import Bad
 from appliance.imap.tokens import Atom, Token

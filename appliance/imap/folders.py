@@ -2,7 +2,7 @@
 ENABLE (RFC 5161) and NAMESPACE (RFC 2342).
 
 Hierarchy delimiter ".", names in modified UTF-7 as the client sends them; the folder store
-(mailbox.py) keeps them in Maildir++ layout. LIST applies the reference and pattern here.
+(mailboxes.py) keeps them in Maildir++ layout. LIST applies the reference and pattern here.
 """
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ from typing import TYPE_CHECKING
 
 from appliance.imap import responses
 from appliance.imap.commands import AUTHENTICATED, State, command
-from appliance.imap.mailbox import FolderInfo, MailboxError
+from appliance.imap.index import MailboxError
+from appliance.imap.mailboxes import FolderInfo
 from appliance.imap.responses import Bad, No
 from appliance.imap.session import text_argument
 from appliance.imap.syntax import FileLiteral
 from appliance.imap.tokens import Atom, Token, as_text
 
 if TYPE_CHECKING:
-    from appliance.imap.mailbox import AccountMailboxes
+    from appliance.imap.mailboxes import AccountMailboxes
     from appliance.imap.session import Session
 
 DELIMITER = "."

@@ -1,196 +1,368 @@
-"""The disk side of IMAP folders: UID lists, keywords, listings and message files.
+"""One IMAP folder's index and its sync with the Maildir: UIDs, flags, \\Recent.
 
-Every function here blocks and runs in the executor, with the folder's lock held by the caller
-(mailbox.py). Nothing here keeps state between calls.
-
-`appliance-uidlist` (one per Maildir folder) is an append-only log, so that a new message costs
-one short line, not a rewrite of the whole list:
-
-    appliance-uidlist 1 <uidvalidity>      header, written once
-    +<uid> <internaldate> <size> <key>     a UID given to the message with that Maildir key
-    R<uid>                                 every UID up to this one has been \\Recent somewhere
-    N<uid>                                 the next UID is at least this (after a compaction)
-
-A record whose message is gone from disk is dropped when the log is compacted (rewritten with
-only the live records, crash-safely: temporary file, fsync, rename). A torn last line (a crash
-while appending) is cut off before the next append. Lines are fsynced before a UID is reported
-to any client, so a UID once seen never changes (RFC 3501 §2.3.1.1).
-
-Flags are in the file names (`:2,` info, as every Maildir reader agrees): D \\Draft,
-F \\Flagged, R \\Answered, S \\Seen, T \\Deleted, and keywords as the letters a-z, mapped through
-`dovecot-keywords` ("<index> <name>" per line, index 0 = "a"), as Dovecot does.
+One `FolderIndex` per Maildir folder in the process holds its index (UID ↔ Maildir key, flags
+from the file names) and is shared by every session that has the folder open, so a change one
+session makes reaches the others at once; changes made by anyone else (SMTP delivery, POP3,
+another program) are found on disk by `sync`, which compares the listing of new/ and cur/ with
+the index (cheap when the directories' modification times say nothing changed). All disk work
+runs in the executor with the folder's lock held (the UID list and keywords: uidlist.py; the
+message files: store/); the index is changed only on the event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
-import re
-import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Literal
 
+from appliance.imap import uidlist
+from appliance.imap.uidlist import LETTER_FLAGS, MAX_KEYWORDS, SYSTEM_LETTERS
 from appliance.store.maildir import (
     INFO_SEPARATOR,
-    find_message,
-    fsync_directory,
+    age_order,
     message_size,
-    read_message_file,
-    try_link,
-    wire_size,
-    write_all,
+    remove_messages,
+    rename_with_flags,
 )
 
-UIDLIST = "appliance-uidlist"
-KEYWORDS = "dovecot-keywords"
-SUBSCRIPTIONS = "subscriptions"
-DELETED_PREFIX = "~deleted-"  # a folder being deleted is renamed to this first
-_HEADER = "appliance-uidlist 1"
-MAX_KEYWORDS = 26
-SYSTEM_LETTERS = {"\\Draft": "D", "\\Flagged": "F", "\\Answered": "R", "\\Seen": "S", "\\Deleted": "T"}
-LETTER_FLAGS = {letter: flag for flag, letter in SYSTEM_LETTERS.items()}
-COPY_CHUNK = 1 << 20
-HEADER_CHUNK = 8192
-MAX_HEADER = 1 << 20  # a header longer than this is searched by its first megabyte
+if TYPE_CHECKING:
+    from appliance.imap.mailboxes import Mailboxes
+    from appliance.imap.view import FolderView
+
+SETTLE_NS = 1_000_000_000  # a directory changed less than this before our listing is listed again
+
+
+class MailboxError(Exception):
+    """A folder operation refused: a NO with this response code (RFC 3501 §7.1, RFC 5530)."""
+
+    def __init__(self, code: str | None, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
 
 
 @dataclass(frozen=True, slots=True)
-class Record:
+class MessageInfo:
     uid: int
-    internaldate: float
-    size: int  # RFC822.SIZE (CRLF)
+    key: str  # the Maildir unique name (before ":2,")
+    flags: frozenset[str]  # system flags and keywords; never \Recent
+    internaldate: float  # epoch seconds
+    size: int  # RFC822.SIZE, with CRLF line ends
+
+
+@dataclass(slots=True)
+class Entry:
+    info: MessageInfo
+    sub: str  # "new" or "cur"
+    name: str  # the file name now
+    letters: str  # the flags in the name
 
 
 @dataclass
-class UidList:
-    uidvalidity: int
-    uidnext: int
-    recent_upto: int
-    records: dict[str, Record]  # Maildir key → its UID record
-    lines: int  # records in the file, live or not (for compaction)
+class _Scan:
+    """What one look at the disk found (made in the executor, applied on the loop)."""
+
+    stamp: tuple[int, int]
+    listed_ns: int
+    listing: dict[str, tuple[str, str]]
+    described: dict[str, tuple[float, int]]  # keys the index did not know: (internaldate, size)
+    uids: uidlist.UidList | None = None  # on the first look
+    keywords: list[str | None] | None = None  # on the first look
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
-    """A message file a listing found that the index did not know (or knew under another name)."""
+# -- one folder ------------------------------------------------------------------------------------
+class FolderIndex:
+    """The index of one Maildir folder, shared by every session that has it open."""
 
-    key: str
-    sub: str  # "new" or "cur"
-    name: str
-    letters: str  # the flags after ":2,"
+    def __init__(self, owner: Mailboxes, path: Path) -> None:
+        self.owner = owner
+        self.path = path
+        self.prefix = f"{path}/"  # for file paths built per message: str, not Path (10x cheaper)
+        self.lock = asyncio.Lock()
+        self.loaded = False
+        self.uidvalidity = 0
+        self.uidnext = 1
+        self.recent_upto = 0
+        self.recent_written = 0
+        self.lines = 0
+        self.entries: dict[str, Entry] = {}  # key → entry
+        self.by_uid: dict[int, MessageInfo] = {}
+        self.uids: list[int] = []  # ascending
+        self._in_order: list[MessageInfo] | None = None  # by_uid's values by UID, until either changes
+        self.keywords: list[str | None] = []  # index = letter - "a"
+        self.keyword_names: tuple[str, ...] = ()
+        self.stamp: tuple[int, int] | None = None
+        self.listed_ns = 0
+        self.version = 0
+        self.views: set[FolderView] = set()
+        self.last_used = time.monotonic()
+        self._flag_sets: dict[str, frozenset[str]] = {}
+        # Header field values SEARCH asked for: field → Maildir key → the values as
+        # SearchBatch.fields holds them. A message's bytes never change under its key, so nothing
+        # here goes stale; it lives as long as the index.
+        self.fields: dict[str, dict[str, str | None]] = {}
 
+    # -- reading the disk (lock held) ------------------------------------------------------------
+    def maybe_changed(self) -> bool:
+        """Whether a listing could find something new (two stats; no listing)."""
+        if not self.loaded or self.stamp is None:
+            return True
+        stamp = directory_stamp(self.path)
+        return stamp != self.stamp or self.listed_ns - max(stamp) < SETTLE_NS
 
-# -- the UID list ---------------------------------------------------------------------------------
-def load_uidlist(folder: Path, uidvalidity: int) -> UidList:
-    """The folder's UID list; a new one (with `uidvalidity`) when it has none or it is unreadable."""
-    path = folder / UIDLIST
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        data = b""
-    lines = data.split(b"\n")
-    head = lines[0].decode("ascii", "replace").split(" ")
-    if len(head) != 3 or " ".join(head[:2]) != _HEADER or not head[2].isdigit():
-        return _new_uidlist(folder, uidvalidity)
-    result = UidList(int(head[2]), 1, 0, {}, 0)
-    complete = data.endswith(b"\n")
-    for raw in lines[1:-1]:  # the last is b"" after a complete line, or a torn one (ignored)
-        line = raw.decode("utf-8", "surrogateescape")
-        if line.startswith("+"):
-            parts = line[1:].split(" ", 3)
-            if len(parts) != 4 or not parts[0].isdigit():
-                continue
-            try:
-                record = Record(int(parts[0]), float(parts[1]), int(parts[2]))
-            except ValueError:
-                continue
-            result.records[parts[3]] = record
-            result.lines += 1
-            result.uidnext = max(result.uidnext, record.uid + 1)
-        elif line[:1] in ("R", "N") and line[1:].isdigit():
-            if line[0] == "R":
-                result.recent_upto = max(result.recent_upto, int(line[1:]))
+    async def sync(self, *, force: bool = False) -> None:
+        if not force and not self.maybe_changed():
+            return
+        known = set(self.entries) if self.loaded else None
+        uidvalidity = uidlist.new_uidvalidity(self.owner.last_uidvalidity)
+        scan = await self.owner.run(self._scan, known, uidvalidity)
+        await self._apply(scan, uidvalidity)
+
+    def _scan(self, known: set[str] | None, uidvalidity: int) -> _Scan:
+        """Executor: the listing, and what is needed about the files the index does not know."""
+        uids = keywords = None
+        if known is None:
+            uids = uidlist.load_uidlist(self.path, uidvalidity)
+            keywords = uidlist.read_keywords(self.path)
+            known = set(uids.records)
+        listed_ns = time.time_ns()
+        stamp = directory_stamp(self.path)
+        listing = list_messages(self.path)
+        if self.loaded and any(key not in listing for key in known):
+            # A rename by someone else during the listing can hide a file: look once more.
+            for key, place in list_messages(self.path).items():
+                listing.setdefault(key, place)
+        described: dict[str, tuple[float, int]] = {}
+        for key, (sub, name) in listing.items():
+            if key not in known:
+                found = describe(self.path, sub, name)
+                if found is not None:
+                    described[key] = found
+        return _Scan(stamp, listed_ns, listing, described, uids, keywords)
+
+    async def _apply(self, scan: _Scan, uidvalidity: int) -> None:
+        records: dict[str, uidlist.Record] = {}
+        if scan.uids is not None:
+            self.uidvalidity = scan.uids.uidvalidity
+            if self.uidvalidity == uidvalidity:
+                self.owner.last_uidvalidity = uidvalidity
+            self.uidnext = scan.uids.uidnext
+            self.recent_upto = self.recent_written = scan.uids.recent_upto
+            self.lines = scan.uids.lines
+            records = scan.uids.records
+            self._set_keywords(scan.keywords or [])
+        listing = scan.listing
+        # New messages get the next UIDs in delivery order (RFC 3501 §2.3.1.1: ascending).
+        fresh = sorted((key for key in scan.described if key not in records), key=age_order)
+        lines = []
+        added: list[tuple[str, uidlist.Record]] = []
+        for key in fresh:
+            internaldate, size = scan.described[key]
+            record = uidlist.Record(self.uidnext, internaldate, size)
+            self.uidnext += 1
+            added.append((key, record))
+            lines.append(f"+{record.uid} {internaldate:.0f} {size} {key}")
+        if self.recent_upto != self.recent_written:
+            lines.append(f"R{self.recent_upto}")
+        if lines:
+            self.lines += len(added)
+            live = len(listing)
+            if self.lines > 2 * live + 1000:
+                kept = {key: records[key] for key in listing if key in records}
+                for key, entry in self.entries.items():
+                    if key in listing:
+                        kept[key] = uidlist.Record(entry.info.uid, entry.info.internaldate, entry.info.size)
+                kept.update(added)
+                whole = uidlist.UidList(self.uidvalidity, self.uidnext, self.recent_upto, kept, 0)
+                await self.owner.run(uidlist.rewrite_uidlist, self.path, whole)
+                self.lines = whole.lines
             else:
-                result.uidnext = max(result.uidnext, int(line[1:]))
-    if not complete:
-        _cut_torn_line(path, data)
-    return result
+                await self.owner.run(uidlist.append_uidlist, self.path, lines, durable=bool(added))
+            self.recent_written = self.recent_upto
+        # Only now, with the UIDs on disk, does anyone see them.
+        changed = False
+        for key, record in [*records.items(), *added]:
+            place = listing.get(key)
+            if place is None or key in self.entries:
+                continue
+            sub, name = place
+            letters = name.partition(INFO_SEPARATOR)[2]
+            info = MessageInfo(record.uid, key, self._flags(letters), record.internaldate, record.size)
+            self.entries[key] = Entry(info, sub, name, letters)
+            self.by_uid[record.uid] = info
+            self._in_order = None
+            changed = True
+        if records or added:
+            self.uids = sorted(self.by_uid)
+        gone = [key for key in self.entries if key not in listing]
+        if gone:
+            self._forget(gone)
+            changed = True
+        for key, (sub, name) in listing.items():
+            known = self.entries.get(key)
+            if known is None or (known.sub == sub and known.name == name):
+                continue
+            letters = name.partition(INFO_SEPARATOR)[2]
+            known.sub, known.name = sub, name
+            if letters != known.letters:
+                known.letters = letters
+                self._replace(known, self._flags(letters))
+                changed = True
+        self.stamp, self.listed_ns, self.loaded = scan.stamp, scan.listed_ns, True
+        if changed:
+            self.changed()
+
+    # -- the index (event loop only) -------------------------------------------------------------
+    def file_path(self, key: str) -> str:
+        """Where the message with `key` is as far as the index knows (str, not Path: built per
+        message); a reader falls back to looking it up by key if it moved meanwhile."""
+        entry = self.entries.get(key)
+        return f"{self.prefix}{entry.sub}/{entry.name}" if entry is not None else f"{self.prefix}cur/{key}"
+
+    def messages_in_order(self) -> list[MessageInfo]:
+        """The messages by ascending UID (kept between changes: every session that opens the
+        folder meanwhile copies the same list instead of looking up each UID again)."""
+        if self._in_order is None:
+            by_uid = self.by_uid
+            self._in_order = [by_uid[uid] for uid in self.uids]
+        return self._in_order
+
+    def changed(self) -> None:
+        self.version += 1
+        for view in self.views:
+            view.wake()
+
+    def _forget(self, keys: Collection[str]) -> None:
+        for key in keys:
+            entry = self.entries.pop(key, None)
+            if entry is not None:
+                self.by_uid.pop(entry.info.uid, None)
+        self.uids = sorted(self.by_uid)
+        self._in_order = None
+
+    def _replace(self, entry: Entry, flags: frozenset[str]) -> None:
+        old = entry.info
+        info = MessageInfo(old.uid, old.key, flags, old.internaldate, old.size)
+        entry.info = info
+        self.by_uid[old.uid] = info
+        self._in_order = None
+
+    def _set_keywords(self, keywords: list[str | None]) -> None:
+        self.keywords = keywords
+        self.keyword_names = tuple(name for name in keywords if name is not None)
+        self._flag_sets.clear()
+
+    def _flags(self, letters: str) -> frozenset[str]:
+        found = self._flag_sets.get(letters)
+        if found is None:
+            flags = []
+            for letter in letters:
+                if letter in LETTER_FLAGS:
+                    flags.append(LETTER_FLAGS[letter])
+                elif "a" <= letter <= "z":
+                    number = ord(letter) - ord("a")
+                    name = self.keywords[number] if number < len(self.keywords) else None
+                    if name is not None:
+                        flags.append(name)
+            found = self._flag_sets[letters] = frozenset(flags)
+        return found
+
+    async def letters_for(self, flags: Collection[str], keep: str = "") -> str:
+        """Maildir letters for IMAP flags (a new keyword gets a letter; lock held). Letters the
+        server does not know (e.g. "P", passed) are kept from `keep`."""
+        letters = {letter for letter in keep if "A" <= letter <= "Z" and letter not in LETTER_FLAGS}
+        lowered = {name.lower(): number for number, name in enumerate(self.keywords) if name is not None}
+        added = False
+        for flag in flags:
+            if flag in SYSTEM_LETTERS:
+                letters.add(SYSTEM_LETTERS[flag])
+                continue
+            number = lowered.get(flag.lower())
+            if number is None:
+                free = [n for n, name in enumerate(self.keywords) if name is None]
+                if free:
+                    number = free[0]
+                elif len(self.keywords) < MAX_KEYWORDS:
+                    number = len(self.keywords)
+                    self.keywords.append(None)
+                else:
+                    raise MailboxError("LIMIT", f"No more than {MAX_KEYWORDS} keywords per mailbox")
+                self.keywords[number] = flag
+                lowered[flag.lower()] = number
+                added = True
+            letters.add(chr(ord("a") + number))
+        if added:
+            await self.owner.run(uidlist.write_keywords, self.path, list(self.keywords))
+            self._set_keywords(self.keywords)
+            self.changed()
+        return "".join(sorted(letters))
+
+    # -- changes (lock held) ---------------------------------------------------------------------
+    async def set_flags(
+        self, uids: Sequence[int], mode: Literal["set", "add", "remove"], flags: set[str]
+    ) -> list[Entry]:
+        plan: list[tuple[Entry, str, frozenset[str]]] = []
+        removed = {flag.lower() for flag in flags}  # keywords match without regard to case
+        for uid in uids:
+            info = self.by_uid.get(uid)
+            if info is None:
+                continue
+            if mode == "set":
+                wanted = frozenset(flags)
+            elif mode == "add":
+                wanted = info.flags | flags
+            else:
+                wanted = frozenset(flag for flag in info.flags if flag.lower() not in removed)
+            if wanted == info.flags:
+                continue
+            entry = self.entries[info.key]
+            letters = await self.letters_for(wanted, keep=entry.letters)
+            plan.append((entry, letters, self._flags(letters)))
+        if not plan:
+            return []
+        moves = [(entry.sub, entry.name, entry.info.key, letters) for entry, letters, _ in plan]
+        renamed = await self.owner.run(rename_with_flags, self.path, moves)
+        done = []
+        for (entry, letters, new_flags), name in zip(plan, renamed, strict=True):
+            if name is None:
+                continue  # gone meanwhile: the next sync reports it
+            entry.sub, entry.name, entry.letters = "cur", name, letters
+            self._replace(entry, new_flags)
+            done.append(entry)
+        if done:
+            self.changed()
+        return done
+
+    async def remove(self, keys: Sequence[str]) -> int:
+        """Delete these messages' files; returns the bytes freed (for the quota)."""
+        places = [(self.entries[key].sub, self.entries[key].name, key) for key in keys if key in self.entries]
+        freed = await self.owner.run(remove_messages, self.path, places)
+        self._forget(keys)
+        self.changed()
+        return freed
+
+    def claim_recent(self, uid: int) -> None:
+        if uid > self.recent_upto:
+            self.recent_upto = uid
+
+    async def flush_recent(self) -> None:
+        """Note on disk how far \\Recent has been handed out (lock held; not fsynced: after a
+        crash some messages are only \\Recent once more)."""
+        if self.loaded and self.recent_upto != self.recent_written and self.path.is_dir():
+            upto = self.recent_upto
+            await self.owner.run(uidlist.append_uidlist, self.path, [f"R{upto}"], durable=False)
+            self.recent_written = upto
+
+    async def write_recent(self) -> None:
+        async with self.lock:
+            await self.flush_recent()
 
 
-def _new_uidlist(folder: Path, uidvalidity: int) -> UidList:
-    """A fresh list: a new UIDVALIDITY, so that no client trusts UIDs it knew before (§2.3.1.1)."""
-    result = UidList(uidvalidity, 1, 0, {}, 0)
-    if folder.is_dir():
-        rewrite_uidlist(folder, result)
-    return result
-
-
-def _cut_torn_line(path: Path, data: bytes) -> None:
-    end = data.rfind(b"\n") + 1
-    with open(path, "r+b") as handle:
-        handle.truncate(end)
-        os.fsync(handle.fileno())
-
-
-def append_uidlist(folder: Path, lines: list[str], *, durable: bool) -> None:
-    """Add lines to the log in one write (O_APPEND); fsynced when `durable`."""
-    if not lines:
-        return
-    data = ("".join(line + "\n" for line in lines)).encode("utf-8", "surrogateescape")
-    descriptor = os.open(folder / UIDLIST, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    try:
-        write_all(descriptor, data)
-        if durable:
-            os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
-def rewrite_uidlist(folder: Path, uidlist: UidList) -> None:
-    """The whole list written anew with only its live records (temporary file, fsync, rename)."""
-    lines = [f"{_HEADER} {uidlist.uidvalidity}", f"N{uidlist.uidnext}", f"R{uidlist.recent_upto}"]
-    ordered = sorted(uidlist.records.items(), key=lambda item: item[1].uid)
-    lines += [f"+{r.uid} {r.internaldate:.0f} {r.size} {key}" for key, r in ordered]
-    write_atomically(folder / UIDLIST, "".join(line + "\n" for line in lines))
-    uidlist.lines = len(ordered)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(text.encode("utf-8", "surrogateescape"))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.rename(temporary, path)
-    fsync_directory(path.parent)
-
-
-# -- keywords --------------------------------------------------------------------------------------
-def read_keywords(folder: Path) -> list[str | None]:
-    """Keyword names by index (None for a gap) from `dovecot-keywords`."""
-    try:
-        text = (folder / KEYWORDS).read_text("utf-8", "replace")
-    except FileNotFoundError:
-        return []
-    names: list[str | None] = [None] * MAX_KEYWORDS
-    for line in text.splitlines():
-        index, _, name = line.partition(" ")
-        if index.isdigit() and int(index) < MAX_KEYWORDS and name:
-            names[int(index)] = name
-    while names and names[-1] is None:
-        names.pop()
-    return names
-
-
-def write_keywords(folder: Path, names: list[str | None]) -> None:
-    text = "".join(f"{index} {name}\n" for index, name in enumerate(names) if name is not None)
-    write_atomically(folder / KEYWORDS, text)
-
-
-# -- listings and message files -------------------------------------------------------------------
+# -- listings ------------------------------------------------------------------------------------
 def directory_stamp(folder: Path) -> tuple[int, int]:
     """The modification times of new/ and cur/ (0 for a missing one): a change shows in them."""
     stamps = []
@@ -230,125 +402,3 @@ def describe(folder: Path, sub: str, name: str) -> tuple[float, int] | None:
         return None
     size = message_size(path, name.partition(INFO_SEPARATOR)[0])
     return None if size is None else (internaldate, size)
-
-
-def read_crlf(path: str | Path, folder: Path, key: str, size: int = 0) -> bytes | None:
-    """A message's bytes with CRLF line ends (stored with LF); None when it is gone. `size`:
-    RFC822.SIZE, so that one read takes the whole file (store.maildir.read_message_file)."""
-    data = read_message_file(path, size, folder, key)
-    return None if data is None else to_crlf(data)
-
-
-def read_header(path: str | Path, folder: Path, key: str) -> bytes | None:
-    """A message's header with CRLF line ends, blank line included (the body is not read)."""
-    handle = _open_current(path, folder, key)
-    if handle is None:
-        return None
-    with handle:
-        data = b""
-        while len(data) < MAX_HEADER:
-            chunk = handle.read(HEADER_CHUNK)
-            data += chunk
-            end = data.find(b"\n\n")
-            if end < 0:
-                end = data.find(b"\r\n\r\n")
-                end = end + 2 if end >= 0 else -1
-            if end >= 0:
-                return to_crlf(data[: end + 2])
-            if not chunk:
-                break
-        return to_crlf(data)
-
-
-def _open_current(path: str | Path, folder: Path, key: str) -> BinaryIO | None:
-    """The message file at `path`, or where it is now if another session renamed it meanwhile;
-    None when it is gone."""
-    try:
-        return open(path, "rb")
-    except FileNotFoundError:
-        moved = find_message(folder, key)
-        if moved is None:
-            return None
-        try:
-            return open(moved, "rb")
-        except FileNotFoundError:
-            return None
-
-
-def to_crlf(data: bytes) -> bytes:
-    if b"\r" not in data:
-        return data.replace(b"\n", b"\r\n")
-    return re.sub(rb"(?<!\r)\n", b"\r\n", data)
-
-
-def write_message(folder: Path, unique: str, data: bytes | Path, letters: str, mtime: float | None) -> str:
-    """Store a message (CRLF or LF line ends; a Path is streamed) in cur/ with its flags, durably.
-
-    Written to tmp/ with LF line ends and fsynced, given its internal date, renamed into cur/ as
-    "<unique>,S=<size>,W=<wire size>:2,<letters>", and cur/ fsynced. Returns the file name.
-    """
-    temporary = folder / "tmp" / unique
-    stored = wire = 0
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        try:
-            for chunk in _lf_chunks(data):
-                stored += len(chunk)
-                wire += wire_size(chunk)
-                write_all(descriptor, chunk)
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        if mtime is not None:
-            os.utime(temporary, (mtime, mtime))
-        name = f"{unique},S={stored},W={wire}{INFO_SEPARATOR}{letters}"
-        os.rename(temporary, folder / "cur" / name)
-    except BaseException:
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        raise
-    fsync_directory(folder / "cur")
-    return name
-
-
-def _lf_chunks(data: bytes | Path) -> Iterator[bytes]:
-    """The message with CRLF made LF; a spooled literal in chunks (a CR at a chunk's end waits)."""
-    if isinstance(data, bytes):
-        yield data.replace(b"\r\n", b"\n")
-        return
-    carry = b""
-    with open(data, "rb") as handle:
-        while True:
-            chunk = handle.read(COPY_CHUNK)
-            if not chunk:
-                break
-            chunk = carry + chunk
-            carry = b""
-            if chunk.endswith(b"\r"):
-                chunk, carry = chunk[:-1], b"\r"
-            yield chunk.replace(b"\r\n", b"\n")
-    if carry:
-        yield carry
-
-
-def link_message(source: Path, folder: Path, name: str) -> None:
-    """COPY: the same file under a new name in `folder`/cur/ (a hard link; a copy across devices)."""
-    target = folder / "cur" / name
-    if try_link(source, target):
-        return
-    temporary = folder / "tmp" / name
-    shutil.copy2(source, temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.rename(temporary, target)
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def new_uidvalidity(previous: int) -> int:
-    """Time-based, and never the same twice in one process."""
-    return max(int(time.time()), previous + 1)

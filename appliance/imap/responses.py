@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 
 from appliance.imap import wire
-from appliance.imap.mailbox import Exists, Expunged, FlagsChanged, NewFlags, Recent, Update
+from appliance.imap.updates import Exists, Expunged, FlagsChanged, NewFlags, Recent, Update
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SYSTEM_FLAGS_UPPER = {flag.upper(): flag for flag in (*SYSTEM_FLAGS, "\\Recent")}

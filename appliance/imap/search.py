@@ -23,7 +23,7 @@ from appliance.imap.sequence import SequenceSet, SequenceSetError
 from appliance.imap.tokens import Atom, Token
 
 if TYPE_CHECKING:
-    from appliance.imap.mailbox import MessageInfo
+    from appliance.imap.index import MessageInfo
 
 CHARSETS = ("US-ASCII", "UTF-8")  # RFC 3501 §6.4.4: US-ASCII MUST be supported; UTF-8 as well
 MAX_DEPTH = 50  # nesting of NOT / OR / parentheses

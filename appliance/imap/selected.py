@@ -30,7 +30,7 @@ from appliance.imap.fetch import (
     whole_message_head,
 )
 from appliance.imap.folders import folder_name, store_flags
-from appliance.imap.mailbox import FolderView, MailboxError, MessageInfo
+from appliance.imap.index import MailboxError, MessageInfo
 from appliance.imap.message import ParsedMessage
 from appliance.imap.responses import Bad, No
 from appliance.imap.search import SearchBatch, SearchError, compile_search
@@ -38,6 +38,7 @@ from appliance.imap.sender import FetchJob, Senders, Unavailable
 from appliance.imap.sequence import SequenceSet, format_set
 from appliance.imap.session import FLUSH_ABOVE
 from appliance.imap.tokens import Atom, Token, as_text
+from appliance.imap.view import FolderView
 
 if TYPE_CHECKING:
     from appliance.imap.session import Session

@@ -39,12 +39,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from appliance.connection import ConnectionClosed
-from appliance.imap import index
 from appliance.imap.fetch import WHOLE_TAIL, Request, batch_bounds, render_pieces, whole_message_head
-from appliance.imap.index import INFO_SEPARATOR
-from appliance.imap.mailbox import MessageInfo
+from appliance.imap.index import MessageInfo
 from appliance.imap.message import ParsedMessage
 from appliance.store.child import IOV_MAX, KEEP_FREED_MEMORY, ChildProcess, main_async
+from appliance.store.maildir import INFO_SEPARATOR, read_crlf
 
 if TYPE_CHECKING:
     from appliance.connection import Connection
@@ -211,7 +210,7 @@ async def _stream(sock: socket.socket, job: FetchJob) -> tuple[int, int]:
         for i in range(start, end):
             name = job.names[i]
             key = name.rpartition("/")[2].partition(INFO_SEPARATOR)[0]  # found by it if it moved meanwhile
-            raw = index.read_crlf(prefix + name, folder, key, job.sizes[i])
+            raw = read_crlf(prefix + name, folder, key, job.sizes[i])
             if raw is None:
                 missing += 1  # expunged meanwhile (RFC 2180 §4.1)
                 continue

@@ -23,7 +23,8 @@ from appliance.auth.verdict import Outcome
 from appliance.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
 from appliance.imap import responses
 from appliance.imap.commands import ANY, COMMANDS, NOT_AUTHENTICATED, State, command
-from appliance.imap.mailbox import AccountMailboxes, FlagsChanged, FolderView, MailboxError, Mailboxes
+from appliance.imap.index import MailboxError
+from appliance.imap.mailboxes import AccountMailboxes, Mailboxes
 from appliance.imap.responses import Bad, No
 from appliance.imap.sequence import SequenceSetError
 from appliance.imap.syntax import (
@@ -34,6 +35,8 @@ from appliance.imap.syntax import (
     Limits,
 )
 from appliance.imap.tokens import Atom, Token, as_text
+from appliance.imap.updates import FlagsChanged
+from appliance.imap.view import FolderView
 
 if TYPE_CHECKING:
     from appliance.context import ListenerSpec, Services

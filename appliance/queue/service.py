@@ -35,7 +35,7 @@ from appliance.queue.spool import DeliveryState, Envelope, RecipientState, Spool
 if TYPE_CHECKING:
     from appliance.manifest.models import Outbound
     from appliance.snapshot import Snapshot, SnapshotHolder
-    from appliance.store.maildir import MailStore
+    from appliance.store.mailstore import MailStore
 
 log = logging.getLogger("appliance.queue")
 

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.store.maildir import fsync_directory, write_all
+from appliance.store.durable import replace_file
 
 FLUSH_REQUEST = "flush"  # a file the CLI creates: retry everything now
 
@@ -70,7 +70,6 @@ class Spool:
         self.tmp = directory / "tmp"
         self._counter = itertools.count()
         self._lock = threading.Lock()
-        self._directory_fd: int | None = None
 
     def ensure(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -104,18 +103,8 @@ class Spool:
         return True
 
     def _place(self, name: str, data: bytes) -> None:
-        temporary = self.tmp / f"{name}.{threading.get_ident()}"
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temporary, self.directory / name)
-        self._sync_directory()
-
-    def _sync_directory(self) -> None:
-        fsync_directory(self.directory)
+        """Durable before it returns: file and directory fsynced (store/durable.py)."""
+        replace_file(self.directory / name, data, temporary=self.tmp / f"{name}.{threading.get_ident()}")
 
     def remove(self, queue_id: str) -> bool:
         """Remove the message (then its state). True when there was one."""

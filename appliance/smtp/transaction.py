@@ -21,7 +21,7 @@ from appliance.auth.service import log_field
 from appliance.smtp import replies
 from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
 from appliance.smtp.outbound import hand_to_queue, queue_available
-from appliance.store.maildir import QuotaExceeded
+from appliance.store.mailstore import QuotaExceeded
 
 if TYPE_CHECKING:
     import ssl

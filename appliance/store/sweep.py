@@ -1,10 +1,11 @@
 """Removing what a crash leaves in the Maildirs' tmp/ directories.
 
-A message is written to `tmp/`, fsynced and only then renamed into `new/` (maildir.py), and a
-client hears "250" only after the rename. A file still in `tmp/` when the server starts was never
-acknowledged: a `kill -9` or a power cut interrupted its delivery (or an IMAP APPEND). Nothing
-reads `tmp/`, so such files are only wasted space and quota; they are removed at start, in the
-background. Files newer than the server's start are left alone (another writer's, in flight).
+A message is written to `tmp/`, fsynced and only then renamed into `new/` (delivery.py; where the
+filesystem allows it, it is never named in `tmp/` at all), and a client hears "250" only after
+that. A file still in `tmp/` when the server starts was never acknowledged: a `kill -9` or a
+power cut interrupted its delivery (or an IMAP APPEND). Nothing reads `tmp/`, so such files are
+only wasted space and quota; they are removed at start, in the background. Files newer than the
+server's start are left alone (another writer's, in flight).
 """
 
 from __future__ import annotations

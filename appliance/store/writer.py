@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from appliance.store.child import ChildProcess, Handler, Reply, main
-from appliance.store.maildir import DeliveryError, MaildirWriter
+from appliance.store.delivery import DeliveryError, MaildirWriter
 
 log = logging.getLogger("appliance.store")
 

@@ -1,0 +1,381 @@
+"""Every account's IMAP folder tree: the folders an account has, their names and subscriptions.
+
+`Mailboxes` (one per process) keeps the folder indexes (index.py) that sessions share;
+`AccountMailboxes` is one logged-in account's tree of Maildir++ folders: LIST, CREATE, DELETE,
+RENAME, (UN)SUBSCRIBE, STATUS, APPEND and SELECT (which gives a FolderView, view.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from appliance.imap.index import FolderIndex, MailboxError
+from appliance.imap.view import FolderView
+from appliance.store.delivery import write_message
+from appliance.store.durable import replace_file
+from appliance.store.folders import (
+    create_folders,
+    delete_folder,
+    move_messages,
+    remove_leftovers,
+    rename_folders,
+)
+from appliance.store.maildir import INFO_SEPARATOR, Maildir, disk_size
+from appliance.store.mailstore import MailStore
+
+if TYPE_CHECKING:
+    from appliance.snapshot import AccountEntry
+    from appliance.store.reader import Readers
+
+log = logging.getLogger("appliance.imap")
+
+DELIMITER = "."
+SPECIAL_USE = {
+    "Sent": "\\Sent",
+    "Drafts": "\\Drafts",
+    "Trash": "\\Trash",
+    "Junk": "\\Junk",
+    "Archive": "\\Archive",
+}
+PREPARED_MARKER = "appliance-imap-prepared"
+SUBSCRIPTIONS = "subscriptions"
+DELETED_PREFIX = "~deleted-"  # a folder being deleted is renamed to this first
+MAX_NAME = 255
+MAX_CACHED_FOLDERS = 256  # folder indexes kept in memory while no session has them open
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class FolderInfo:
+    name: str
+    attributes: tuple[str, ...]
+    subscribed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class FolderStatus:
+    messages: int
+    recent: int
+    uidnext: int
+    uidvalidity: int
+    unseen: int
+
+
+# -- an account's folders --------------------------------------------------------------------------
+def check_name(name: str) -> str:
+    """A folder name the Maildir++ layout can hold (RFC 3501 §5.1), or MailboxError CANNOT."""
+    if name.upper() == "INBOX":
+        return "INBOX"
+    if (
+        not name
+        or len(name) > MAX_NAME
+        or "/" in name
+        or name.startswith(DELIMITER)
+        or name.endswith(DELIMITER)
+        or DELIMITER * 2 in name
+        or any(ord(char) < 0x20 or ord(char) == 0x7F for char in name)
+    ):
+        raise MailboxError("CANNOT", "Invalid mailbox name")
+    return name
+
+
+class AccountMailboxes:
+    def __init__(self, owner: Mailboxes, account: AccountEntry) -> None:
+        self._owner = owner
+        self._account = account
+        self.root = owner.store.path(account)
+        self._lock = owner.account_lock(self.root)
+
+    def run(self, function: Callable[..., _T], *args: object) -> asyncio.Future[_T]:
+        return self._owner.run(function, *args)
+
+    async def read_files(self, function: Callable[..., _T], *args: object) -> _T:
+        """`function(*args)` where message reads are done (Services.readers), else in the executor."""
+        readers = self._owner.readers
+        if readers is None:
+            return await self._owner.run(function, *args)
+        return await readers.run(function, *args)
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        self._owner.background(work)
+
+    def unique_name(self) -> str:
+        return self._owner.store.unique_name()
+
+    def charge(self, delta: int) -> None:
+        if delta:
+            self._owner.store.charge(self._account, delta)
+
+    async def check_quota(self, incoming: int) -> None:
+        if await self._owner.store.over_quota(self._account, incoming):
+            raise MailboxError("OVERQUOTA", "Mailbox is full")  # RFC 9208 §4.3.3
+
+    def _path(self, name: str) -> Path:
+        name = check_name(name)
+        return self.root if name == "INBOX" else self.root / f".{name}"
+
+    async def folder(self, name: str) -> FolderIndex:
+        path = self._path(name)
+        if not (path / "cur").is_dir():
+            raise MailboxError("NONEXISTENT", "No such mailbox")
+        return self._owner.folder(path)
+
+    # -- the folder list ---------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        async with self._lock:
+            await self.run(_prepare, self.root)
+
+    async def list(self) -> list[FolderInfo]:
+        names, subscribed = await self.run(_folder_names, self.root)
+        everything = ["INBOX", *names]
+        result = []
+        for name in everything:
+            prefix = name + DELIMITER
+            children = any(other.startswith(prefix) for other in names)
+            attributes = ["\\HasChildren" if children else "\\HasNoChildren"]
+            if name in SPECIAL_USE:
+                attributes.append(SPECIAL_USE[name])
+            result.append(FolderInfo(name, tuple(attributes), name in subscribed))
+        return result
+
+    async def create(self, name: str) -> None:
+        path = self._path(name)
+        if name.upper() == "INBOX":
+            raise MailboxError("ALREADYEXISTS", "INBOX always exists")
+        async with self._lock:
+            if (path / "cur").is_dir():
+                raise MailboxError("ALREADYEXISTS", "Mailbox exists")
+            # RFC 3501 §6.3.3: superior names are created as needed.
+            parts = name.split(DELIMITER)
+            paths = [self.root / f".{DELIMITER.join(parts[: n + 1])}" for n in range(len(parts))]
+            await self.run(create_folders, paths)
+        log.info("imap folder created login=%s folder=%r", self._account.address, name)
+
+    async def delete(self, name: str) -> None:
+        if name.upper() == "INBOX":
+            raise MailboxError("CANNOT", "INBOX cannot be deleted")
+        path = self._path(name)
+        async with self._lock:
+            if not (path / "cur").is_dir():
+                raise MailboxError("NONEXISTENT", "No such mailbox")
+            self._owner.forget(path)
+            freed = await self.run(delete_folder, path, self.root / f"{DELETED_PREFIX}{self.unique_name()}")
+        self.charge(-freed)
+        log.info("imap folder deleted login=%s folder=%r", self._account.address, name)
+
+    async def rename(self, old: str, new: str) -> None:
+        source, target = self._path(old), self._path(new)
+        if new == "INBOX":
+            raise MailboxError("ALREADYEXISTS", "INBOX always exists")
+        if old != "INBOX" and (new + DELIMITER).startswith(old + DELIMITER):
+            raise MailboxError("CANNOT", "A mailbox cannot be moved into itself")
+        async with self._lock:
+            if not (source / "cur").is_dir():
+                raise MailboxError("NONEXISTENT", "No such mailbox")
+            if (target / "cur").is_dir():
+                raise MailboxError("ALREADYEXISTS", "Mailbox exists")
+            names, _ = await self.run(_folder_names, self.root)
+            if old == "INBOX":
+                # RFC 3501 §6.3.5: the messages move to the new folder; INBOX stays, empty.
+                inbox = self._owner.folder(self.root)
+                async with inbox.lock:
+                    await self.run(move_messages, self.root, target)
+                    await inbox.sync(force=True)
+            else:
+                moves = [
+                    (self.root / f".{name}", self.root / f".{new}{name[len(old) :]}")
+                    for name in names
+                    if name == old or name.startswith(old + DELIMITER)
+                ]
+                for before, after in moves:
+                    self._owner.forget(before)
+                    self._owner.forget(after)
+                parents = new.split(DELIMITER)[:-1]
+                parent_paths = [
+                    self.root / f".{DELIMITER.join(parents[: n + 1])}" for n in range(len(parents))
+                ]
+                await self.run(rename_folders, self.root, moves, parent_paths)
+                await self.run(_rename_subscriptions, self.root, old, new)
+        log.info("imap folder renamed login=%s from=%r to=%r", self._account.address, old, new)
+
+    async def subscribe(self, name: str) -> None:
+        check_name(name)
+        async with self._lock:
+            await self.run(_change_subscription, self.root, name, True)
+
+    async def unsubscribe(self, name: str) -> None:
+        check_name(name)
+        async with self._lock:
+            await self.run(_change_subscription, self.root, name, False)
+
+    # -- one folder ------------------------------------------------------------------------------
+    async def status(self, name: str) -> FolderStatus:
+        folder = await self.folder(name)
+        async with folder.lock:
+            await folder.sync()
+            infos = folder.by_uid.values()
+            return FolderStatus(
+                messages=len(folder.by_uid),
+                recent=sum(1 for uid in folder.by_uid if uid > folder.recent_upto),
+                uidnext=folder.uidnext,
+                uidvalidity=folder.uidvalidity,
+                unseen=sum(1 for info in infos if "\\Seen" not in info.flags),
+            )
+
+    async def append(
+        self, name: str, data: bytes | Path, flags: set[str], internaldate: float | None
+    ) -> tuple[int, int]:
+        folder = await self.folder(name)
+        size = data.stat().st_size if isinstance(data, Path) else len(data)
+        await self.check_quota(size)
+        async with folder.lock:
+            await folder.sync()
+            letters = await folder.letters_for(flags)
+            unique = self.unique_name()
+            file_name = await self.run(_write, folder.path, unique, data, letters, internaldate)
+            await folder.sync(force=True)
+            entry = folder.entries.get(file_name.partition(INFO_SEPARATOR)[0])
+            if entry is None:
+                raise MailboxError("SERVERBUG", "The message vanished as it was stored")
+            self.charge(disk_size(folder.path / "cur" / file_name))
+            return folder.uidvalidity, entry.info.uid
+
+    async def select(self, name: str, *, readonly: bool) -> FolderView:
+        folder = await self.folder(name)
+        async with folder.lock:
+            await folder.sync()
+            view = FolderView(folder, self, "INBOX" if name.upper() == "INBOX" else name, readonly)
+            await folder.flush_recent()
+        return view
+
+
+def _write(folder: Path, unique: str, data: bytes | Path, letters: str, internaldate: float | None) -> str:
+    """APPEND: the message in cur/ with its flags and internal date, durably (RFC 3501 §6.3.11)."""
+    return write_message(folder, unique, data, sub="cur", letters=letters, mtime=internaldate)
+
+
+def _write_text(path: Path, text: str) -> None:
+    replace_file(path, text.encode("utf-8", "surrogateescape"))
+
+
+def _prepare(root: Path) -> None:
+    """First login: INBOX and the special-use folders (RFC 6154), subscribed. Later logins only
+    clear away what an interrupted DELETE left behind."""
+    Maildir(root).ensure()
+    remove_leftovers(root, DELETED_PREFIX)
+    if (root / PREPARED_MARKER).exists():
+        return
+    for name in SPECIAL_USE:
+        Maildir(root / f".{name}").ensure()
+    subscribed = _read_subscriptions(root)
+    for name in ["INBOX", *SPECIAL_USE]:
+        if name not in subscribed:
+            subscribed.append(name)
+    _write_text(root / SUBSCRIPTIONS, "".join(f"{name}\n" for name in subscribed))
+    _write_text(root / PREPARED_MARKER, "")
+
+
+def _folder_names(root: Path) -> tuple[list[str], set[str]]:
+    return Maildir(root).folders(), set(_read_subscriptions(root))
+
+
+def _read_subscriptions(root: Path) -> list[str]:
+    try:
+        text = (root / SUBSCRIPTIONS).read_text("utf-8", "replace")
+    except FileNotFoundError:
+        return []
+    return [line for line in text.splitlines() if line]
+
+
+def _change_subscription(root: Path, name: str, subscribe: bool) -> None:
+    names = _read_subscriptions(root)
+    if subscribe and name not in names:
+        names.append(name)
+    elif not subscribe and name in names:
+        names.remove(name)
+    else:
+        return
+    _write_text(root / SUBSCRIPTIONS, "".join(f"{n}\n" for n in names))
+
+
+def _rename_subscriptions(root: Path, old: str, new: str) -> None:
+    names = _read_subscriptions(root)
+    renamed = [
+        new + name[len(old) :] if name == old or name.startswith(old + DELIMITER) else name for name in names
+    ]
+    if renamed != names:
+        _write_text(root / SUBSCRIPTIONS, "".join(f"{n}\n" for n in renamed))
+
+
+# -- the process-wide registry ---------------------------------------------------------------------
+@dataclass(eq=False)
+class Mailboxes:
+    """Every folder index in the process; built once by serve (imap.server.IMAPServer)."""
+
+    store: MailStore
+    executor: concurrent.futures.Executor
+    last_uidvalidity: int = 0
+    _folders: dict[Path, FolderIndex] = field(default_factory=dict)
+    _locks: dict[Path, asyncio.Lock] = field(default_factory=dict)
+    _tasks: set[asyncio.Future[None]] = field(default_factory=set)
+    readers: Readers | None = None  # message reads (Services.readers)
+
+    def __post_init__(self) -> None:
+        self.store.listeners.append(self._delivered)
+
+    def account(self, account: AccountEntry) -> AccountMailboxes:
+        return AccountMailboxes(self, account)
+
+    def run(self, function: Callable[..., _T], *args: object, **kwargs: object) -> asyncio.Future[_T]:
+        loop = asyncio.get_running_loop()
+        if kwargs:
+            return loop.run_in_executor(self.executor, lambda: function(*args, **kwargs))
+        return loop.run_in_executor(self.executor, function, *args)
+
+    def background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def account_lock(self, root: Path) -> asyncio.Lock:
+        lock = self._locks.get(root)
+        if lock is None:
+            if len(self._locks) > 4 * MAX_CACHED_FOLDERS:
+                for path in [path for path, held in self._locks.items() if not held.locked()]:
+                    del self._locks[path]
+            lock = self._locks[root] = asyncio.Lock()
+        return lock
+
+    def folder(self, path: Path) -> FolderIndex:
+        found = self._folders.get(path)
+        if found is None:
+            if len(self._folders) >= MAX_CACHED_FOLDERS:
+                self._evict()
+            found = self._folders[path] = FolderIndex(self, path)
+        found.last_used = time.monotonic()
+        return found
+
+    def forget(self, path: Path) -> None:
+        """A folder deleted or renamed: its index must not be found under that name again."""
+        self._folders.pop(path, None)
+
+    def _evict(self) -> None:
+        idle = [folder for folder in self._folders.values() if not folder.views and not folder.lock.locked()]
+        idle.sort(key=lambda folder: folder.last_used)
+        for folder in idle[: max(1, len(idle) // 2)]:
+            del self._folders[folder.path]
+
+    def _delivered(self, paths: list[Path]) -> None:
+        """SMTP delivered into these INBOXes: sessions idling on them look now (RFC 2177)."""
+        for path in paths:
+            folder = self._folders.get(path)
+            if folder is not None:
+                for view in folder.views:
+                    view.wake()

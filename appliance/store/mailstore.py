@@ -1,0 +1,152 @@
+"""The mail store: every account's Maildir under `<data_dir>/mail`, its quota, and delivery.
+
+`MailStore.deliver` is where SMTP hands a message over: it checks the quota, adds the trace
+fields and has the message written durably in every recipient's Maildir (delivery.py: by the
+delivery process when the server has one, store/writer.py, else in the executor) before it
+returns: RFC 5321 §6.1, with the 250 the server takes responsibility for the message, so it is
+on disk (file and directory fsynced) first. Reading one Maildir is maildir.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from appliance.store.delivery import MaildirWriter
+from appliance.store.maildir import Maildir, Usage, disk_size, to_lf
+
+if TYPE_CHECKING:
+    from appliance.snapshot import AccountEntry
+    from appliance.store.writer import DeliveryProcess
+
+USAGE_MAX_AGE = 60.0  # seconds before a cached mailbox size is counted again from the disk
+
+
+class QuotaExceeded(Exception):
+    """Delivery would take a mailbox over its account's quota (nothing was written)."""
+
+    def __init__(self, mailbox: str) -> None:
+        super().__init__(f"quota exceeded: {mailbox}")
+        self.mailbox = mailbox
+
+
+class MailStore:
+    """Every account's Maildir under `<data_dir>/mail`, and delivery into them."""
+
+    def __init__(self, data_dir: Path, executor: concurrent.futures.Executor) -> None:
+        self.root = Path(data_dir) / "mail"
+        self.executor = executor
+        self._usage: dict[str, Usage] = {}
+        self._usage_lock = threading.Lock()
+        self.writer = MaildirWriter()
+        # When set (the server sets it), deliveries are written by a process of their own
+        # instead of this process's disk threads: see store/writer.py for why.
+        self.delivery_process: DeliveryProcess | None = None
+        # Called on the event loop after each delivery with the Maildirs it reached (IMAP IDLE).
+        self.listeners: list[Callable[[list[Path]], None]] = []
+
+    def path(self, account: AccountEntry) -> Path:
+        return self.root / account.mailbox
+
+    def maildir(self, account: AccountEntry) -> Maildir:
+        with self._usage_lock:
+            usage = self._usage.get(account.mailbox)
+        return Maildir(self.path(account), usage)
+
+    # -- quota ---------------------------------------------------------------------------------
+    async def usage(self, account: AccountEntry) -> int:
+        """Bytes stored in the account's Maildir (all folders): cached, counted again now and then."""
+
+        with self._usage_lock:
+            usage = self._usage.get(account.mailbox)
+        if usage is not None and time.monotonic() - usage.counted_at < USAGE_MAX_AGE:
+            return usage.size
+        size = await asyncio.get_running_loop().run_in_executor(
+            self.executor, _count_usage, self.path(account)
+        )
+        with self._usage_lock:
+            self._usage[account.mailbox] = Usage(size)
+        return size
+
+    async def over_quota(self, account: AccountEntry, incoming: int = 0) -> bool:
+        """True when `incoming` more bytes would take the account over its quota."""
+        quota = account.account.quota
+        if quota is None:
+            return False
+        used = await self.usage(account)
+        return used + incoming > quota if incoming else used >= quota
+
+    # -- delivery ------------------------------------------------------------------------------
+    async def deliver(
+        self, message: bytes, mailboxes: Sequence[AccountEntry], *, return_path: str, received: str
+    ) -> None:
+        """Store `message` (as received: CRLF line ends) durably in every mailbox, or in none.
+
+        `return_path` is the envelope sender ("" for the null sender); `received` is the value of
+        the Received field this server adds (RFC 5321 §4.4). Raises QuotaExceeded when a mailbox
+        is full, OSError when the disk fails; in both cases no mailbox keeps the message.
+        """
+
+        data = trace_headers(return_path, received) + to_lf(message)
+        for account in mailboxes:
+            if await self.over_quota(account, len(data)):
+                raise QuotaExceeded(account.mailbox)
+        paths = [self.path(account) for account in mailboxes]
+        if self.delivery_process is not None:
+            await self.delivery_process.deliver(data, paths)
+        else:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.deliver_now, data, paths)
+        with self._usage_lock:
+            for account in mailboxes:
+                usage = self._usage.get(account.mailbox)
+                if usage is not None:
+                    usage.add(len(data))
+        for listener in self.listeners:
+            listener(paths)
+
+    def charge(self, account: AccountEntry, delta: int) -> None:
+        """Bytes added to (or, negative, removed from) the account's mailbox outside `deliver`."""
+        with self._usage_lock:
+            usage = self._usage.get(account.mailbox)
+        if usage is not None:
+            usage.add(delta)
+
+    def deliver_now(self, data: bytes, maildirs: Sequence[Path]) -> list[Path]:
+        """`MaildirWriter.deliver` in this process (blocking)."""
+        return self.writer.deliver(data, maildirs)
+
+    def unique_name(self) -> str:
+        return self.writer.unique_name()
+
+
+def trace_headers(return_path: str, received: str) -> bytes:
+    """`Return-Path` (RFC 5321 §4.4) and `Received` fields, LF line ends."""
+    value = received.replace("\r\n", "\n").strip("\n")
+    text = f"Return-Path: <{return_path}>\nReceived: {value}\n"
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _count_usage(root: Path) -> int:
+    """Bytes in the Maildir and its folders, from S= fields (a stat for files without one)."""
+    total = 0
+    directories = [root]
+    try:
+        directories += [
+            root / entry for entry in os.listdir(root) if entry.startswith(".") and len(entry) > 1
+        ]
+    except FileNotFoundError:
+        return 0
+    for directory in directories:
+        for sub in ("new", "cur"):
+            try:
+                names = os.listdir(directory / sub)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            total += sum(disk_size(directory / sub / name) for name in names)
+    return total
