@@ -164,6 +164,12 @@ class Connection(asyncio.Protocol):
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def waiting_for_client(self) -> bool:
+        """True while the session waits in a read for what the client sends next (between
+        commands, or in IMAP IDLE): a line written now interleaves with nothing."""
+        return self._waiter is not None and not self._waiter.done()
+
     async def readline(self, limit: int, timeout: float) -> bytes:
         """The next line without its line end (CRLF or a bare LF).
 

@@ -97,6 +97,7 @@ class Server:
         self.imap: IMAPServer | None = None
         self.factories: dict[str, Factory] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._rechecks: asyncio.Task[None] | None = None  # sessions that follow the directory
         self.reloads_applied = 0
         self.reloads_rejected = 0
 
@@ -143,6 +144,7 @@ class Server:
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_tmp(time.time()))
+        self._rechecks = asyncio.get_running_loop().create_task(services.auth.revocations.run())
 
     async def _sweep_tmp(self, started: float) -> None:
         """Remove what a crash left in the Maildirs' tmp/ (never acknowledged; see store/sweep.py)."""
@@ -172,6 +174,8 @@ class Server:
             with contextlib.suppress(Exception):
                 server.close_clients()  # type: ignore[attr-defined]  # Python 3.13+
         self.listeners.clear()
+        if self._rechecks is not None:
+            self._rechecks.cancel()
         if self.services is not None:
             await self.services.queue.stop()
             await self.services.auth.close()
@@ -262,6 +266,9 @@ class Server:
                     snapshot.data_dir,
                 )
             self.holder.swap(snapshot)
+            if self.services is not None:
+                # Sessions the new manifest no longer allows end now, not at the next interval.
+                self.services.auth.revocations.reloaded(snapshot)
             self.reloads_applied += 1
             self.git_commit = git_commit
             self.last_error, self.last_error_at = [], None

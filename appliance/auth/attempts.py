@@ -28,6 +28,7 @@ from appliance.auth.service import AuthResult, log_field
 from appliance.auth.verdict import Outcome
 
 if TYPE_CHECKING:
+    from appliance.auth.revocation import LoggedIn
     from appliance.auth.service import AuthService
     from appliance.security import AutoBan
     from appliance.snapshot import AccountEntry, Snapshot, SnapshotHolder
@@ -136,14 +137,43 @@ class Attempts:
     """The login attempts of one connection."""
 
     def __init__(
-        self, auth: AuthService, holder: SnapshotHolder, *, protocol: str, listener: str, client: str
+        self,
+        auth: AuthService,
+        holder: SnapshotHolder,
+        *,
+        protocol: str,
+        listener: str,
+        client: str,
+        revoke: Callable[[str], None] | None = None,
     ) -> None:
+        """`revoke(reason)`: how the protocol ends its session once the login it made is no
+        longer allowed (auth/revocation.py); called on the event loop."""
         self._auth = auth
         self._holder = holder
         self.protocol = protocol
         self.listener = listener
         self.client = client
         self.failures = 0
+        self._revoke = revoke
+        self._registration: LoggedIn | None = None
+
+    @property
+    def revoked(self) -> str | None:
+        """Why the session's login was revoked, or None."""
+        return self._registration.revoked if self._registration is not None else None
+
+    async def still_allowed(self) -> str | None:
+        """Asks the directory again now (SMTP, at each MAIL FROM): why the login no longer
+        holds, or None."""
+        if self._registration is None:
+            return None
+        return await self._auth.revocations.check_now(self._registration)
+
+    def close(self) -> None:
+        """The session ends: it is no longer followed."""
+        if self._registration is not None:
+            self._auth.revocations.unregister(self._registration)
+            self._registration = None
 
     async def login(
         self,
@@ -170,6 +200,11 @@ class Attempts:
                 self._log(credentials, mechanism, tls, result, Opened("unavailable", "internal_error"))
                 raise
         self._log(credentials, mechanism, tls, result, opened)
+        if account is not None and (opened is None or opened.ok) and self._revoke is not None:
+            self.close()
+            self._registration = self._auth.revocations.register(
+                account, self.protocol, self.client, self._revoke, result.password_set
+            )
         close = False
         if result.outcome is Outcome.REJECTED:
             self.failures += 1

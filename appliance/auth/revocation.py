@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("appliance.auth")
 
 TICK = 1.0  # seconds between looks at which directories are due
-CHECK_NOW_FRESH = 1.0  # check_now answers from a state read this recently
 
 
 @dataclass(eq=False)
@@ -64,7 +63,6 @@ class Revocations:
         self._holder = holder
         self._sessions: set[LoggedIn] = set()
         self._checked: dict[str, float] = {}  # directory → when its states were last read
-        self._fresh: dict[tuple[str, str], tuple[float, UserState | None]] = {}  # check_now cache
         self.queries = 0  # directory searches made (status, benchmarks)
 
     # -- sessions ---------------------------------------------------------------------------------
@@ -162,15 +160,10 @@ class Revocations:
         if reason is None and session.directory is not None and session.user is not None:
             model = self._holder.current.directory(session.directory)
             if isinstance(model, ActiveDirectory) and model.bind_dn:
-                key = (session.directory, session.user.casefold())
-                known = self._fresh.get(key)
-                if known is None or time.monotonic() - known[0] > CHECK_NOW_FRESH:
-                    states = await self._states(session.directory, [session.user])
-                    if states is not None:
-                        known = (time.monotonic(), states.get(key[1]))
-                        self._fresh[key] = known
-                if known is not None:
-                    state = known[1]
+                # One search for this user (a few ms): a change made a moment ago must count.
+                states = await self._states(session.directory, [session.user])
+                if states is not None:
+                    state = states.get(session.user.casefold())
                     reason = (
                         "deleted_in_directory" if state is None else state.why_revoked(session.password_set)
                     )

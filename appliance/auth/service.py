@@ -43,6 +43,7 @@ from appliance.auth.guard import DirectoryGuard
 from appliance.auth.ldap_directory import LDAPDirectoryClient
 from appliance.auth.local_system import LocalSystemClient
 from appliance.auth.passwords import hash_password, verify_password
+from appliance.auth.revocation import Revocations
 from appliance.auth.verdict import Outcome, Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import ActiveDirectory, LDAPDirectory, LocalSystem
 
@@ -114,6 +115,8 @@ class AuthService:
         self._dummy_lock = threading.Lock()
         self._closed = False
         self.guard = DirectoryGuard(self._guard_settings)
+        # Logged-in sessions, ended when the manifest or the directory no longer allows them.
+        self.revocations = Revocations(self, holder)
         self.credentials = VerifiedCredentials()
         self._credentials_snapshot: Snapshot | None = None
 

@@ -69,7 +69,12 @@ class Session:
         self.view: FolderView | None = None  # the selected folder
         self.login: str | None = None
         self.logins = Attempts(
-            services.auth, services.holder, protocol="imap", listener=listener.name, client=connection.peer
+            services.auth,
+            services.holder,
+            protocol="imap",
+            listener=listener.name,
+            client=connection.peer,
+            revoke=self._revoked,
         )
         self.closing = False
         self.end_reason = "logout"  # what the log says when the command loop ends the session
@@ -167,6 +172,9 @@ class Session:
             while not self.closing:
                 await self._one_command()
                 await self.flush()
+                if self.logins.revoked is not None:  # revoked while the command ran
+                    self._revoked(self.logins.revoked, now=True)
+                    break
                 if self.after_command is not None:
                     step, self.after_command = self.after_command, None
                     await step()
@@ -175,7 +183,7 @@ class Session:
             reason = "idle_timeout"  # RFC 3501 §5.4: autologout
             self._try_write(responses.untagged("BYE Autologout; idle for too long"))
         except ConnectionClosed:
-            reason = "dropped"
+            reason = "dropped" if self.logins.revoked is None else self.end_reason
         except Exception:
             reason = "internal_error"
             log.exception(
@@ -185,6 +193,18 @@ class Session:
         finally:
             self._end(reason)
 
+    def _revoked(self, reason: str, *, now: bool = False) -> None:
+        """The login no longer holds (auth/revocation.py): BYE at once when the session waits for
+        the client (between commands, in IDLE), else once the running command is answered (the
+        command loop calls again with `now`)."""
+        if not (now or self.connection.waiting_for_client):
+            return
+        self.end_reason = f"revoked:{reason}"
+        self.closing = True
+        # RFC 3501 §7.1.5: BYE, then the server closes the connection.
+        self._try_write(responses.untagged("BYE Your login is no longer valid; log in again"))
+        self.connection.close()
+
     def _try_write(self, data: bytes) -> None:
         try:
             self.connection.write(b"".join(self._out) + data)
@@ -193,6 +213,7 @@ class Session:
         self._out.clear()
 
     def _end(self, reason: str) -> None:
+        self.logins.close()
         try:
             if self.view is not None:
                 self.view.close()

@@ -40,6 +40,8 @@ LINE_TOO_LONG = err("Line too long")
 BAD_ARGUMENTS = err("Invalid arguments")
 NOT_UTF8 = err("Invalid characters in command")
 IDLE_TIMEOUT = err("Disconnected for inactivity (RFC 1939 §3)")
+# The login no longer holds (the account or its directory user changed): RFC 3206 [AUTH].
+REVOKED = err("Your login is no longer valid; log in again", "AUTH")
 INTERNAL_ERROR = err("Internal error; closing", "SYS/TEMP")
 
 # AUTHORIZATION (RFC 1939 §7, RFC 2595 §4, RFC 5034)

@@ -66,7 +66,12 @@ class Session:
         self.user: str | None = None  # from USER, waiting for PASS
         self.login: str | None = None  # once authenticated
         self.logins = Attempts(
-            services.auth, services.holder, protocol="pop3", listener=listener.name, client=connection.peer
+            services.auth,
+            services.holder,
+            protocol="pop3",
+            listener=listener.name,
+            client=connection.peer,
+            revoke=self._revoked,
         )
         self.maildrop: Maildrop | None = None
         self.readahead: ReadAhead | None = None
@@ -115,6 +120,10 @@ class Session:
                     continue
                 await self.dispatch(line)
                 await self.connection.drain()
+                if self.logins.revoked is not None:  # revoked while the command ran
+                    self._revoked(self.logins.revoked, now=True)
+            if self.logins.revoked is not None:
+                reason = f"revoked:{self.logins.revoked}"
         except TimeoutError:
             # RFC 1939 §3: an idle client may be dropped without entering UPDATE (also while
             # the server waits for a SASL response).
@@ -124,7 +133,7 @@ class Session:
             except ConnectionClosed:
                 pass
         except ConnectionClosed:
-            reason = "dropped"
+            reason = "dropped" if self.logins.revoked is None else f"revoked:{self.logins.revoked}"
         except Exception:
             reason = "internal_error"
             log.exception("pop3 internal error client=%s login=%s", peer, log_field(self.login or "-"))
@@ -135,7 +144,21 @@ class Session:
         finally:
             await self._end(reason)
 
+    def _revoked(self, reason: str, *, now: bool = False) -> None:
+        """The login no longer holds (auth/revocation.py): -ERR and the connection closes, at
+        once when the session waits for the client, else after the running command. Never
+        through UPDATE: nothing marked is deleted (RFC 1939 §6)."""
+        if not (now or self.connection.waiting_for_client):
+            return
+        self.closing = True
+        try:
+            self.write(replies.REVOKED)
+        except ConnectionClosed:
+            pass
+        self.connection.close()
+
     async def _end(self, reason: str) -> None:
+        self.logins.close()
         try:
             if self.readahead is not None:
                 await self.readahead.close()

@@ -58,6 +58,8 @@ AUTH_BAD_BASE64 = "501 5.5.2 Cannot decode base64"
 AUTH_BAD_PLAIN = "501 5.5.2 Malformed PLAIN response"
 AUTH_CANCELLED = "501 5.7.0 Authentication cancelled"
 AUTH_TOO_MANY_FAILURES = "421 4.7.0 {host} too many failed logins, closing connection"
+# The login no longer holds: the account or its directory user changed (auth/revocation.py).
+LOGIN_REVOKED = "421 4.7.0 {host} your login is no longer valid, closing connection"
 AUTH_REQUIRED = "530 5.7.0 Authentication required"
 
 # -- the transaction (RFC 5321 §4.1.1, §4.2) ----------------------------------------------------

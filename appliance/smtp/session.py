@@ -78,8 +78,14 @@ class Session:
         self.helo = ""  # what HELO/EHLO named
         self.extended = False  # EHLO rather than HELO
         self.account: AccountEntry | None = None
+        # Revoked logins are noticed at the next command (`dispatch`), and asked about at MAIL.
         self.logins = Attempts(
-            services.auth, services.holder, protocol="smtp", listener=listener.name, client=connection.peer
+            services.auth,
+            services.holder,
+            protocol="smtp",
+            listener=listener.name,
+            client=connection.peer,
+            revoke=lambda reason: None,
         )
         self.unrecognized = 0
         self.delivered = 0
@@ -119,6 +125,7 @@ class Session:
         except ConnectionClosed:
             pass  # the client went away (or the session closed the connection)
         finally:
+            self.logins.close()
             self.connection.close()
             self.services.sessions.closed(self.listener.name, self.peer_ip)
             log.info(
@@ -172,6 +179,9 @@ class Session:
             await connection.drain()
 
     async def dispatch(self, line: bytes) -> None:
+        if self.logins.revoked is not None:
+            self._revoked(self.logins.revoked)
+            return
         if not line:
             self.reply(replies.BAD_SYNTAX)
             return
@@ -207,6 +217,12 @@ class Session:
     def _close(self) -> None:
         self.closing = True
         self.connection.close()
+
+    def _revoked(self, reason: str) -> None:
+        """The login no longer holds (auth/revocation.py): nothing more is accepted; 421 and close."""
+        log.info("closed client=%s listener=%s reason=revoked:%s", self.peer_ip, self.listener.name, reason)
+        self.reply(replies.LOGIN_REVOKED.format(host=self._hostname()))
+        self._close()
 
     def _reset(self, state: State) -> None:
         self.tx = None
@@ -318,6 +334,7 @@ class Session:
         # RFC 3207 §4.2: after the handshake, forget everything learnt before it (AUTH too).
         self._reset(State.INITIAL)
         self.helo, self.extended, self.account = "", False, None
+        self.logins.close()  # the next AUTH is a new login
 
     # -- AUTH (RFC 4954, PLAIN RFC 4616, LOGIN) -------------------------------------------------------
     def _auth_allowed(self, snapshot: Snapshot) -> bool:
@@ -384,6 +401,12 @@ class Session:
         if self.tx is not None:
             self.reply(replies.NESTED_MAIL)
             return
+        if self.account is not None:
+            # As hMailServer does: each new message asks whether the login still holds.
+            reason = await self.logins.still_allowed()
+            if reason is not None:
+                self._revoked(reason)
+                return
         opened = self.intake.mail(arg, self.account, self.extended)
         if isinstance(opened, str):
             self.reply(opened)
