@@ -155,9 +155,8 @@ def main() -> int:
             print(f"logins/s without checks {rate['without']:8.0f}  (failed {failures['without']})")
             print(f"logins/s with checks    {rate['with']:8.0f}  (failed {failures['with']})")
             print(f"ratio with / without    {rate['with'] / rate['without']:8.2f}  (target >= 0.95)")
-            print(
-                f"directory reads per interval      {sum(r['queries'] for r in checked) / intervals:6.2f}  (a read: one bind, one search per 100 users)"
-            )
+            reads = sum(r["queries"] for r in checked) / intervals
+            print(f"directory reads per interval    {reads:8.2f}  (a read: one bind, a search per 100 users)")
             print(
                 "one recheck of all sessions: "
                 f"{sorted(r['queries_per_recheck'] for r in checked)[len(checked) // 2]:.0f} search(es), "
