@@ -41,16 +41,25 @@ _HEADERS = [
 ]
 
 
-def from_domain(message: bytes) -> str | None:
-    """The domain of the first address in the From field, lower-case."""
-    end = message.find(b"\r\n\r\n")
-    header = message if end < 0 else message[: end + 2]
+def from_addresses(message: bytes) -> list[str]:
+    """The addresses of the first From field of the header (RFC 5322 §3.6.2: one or more),
+    lower-case; an entry without "@" is kept as it is, so a caller can refuse it."""
+    end = re.search(rb"\r?\n\r?\n", message)
+    header = message if end is None else message[: end.start() + 1]
     match = _FROM.search(header)
     if not match:
+        return []
+    value = match.group(1).decode("utf-8", "replace")
+    return [address.lower() for _name, address in email.utils.getaddresses([value]) if address]
+
+
+def from_domain(message: bytes) -> str | None:
+    """The domain of the first address in the From field, lower-case."""
+    addresses = from_addresses(message)
+    if not addresses:
         return None
-    _name, address = email.utils.parseaddr(match.group(1).decode("utf-8", "replace"))
-    _, at, domain = address.rpartition("@")
-    return domain.lower() if at and domain else None
+    _, at, domain = addresses[0].rpartition("@")
+    return domain if at and domain else None
 
 
 class Signer:
