@@ -137,6 +137,13 @@ def test_a_logged_in_user_with_a_colleagues_from_is_refused_and_nothing_leaves(
     with pytest.raises(smtplib.SMTPDataError) as refused:
         submit(server, ALICE, message(f"{ALICE}, {BOB}", "carol@remote.test", "from both"))
     assert refused.value.smtp_code == 550
+    # So is a second From field, which the signature would cover (RFC 6376 §5.4.2: bottom-up).
+    two_fields = message(ALICE, "carol@remote.test", "two fields").replace(
+        b"To:", f"From: {BOB}\r\nTo:".encode(), 1
+    )
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        submit(server, ALICE, two_fields)
+    assert refused.value.smtp_code == 550
     # What gets through afterwards is Alice's own, signed: nothing of the refused ones was queued.
     submit(server, ALICE, message(ALICE, "carol@remote.test", "own"))
     [got] = peer.wait_for(1)

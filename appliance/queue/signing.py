@@ -42,15 +42,12 @@ _HEADERS = [
 
 
 def from_addresses(message: bytes) -> list[str]:
-    """The addresses of the first From field of the header (RFC 5322 §3.6.2: one or more),
-    lower-case; an entry without "@" is kept as it is, so a caller can refuse it."""
+    """The addresses of every From field of the header (RFC 5322 §3.6.2: one or more in one
+    field; a second field is malformed but must not hide an address), lower-case, in order."""
     end = re.search(rb"\r?\n\r?\n", message)
-    header = message if end is None else message[: end.start() + 1]
-    match = _FROM.search(header)
-    if not match:
-        return []
-    value = match.group(1).decode("utf-8", "replace")
-    return [address.lower() for _name, address in email.utils.getaddresses([value]) if address]
+    header = message if end is None else message[: end.start()]
+    values = [match.group(1).decode("utf-8", "replace") for match in _FROM.finditer(header)]
+    return [address.lower() for _name, address in email.utils.getaddresses(values) if address]
 
 
 def from_domain(message: bytes) -> str | None:

@@ -5,9 +5,9 @@ no name (durable.py), named `<unique>,S=<bytes>,W=<wire size>` in new/ (delivery
 `:2,<flags>` in cur/ (APPEND, COPY), and that directory fsynced. A second mailbox or a COPY gets
 a hard link to the same file (a copy made the same way when a link is impossible).
 `MaildirWriter` is the delivery side: unique names, one file linked into every recipient's
-Maildir, group-committed syncs of new/, and `withdraw` to take back what a delivery that
-failed half way left (all recipients or none: the delivery process may die between two links). Everything here
-blocks: run it in an executor or in the delivery process (store/writer.py).
+Maildir, group-committed syncs of new/, and `withdraw` to take back what a delivery that failed
+half way left (all recipients or none: the delivery process may die between two links).
+Everything here blocks: run it in an executor or in the delivery process (store/writer.py).
 """
 
 from __future__ import annotations
