@@ -126,6 +126,7 @@ class OutboundQueue:
         received_from: str = "",
         received: str = "",
         hold: bool = False,
+        sign: bool = False,
     ) -> str:
         """Store `message` for `recipients` (none of them local) durably; return its queue id.
 
@@ -134,7 +135,9 @@ class OutboundQueue:
         SMTP answers 451 and the client keeps the message. With `hold`, delivery waits for
         `release(id)`; `withdraw(id)` takes the message back instead (SMTP: the local part of the
         same message failed, the client will send it again, and remote recipients must not get
-        it twice).
+        it twice). With `sign`, the message leaves DKIM-signed when its From domain has a key;
+        the caller vouches that the From is the sender's own (never so for mail that arrived
+        from outside and is forwarded on).
         """
         if not recipients:
             raise ValueError("a message needs at least one recipient")
@@ -148,7 +151,13 @@ class OutboundQueue:
             received_from = match.group(1) if match else "local"
         queue_id = self.spool.new_id()
         envelope = Envelope(
-            queue_id, sender, tuple(dict.fromkeys(recipients)), time.time(), received_from, len(message)
+            queue_id,
+            sender,
+            tuple(dict.fromkeys(recipients)),
+            time.time(),
+            received_from,
+            len(message),
+            sign=sign,
         )
         await asyncio.get_running_loop().run_in_executor(self.executor, self.spool.write, envelope, message)
         if hold:
@@ -156,12 +165,13 @@ class OutboundQueue:
         else:
             self._add(envelope, None)
         log.info(
-            "queued id=%s from=%s to=%s size=%d client=%s",
+            "queued id=%s from=%s to=%s size=%d client=%s dkim=%s",
             queue_id,
             _field(sender or "<>"),
             _field(",".join(envelope.recipients)),
             len(message),
             _field(received_from),
+            "sign" if sign else "no",
         )
         return queue_id
 
@@ -272,7 +282,7 @@ class OutboundQueue:
         self._remote.helo_name = snapshot.hostname
         pending = [r for r, s in state.recipients.items() if s.result == "pending"]
         groups = await self._destinations(pending, settings, snapshot)
-        message = await self._sign(message, snapshot)
+        message = await self._sign(message, envelope, snapshot)
         resolver = self._resolver_for(settings.resolver)
         timeouts = Timeouts(settings.connect_timeout, settings.command_timeout)
         attempt = state.attempts + 1
@@ -430,7 +440,9 @@ class OutboundQueue:
             self._resolver = (server, Resolver(server))
         return self._resolver[1]
 
-    async def _sign(self, message: bytes, snapshot: Snapshot) -> bytes:
+    async def _sign(self, message: bytes, envelope: Envelope, snapshot: Snapshot) -> bytes:
+        if not envelope.sign:
+            return message  # inbound mail forwarded on, or an old spool file: never signed here
         domain = from_domain(message)
         model = snapshot.manifest.domains.get(domain) if domain else None
         if domain is None or model is None or model.dkim is None:
@@ -489,9 +501,9 @@ class OutboundQueue:
                     )
                     await self.store.deliver(dsn, resolution.mailboxes, return_path="", received=received)
                 if resolution.forwards:
-                    await self.enqueue(dsn, "", resolution.forwards, received_from="bounce")
+                    await self.enqueue(dsn, "", resolution.forwards, received_from="bounce", sign=True)
             else:
-                await self.enqueue(dsn, "", [sender], received_from="bounce")
+                await self.enqueue(dsn, "", [sender], received_from="bounce", sign=True)
         except Exception as error:
             log.error(
                 "bounce failed id=%s to=%s action=%s error=%s",

@@ -41,16 +41,22 @@ _HEADERS = [
 ]
 
 
+def from_addresses(message: bytes) -> list[str]:
+    """The addresses of every From field of the header (RFC 5322 §3.6.2: one or more in one
+    field; a second field is malformed but must not hide an address), lower-case, in order."""
+    end = re.search(rb"\r?\n\r?\n", message)
+    header = message if end is None else message[: end.start()]
+    values = [match.group(1).decode("utf-8", "replace") for match in _FROM.finditer(header)]
+    return [address.lower() for _name, address in email.utils.getaddresses(values) if address]
+
+
 def from_domain(message: bytes) -> str | None:
     """The domain of the first address in the From field, lower-case."""
-    end = message.find(b"\r\n\r\n")
-    header = message if end < 0 else message[: end + 2]
-    match = _FROM.search(header)
-    if not match:
+    addresses = from_addresses(message)
+    if not addresses:
         return None
-    _name, address = email.utils.parseaddr(match.group(1).decode("utf-8", "replace"))
-    _, at, domain = address.rpartition("@")
-    return domain.lower() if at and domain else None
+    _, at, domain = addresses[0].rpartition("@")
+    return domain if at and domain else None
 
 
 class Signer:

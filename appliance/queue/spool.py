@@ -1,7 +1,7 @@
 """The queue on disk, under `<data_dir>/queue/`: one file per message, one per delivery state.
 
-`<id>.msg` holds one line of JSON (the envelope: sender, recipients, arrival, who handed it in)
-followed by the message with CRLF line ends. It is written to `tmp/`, fsynced, renamed into place
+`<id>.msg` holds one line of JSON (the envelope: sender, recipients, arrival, who handed it in,
+whether it may be DKIM-signed) followed by the message with CRLF line ends. It is written to `tmp/`, fsynced, renamed into place
 and the directory fsynced before `enqueue` returns, so an SMTP 250 is only ever given for mail that
 survives a crash. `<id>.state` (attempts, next try, each recipient's result) appears after the
 first attempt that leaves work to do, replaced atomically the same way. A message is done when its
@@ -34,6 +34,10 @@ class Envelope:
     arrived: float  # Unix time the message was accepted
     received_from: str  # who handed it in (client address, or "bounce"), for the listing and logs
     size: int = 0
+    # Whether the message may leave DKIM-signed: decided at intake (an authenticated submission
+    # whose From the user may send as, a trusted network, a bounce of ours), since signing
+    # happens at delivery time. A file written before this field existed reads as False.
+    sign: bool = False
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Spool:
                 "arrived": envelope.arrived,
                 "received_from": envelope.received_from,
                 "size": len(message),
+                "sign": envelope.sign,
             },
             separators=(",", ":"),
         )
@@ -180,6 +185,7 @@ class Spool:
                 arrived=float(data["arrived"]),
                 received_from=str(data.get("received_from", "")),
                 size=int(data.get("size", 0)),
+                sign=data.get("sign") is True,
             )
         except (ValueError, KeyError, TypeError):
             return None

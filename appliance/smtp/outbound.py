@@ -18,15 +18,16 @@ def queue_available(queue: Any) -> bool:
 
 
 async def hand_to_queue(
-    queue: Any, message: bytes, *, sender: str, recipients: Sequence[str], received: str
+    queue: Any, message: bytes, *, sender: str, recipients: Sequence[str], received: str, sign: bool
 ) -> str:
     """Give `message` for `recipients` (not local) to the outbound queue, held; its queue id.
 
     Raises on failure. The message is durable but waits: `release` it once the local part of
     the transaction is delivered too, or `withdraw` it when that failed (the client gets a 4xx
-    and sends the whole message again; remote recipients must not get it twice).
+    and sends the whole message again; remote recipients must not get it twice). `sign`: the
+    queue may DKIM-sign it (an authenticated or trusted submission, see transaction.py).
     """
     queue_id: str = await queue.enqueue(
-        message, sender=sender, recipients=list(recipients), received=received, hold=True
+        message, sender=sender, recipients=list(recipients), received=received, hold=True, sign=sign
     )
     return queue_id

@@ -85,6 +85,8 @@ UNKNOWN_RECIPIENT = "550 5.1.1 <{address}>: Recipient address rejected: no such 
 RELAY_DENIED = "554 5.7.1 <{address}>: Relay access denied"
 OUTBOUND_NOT_CONFIGURED = "453 4.3.0 <{address}>: outbound delivery is not configured, try later"
 SENDER_NOT_OWNED = "553 5.7.1 <{address}>: Sender address not owned by the authenticated user"
+# RFC 6409 §8: a submission server may refuse a From the authenticated user may not use.
+FROM_NOT_OWNED = "550 5.7.1 <{address}>: From address not owned by the authenticated user"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 MAILBOX_FULL = "452 4.2.2 <{address}>: Mailbox full"
 MESSAGE_TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"

@@ -454,7 +454,7 @@ class Session:
             )
             return
         greeting = Greeting(self.helo, self.extended, self.connection.ssl_object, self.account is not None)
-        reply, taken = await self.intake.deliver(tx, data.content, greeting)
+        reply, taken = await self.intake.deliver(tx, data.content, greeting, self.account)
         if taken:
             self.delivered += 1
         self.reply(reply)

@@ -2,6 +2,14 @@
 then delivery of the message DATA brought: into the local Maildirs, and to the outbound queue
 for other domains, with the `Received:` field (RFC 5321 §4.4) the server adds.
 
+DKIM (queue/signing.py) vouches for the From field, so the queue signs only what the end of
+DATA marks as a submission: from a client that logged in, every From address one the account
+may send as (the rules MAIL FROM follows), or from a trusted network. Mail from anyone else —
+inbound mail an alias or `forward_to` sends on — leaves unsigned. A logged-in client whose From
+names an address of a local domain it may not use (a colleague) is refused with 550 5.7.1
+(RFC 6409 §8 allows it); a From of another domain is let through unsigned, as no key of ours
+covers it and the envelope sender was already checked at MAIL.
+
 `Intake` holds what one connection's transactions need (the services, the listener, the client's
 address); the session holds the state (its `Transaction`, the account logged in) and passes it.
 """
@@ -18,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from appliance.auth.service import log_field
+from appliance.queue.signing import from_addresses
 from appliance.smtp import replies
 from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
 from appliance.smtp.outbound import hand_to_queue, queue_available
@@ -188,7 +197,26 @@ class Intake:
         return replies.RECIPIENT_OK
 
     # -- delivery (after DATA, RFC 5321 §4.1.1.4) --------------------------------------------------
-    async def _store(self, tx: Transaction, message: bytes, received: str) -> None:
+    def submission(self, message: bytes, account: AccountEntry | None) -> bool | str:
+        """Whether the queue may DKIM-sign the message (see the module doc), or the reply that
+        refuses it: a logged-in client's From naming a local address the account may not use."""
+        snapshot = self.services.holder.current
+        if account is None:
+            return snapshot.is_trusted(self.peer_ip)
+        current = snapshot.account_by_address(account.address)
+        senders = from_addresses(message)
+        for address in senders:
+            if current is not None and current.enabled and snapshot.may_send_as(current, address):
+                continue
+            if snapshot.is_local_domain(address.rpartition("@")[2]):
+                reply = replies.printable(replies.FROM_NOT_OWNED.format(address=address))
+                return self.reject(
+                    "data", "from_not_owned", reply, login=account.address, header_from=address
+                )
+            return False  # another domain's address: no key of ours may vouch for it
+        return bool(senders)
+
+    async def _store(self, tx: Transaction, message: bytes, received: str, sign: bool) -> None:
         """Queue the remote part (held), deliver the local part, then let the queue go on.
 
         Both or neither: when local delivery fails the queued copy is withdrawn, since the
@@ -197,7 +225,12 @@ class Intake:
         queue_id: str | None = None
         if tx.remote:
             queue_id = await hand_to_queue(
-                self.services.queue, message, sender=tx.sender, recipients=tx.remote, received=received
+                self.services.queue,
+                message,
+                sender=tx.sender,
+                recipients=tx.remote,
+                received=received,
+                sign=sign,
             )
         try:
             if tx.mailboxes:
@@ -211,15 +244,20 @@ class Intake:
         if queue_id is not None:
             self.services.queue.release(queue_id)
 
-    async def deliver(self, tx: Transaction, message: bytes, greeting: Greeting) -> tuple[str, bool]:
+    async def deliver(
+        self, tx: Transaction, message: bytes, greeting: Greeting, account: AccountEntry | None
+    ) -> tuple[str, bool]:
         """Store the message in every local mailbox (and hand remote ones on): the reply, and
         whether the message was taken (the 250 follows)."""
+        sign = self.submission(message, account)
+        if isinstance(sign, str):
+            return sign, False
         started = time.perf_counter()
         message_id = f"{_ID_PREFIX}{next(_message_ids):06X}"
         snapshot = self.services.holder.current
         received = self._received(snapshot, tx, message_id, greeting)
         try:
-            await self._store(tx, message, received)
+            await self._store(tx, message, received, sign)
         except QuotaExceeded as full:
             entry = next(e for e in tx.mailboxes.values() if e.mailbox == full.mailbox)
             reply = replies.MAILBOX_FULL.format(address=entry.address)

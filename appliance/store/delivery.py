@@ -5,12 +5,14 @@ no name (durable.py), named `<unique>,S=<bytes>,W=<wire size>` in new/ (delivery
 `:2,<flags>` in cur/ (APPEND, COPY), and that directory fsynced. A second mailbox or a COPY gets
 a hard link to the same file (a copy made the same way when a link is impossible).
 `MaildirWriter` is the delivery side: unique names, one file linked into every recipient's
-Maildir, group-committed syncs of new/. Everything here blocks: run it in an executor or in the
-delivery process (store/writer.py).
+Maildir, group-committed syncs of new/, and `withdraw` to take back what a delivery that failed
+half way left (all recipients or none: the delivery process may die between two links).
+Everything here blocks: run it in an executor or in the delivery process (store/writer.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import itertools
 import os
@@ -70,6 +72,11 @@ def write_message(
         path = durable.create_file(root / "tmp", unique, content, target, mtime=mtime)
     _sync_or_remove(path, sync)
     return path.name
+
+
+def delivered_name(unique: str, data: bytes) -> str:
+    """The name `MaildirWriter.deliver` gives `data` (final bytes, LF line ends) in new/."""
+    return f"{unique},S={len(data)},W={wire_size(data)}"
 
 
 def link_message(
@@ -192,15 +199,17 @@ class MaildirWriter:
         self._counter = itertools.count(1)
         self._pid = os.getpid()
 
-    def deliver(self, data: bytes, maildirs: Sequence[Path]) -> list[Path]:
+    def deliver(self, data: bytes, maildirs: Sequence[Path], unique: str | None = None) -> list[Path]:
         """Write `data` (final bytes, LF line ends) into each Maildir's new/; blocking.
 
-        The first mailbox gets the file written (write_message), the others hard links to it (a
+        `unique` is the Maildir unique name to use (made here when None): the file is named
+        `delivered_name(unique, data)` in every new/, so whoever asked can `withdraw` it. The
+        first mailbox gets the file written (write_message), the others hard links to it (a
         copy when a link is impossible). Each new/ is fsynced (shared between concurrent
         deliveries) before this returns. On any failure every file already placed is removed
         again and DeliveryError is raised.
         """
-        unique = self.unique_name()
+        unique = unique or self.unique_name()
         placed: list[Path] = []
         try:
             for root in maildirs:
@@ -217,6 +226,25 @@ class MaildirWriter:
                     pass
             raise DeliveryError(error.errno, error.strerror, error.filename) from error
         return placed
+
+    def withdraw(self, data: bytes, maildirs: Sequence[Path], unique: str) -> int:
+        """Remove what a delivery of `data` as `unique` left in `maildirs` (its file in new/, a
+        half-written one in tmp/), each new/ it left in fsynced, so the removal is on disk before
+        the client hears 4xx; how many mailboxes held it. Blocking. For a delivery whose writer
+        died half way (the delivery process killed): its links must not outlive the failure."""
+        name = delivered_name(unique, data)
+        removed = 0
+        for root in maildirs:
+            for leftover in (root / "tmp" / unique, root / "tmp" / name):
+                with contextlib.suppress(OSError):
+                    os.unlink(leftover)
+            try:
+                os.unlink(root / "new" / name)
+            except FileNotFoundError:
+                continue
+            removed += 1
+            self._syncs.sync(root / "new")
+        return removed
 
     def unique_name(self) -> str:
         """A Maildir unique name, "<seconds>.M<usec>P<pid>Q<counter>.<host>" (thread-safe)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import logging
 import os
 import threading
 import time
@@ -18,12 +19,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from appliance.store.delivery import MaildirWriter
+from appliance.store.delivery import DeliveryError, MaildirWriter
 from appliance.store.maildir import Maildir, Usage, disk_size, to_lf
 
 if TYPE_CHECKING:
     from appliance.snapshot import AccountEntry
     from appliance.store.writer import DeliveryProcess
+
+log = logging.getLogger("appliance.store")
 
 USAGE_MAX_AGE = 60.0  # seconds before a cached mailbox size is counted again from the disk
 
@@ -99,7 +102,18 @@ class MailStore:
                 raise QuotaExceeded(account.mailbox)
         paths = [self.path(account) for account in mailboxes]
         if self.delivery_process is not None:
-            await self.delivery_process.deliver(data, paths)
+            unique = self.writer.unique_name()
+            try:
+                await self.delivery_process.deliver(data, paths, unique)
+            except DeliveryError:
+                # All recipients or none: a process killed between two links left the message
+                # in some mailboxes; the client gets 4xx and sends it again, so none keeps it.
+                removed = await asyncio.get_running_loop().run_in_executor(
+                    self.executor, self.writer.withdraw, data, paths, unique
+                )
+                if removed:
+                    log.warning("delivery withdrawn unique=%s mailboxes=%d", unique, removed)
+                raise
         else:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.deliver_now, data, paths)
         with self._usage_lock:

@@ -8,10 +8,13 @@ from the thread pool added about 2 ms each way (measured with 20 SMTP sessions o
 The delivery process (child.py: started, stopped and restarted like every helper process) has a
 lock of its own.
 
-A request's meta part is a JSON list of the Maildirs, its data part the message bytes (final:
-trace headers added, LF line ends). The reply is empty when the message is in every new/, or JSON
-{"errno", "strerror", "filename"} when it is in none of them. If the process dies, the deliveries
-in flight fail as temporary errors (nothing was acknowledged).
+A request's meta part is JSON {"maildirs": [...], "unique": the Maildir unique name the server
+chose, or null}, its data part the message bytes (final: trace headers added, LF line ends). The
+reply is empty when the message is in every new/, or JSON {"errno", "strerror", "filename"} when it is in
+none of them. If the process dies, the deliveries in flight fail as temporary errors (nothing was
+acknowledged), and the server removes what they had linked already (`MaildirWriter.withdraw`:
+the names are known from the unique name it chose), so no mailbox keeps a message the client
+was told to send again.
 """
 
 from __future__ import annotations
@@ -49,10 +52,13 @@ class DeliveryProcess(ChildProcess):
         problem = json.loads(meta)
         return DeliveryError(problem["errno"], problem["strerror"], problem.get("filename"))
 
-    async def deliver(self, data: bytes, maildirs: Sequence[Path]) -> None:
-        """Store `data` in every Maildir's new/ (see MaildirWriter.deliver); DeliveryError when
-        it is stored in none of them."""
-        problem = await self.request(json.dumps([str(path) for path in maildirs]).encode(), data)
+    async def deliver(self, data: bytes, maildirs: Sequence[Path], unique: str | None = None) -> None:
+        """Store `data` in every Maildir's new/ as `unique` (the process makes one when None;
+        see MaildirWriter.deliver). DeliveryError when it is not stored: reported by the process
+        (then it is in none of them), or the process lost (then the caller withdraws what it
+        may have linked, MaildirWriter.withdraw)."""
+        meta = {"maildirs": [str(path) for path in maildirs], "unique": unique}
+        problem = await self.request(json.dumps(meta).encode(), data)
         if problem is not None:
             raise problem
 
@@ -63,7 +69,8 @@ def _handler() -> Handler:
 
     def deliver(meta: bytes, data: bytes) -> Reply:
         try:
-            writer.deliver(data, [Path(path) for path in json.loads(meta)])
+            request = json.loads(meta)
+            writer.deliver(data, [Path(path) for path in request["maildirs"]], request.get("unique"))
         except OSError as error:
             problem = {
                 "errno": error.errno or errno.EIO,
