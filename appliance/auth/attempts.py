@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from appliance.auth.sasl import Credentials
 from appliance.auth.service import AuthResult, log_field
-from appliance.auth.verdict import Outcome
+from appliance.auth.verdict import Outcome, Reason
 
 if TYPE_CHECKING:
     from appliance.auth.service import AuthService
@@ -126,6 +126,8 @@ class Attempt:
     account: AccountEntry | None  # set when ACCEPTED
     opened: Opened | None  # what open_account said, when it was called
     close: bool  # refused once too often: say so and close the connection
+    # REJECTED although the password was right (expired, must change): the client may be told.
+    reason: Reason | None = None
 
     @property
     def logged_in(self) -> bool:
@@ -175,7 +177,7 @@ class Attempts:
             self.failures += 1
             await asyncio.sleep(FAILED_LOGIN_DELAY)
             close = self.failures >= MAX_LOGIN_FAILURES
-        return Attempt(result.outcome, account, opened, close)
+        return Attempt(result.outcome, account, opened, close, result.reason)
 
     def _log(
         self,

@@ -43,7 +43,7 @@ from appliance.auth.guard import DirectoryGuard
 from appliance.auth.ldap_directory import LDAPDirectoryClient
 from appliance.auth.local_system import LocalSystemClient
 from appliance.auth.passwords import hash_password, verify_password
-from appliance.auth.verdict import Outcome, Verdict, accepted, rejected, unavailable
+from appliance.auth.verdict import Outcome, Reason, Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import ActiveDirectory, LDAPDirectory, LocalSystem
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class AuthResult:
     server: str | None = None  # the server that answered (or those tried)
     milliseconds: float = 0.0
     password_set: int | None = None  # AD pwdLastSet at this login (for session revocation)
+    reason: Reason | None = None  # REJECTED although the password was right: the client may know why
 
     @property
     def log_cause(self) -> str:
@@ -177,6 +178,7 @@ class AuthService:
             verdict.server,
             (time.perf_counter() - started) * 1000,
             verdict.password_set,
+            verdict.reason if verdict.outcome is Outcome.REJECTED else None,
         )
 
     async def _decide(
