@@ -57,7 +57,7 @@ small = {{ password_hash = "{HASH}", quota = "2 KB" }}
 """
 # Fuzzed logins fail all the time: 127.0.0.1 must not get banned for it.
 NO_AUTOBAN = "\n[security.auto_ban]\nenabled = false\n"
-REPLY_TIMEOUT = 15.0  # seconds a reply may take (a failed login alone waits 0.75 s)
+REPLY_TIMEOUT = 15.0  # seconds a reply may take (a failed login alone takes 1 s)
 MAX_LINE = 3000  # bytes per fuzzed line: longer than POP3's limit, within SMTP's and IMAP's
 
 

@@ -4,8 +4,24 @@
   connection limits; each protocol renders the refusal in its own words.
 - `Attempts`: one connection's logins. It applies the authorization-identity rule, asks the auth
   service, lets the protocol open the account (POP3's maildrop, IMAP's folders), writes the one
-  log line of the attempt, and after a refusal waits FAILED_LOGIN_DELAY and says whether the
-  connection is to be closed (the MAX_LOGIN_FAILURES-th refusal closes it).
+  log line of the attempt, answers a refusal no sooner than FAILED_LOGIN_FLOOR after the attempt
+  began, and says whether the connection is to be closed (the MAX_LOGIN_FAILURES-th refusal
+  closes it).
+
+A refusal takes the same time whatever was asked (issue 21 item 9: account enumeration by
+timing). A wrong password for an unknown address costs a dummy argon2 verification, for a local
+account a real one, for an AD-linked account one bind of a few milliseconds; a fixed pause after
+the check (as before) let the three be told apart (median 1,143 / 1,002 / 752 ms). The refusal is
+now sent at a fixed time after the attempt began, chosen to cover a normal check, so the check's
+own cost no longer shows. When password hashing is slow (a loaded machine), the floor follows
+the slowest recent hash verification (HASH_MARGIN times it), for every refusal alike. Only a
+check slower than that (a DC that is slow to answer, the guard pacing an account under attack)
+makes a refusal later, and that says nothing about whether the address exists. The dummy
+verification stays: it keeps an unknown address's cost to the server (a worker thread, CPU) the
+same as a real account's, so load does not tell them apart either, and its time feeds the floor.
+
+A refusal says why only when the directory said the password was right (`Attempt.reason`: AD's
+532, 773, 701; RFC 5530 EXPIRED and its kin); every other refusal has the one answer.
 
 The log line, on logger "appliance.auth", never with the password:
   `auth result=rejected login=john@example.test protocol=smtp listener=submissions mechanism=PLAIN
@@ -19,13 +35,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from appliance.auth.sasl import Credentials
 from appliance.auth.service import AuthResult, log_field
-from appliance.auth.verdict import Outcome
+from appliance.auth.verdict import Outcome, Reason
 
 if TYPE_CHECKING:
     from appliance.auth.revocation import LoggedIn
@@ -35,7 +52,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("appliance.auth")
 
-FAILED_LOGIN_DELAY = 0.75  # seconds before the refusal is sent: slows guessing, never blocks the loop
+# Seconds from the start of an attempt to its refusal: covers a normal check (an argon2id
+# verification with argon2-cffi's defaults takes 0.05-0.4 s on a loaded 2-core machine, an AD bind
+# a few ms), slows guessing, never blocks the loop (the wait is an asyncio sleep).
+FAILED_LOGIN_FLOOR = 1.0
+# On a loaded machine argon2 may take longer than that (0.95 s measured here with the test suite
+# running): the floor then rises to this many times the slowest recent hash verification.
+HASH_MARGIN = 1.25
 MAX_LOGIN_FAILURES = 3  # refused logins per connection; the last refusal closes it
 
 
@@ -127,6 +150,8 @@ class Attempt:
     account: AccountEntry | None  # set when ACCEPTED
     opened: Opened | None  # what open_account said, when it was called
     close: bool  # refused once too often: say so and close the connection
+    # REJECTED although the password was right (expired, must change): the client may be told.
+    reason: Reason | None = None
 
     @property
     def logged_in(self) -> bool:
@@ -185,6 +210,7 @@ class Attempts:
     ) -> Attempt:
         """Check `credentials` (from SASL `mechanism`, or "USER"/"LOGIN" for the protocols' own
         commands); call `open_account` after a good password. One log line, whatever happens."""
+        started = time.monotonic()
         if may_act_as(self._holder.current, credentials.authcid, credentials.authzid):
             result = await self._auth.check(credentials.authcid, credentials.password, client=self.client)
         else:
@@ -208,9 +234,11 @@ class Attempts:
         close = False
         if result.outcome is Outcome.REJECTED:
             self.failures += 1
-            await asyncio.sleep(FAILED_LOGIN_DELAY)
+            # Issue 21 item 9: at the floor after the start, not a fixed pause after the check.
+            floor = max(FAILED_LOGIN_FLOOR, HASH_MARGIN * self._auth.slowest_recent_hash())
+            await asyncio.sleep(max(0.0, started + floor - time.monotonic()))
             close = self.failures >= MAX_LOGIN_FAILURES
-        return Attempt(result.outcome, account, opened, close)
+        return Attempt(result.outcome, account, opened, close, result.reason)
 
     def _log(
         self,

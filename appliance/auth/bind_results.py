@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from appliance.auth.verdict import Verdict, rejected, unavailable
+from appliance.auth.verdict import Reason, Verdict, rejected, unavailable
 
 # [MS-ADTS] / Win32 error codes carried in the bind result's diagnostic message.
 AD_CODES = {
@@ -24,6 +24,15 @@ AD_CODES = {
     "701": "account_expired",
     "773": "must_change_password",
     "775": "locked_out",
+}
+# Codes AD answers only when the password was right (a wrong one gets 52e whatever the account's
+# state; checked on Samba 4.17: 532, 773 and 701 with a wrong password all give 52e): the client
+# may be told these (RFC 5530 EXPIRED). 533 (disabled) and 775 (locked out) are not told: the
+# issue's rule keeps them indistinguishable from a wrong password, and 775 comes either way.
+RIGHT_PASSWORD_REASONS = {
+    "532": Reason.PASSWORD_EXPIRED,
+    "773": Reason.MUST_CHANGE_PASSWORD,
+    "701": Reason.ACCOUNT_EXPIRED,
 }
 _DATA_CODE = re.compile(r"\bdata ([0-9a-fA-F]{1,8})\b")
 
@@ -47,7 +56,12 @@ def bind_failure(result: dict[str, object], server: str) -> Verdict:
     data = _DATA_CODE.search(message)
     if code == 49 and data:
         ad_code = data.group(1).lower()
-        return rejected(AD_CODES.get(ad_code, "bad_credentials"), server, f"ad_code={ad_code}")
+        return rejected(
+            AD_CODES.get(ad_code, "bad_credentials"),
+            server,
+            f"ad_code={ad_code}",
+            RIGHT_PASSWORD_REASONS.get(ad_code),
+        )
     if code in REJECTING_RESULTS:
         return rejected(REJECTING_RESULTS[code], server, f"ldap_result={code}")
     return unavailable("directory_error", server, f"ldap_result={code}")

@@ -32,6 +32,7 @@ import re
 import threading
 import time
 import unicodedata
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ from appliance.auth.ldap_directory import LDAPDirectoryClient
 from appliance.auth.local_system import LocalSystemClient
 from appliance.auth.passwords import hash_password, verify_password
 from appliance.auth.revocation import Revocations
-from appliance.auth.verdict import Outcome, Verdict, accepted, rejected, unavailable
+from appliance.auth.verdict import Outcome, Reason, Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import ActiveDirectory, LDAPDirectory, LocalSystem
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ __all__ = ["AuthResult", "AuthService", "Outcome"]
 log = logging.getLogger("appliance.auth")
 
 MAX_PASSWORD_LENGTH = 1024  # characters; AD's own limit is 256
+HASH_TIMES_KEPT = 32  # recent password-hash verifications whose time the refusal floor follows
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class AuthResult:
     server: str | None = None  # the server that answered (or those tried)
     milliseconds: float = 0.0
     password_set: int | None = None  # AD pwdLastSet at this login (for session revocation)
+    reason: Reason | None = None  # REJECTED although the password was right: the client may know why
 
     @property
     def log_cause(self) -> str:
@@ -119,6 +122,23 @@ class AuthService:
         self.revocations = Revocations(self, holder)
         self.credentials = VerifiedCredentials()
         self._credentials_snapshot: Snapshot | None = None
+        self._hash_seconds: deque[float] = deque(maxlen=HASH_TIMES_KEPT)
+
+    def slowest_recent_hash(self) -> float:
+        """Seconds the slowest recent password-hash verification took (a real one or the dummy
+        for an unknown address, waiting for a worker included). The login path answers no
+        refusal sooner, so that on a loaded machine an argon2 check does not stand out from an
+        AD bind (appliance.auth.attempts)."""
+        return max(self._hash_seconds, default=0.0)
+
+    async def _timed_verify(self, stored: str, password: str) -> bool:
+        started = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._executor, verify_password, stored, password
+            )
+        finally:
+            self._hash_seconds.append(time.perf_counter() - started)
 
     def _retain_credentials(self, snapshot: Snapshot) -> None:
         """After a reload, forget verified passwords of accounts whose hash changed."""
@@ -180,6 +200,7 @@ class AuthService:
             verdict.server,
             (time.perf_counter() - started) * 1000,
             verdict.password_set,
+            verdict.reason if verdict.outcome is Outcome.REJECTED else None,
         )
 
     async def _decide(
@@ -226,7 +247,7 @@ class AuthService:
                 return rejected("account_guarded", "local-hash"), None
             verdict = None
             try:
-                ok = await loop.run_in_executor(self._executor, verify_password, stored, password)
+                ok = await self._timed_verify(stored, password)
                 verdict = accepted("local-hash") if ok else rejected("bad_credentials", "local-hash")
                 if ok:
                     self.credentials.remember(entry.address, stored, password)
@@ -268,13 +289,15 @@ class AuthService:
 
     async def _dummy_verify(self, password: str) -> None:
         """An argon2 verification whose result is thrown away: unknown addresses cost time too."""
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._dummy_verify_sync, password)
+        if self._dummy_hash is None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._make_dummy_hash)
+        assert self._dummy_hash is not None
+        await self._timed_verify(self._dummy_hash, password)
 
-    def _dummy_verify_sync(self, password: str) -> None:
+    def _make_dummy_hash(self) -> None:
         with self._dummy_lock:
             if self._dummy_hash is None:
                 self._dummy_hash = hash_password("dummy password that no login matches")
-        verify_password(self._dummy_hash, password)
 
     async def close(self) -> None:
         if self._closed:

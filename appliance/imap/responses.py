@@ -12,12 +12,18 @@ import re
 import time
 from collections.abc import Iterable
 
+from appliance.auth.verdict import Reason
 from appliance.imap import wire
 from appliance.imap.updates import Exists, Expunged, FlagsChanged, NewFlags, Recent, Update
 
 SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 SYSTEM_FLAGS_UPPER = {flag.upper(): flag for flag in (*SYSTEM_FLAGS, "\\Recent")}
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+# A refused login whose password was right (AD 532, 773, 701): RFC 5530 §3 EXPIRED, "either
+# authentication succeeded or the server no longer had the necessary data; either way, access is
+# no longer permitted using that passphrase" - the client shows the words and asks for a new one.
+LOGIN_REFUSED_BECAUSE = {reason: ("EXPIRED", reason.text) for reason in Reason}
 
 # Capabilities (RFC 3501 §6.1.1 and the extensions' RFCs)
 BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE")

@@ -332,10 +332,13 @@ class Session:
         if attempt.outcome is Outcome.UNAVAILABLE:
             raise No("Authentication is temporarily unavailable; try again later", "UNAVAILABLE")
         if attempt.outcome is Outcome.REJECTED:
-            # RFC 5530: one answer whatever the cause (unknown user, wrong password, disabled).
             if attempt.close:
                 self.closing = True
                 self.after_command = self._too_many_failures
+            if attempt.reason is not None:  # the password was right: say why (RFC 5530 EXPIRED)
+                code, text = responses.LOGIN_REFUSED_BECAUSE[attempt.reason]
+                raise No(text, code)
+            # RFC 5530: one answer whatever the cause (unknown user, wrong password, disabled).
             raise No("Authentication failed", "AUTHENTICATIONFAILED")
         if not attempt.logged_in:
             raise No("Your mailbox cannot be opened now; try again later", "UNAVAILABLE")

@@ -6,6 +6,8 @@ Response codes in brackets follow RFC 2449 §8 (RESP-CODES: IN-USE, LOGIN-DELAY)
 
 from __future__ import annotations
 
+from appliance.auth.verdict import Reason
+
 
 def ok(text: str = "") -> bytes:
     return b"+OK " + text.encode() + b"\r\n" if text else b"+OK\r\n"
@@ -49,6 +51,13 @@ PLAINTEXT_REFUSED = err("Plaintext authentication is not allowed without TLS; us
 USER_OK = ok("Send PASS")
 PASS_WITHOUT_USER = err("Send USER first")
 LOGIN_FAILED = err("Authentication failed", "AUTH")
+# The password was right but the login cannot go on (AD 532, 773, 701). RFC 3206 §4: AUTH when the
+# user can mend it (change the password), SYS/PERM when only an administrator can (RFC 2449 §8).
+LOGIN_REFUSED_BECAUSE = {
+    Reason.PASSWORD_EXPIRED: err(Reason.PASSWORD_EXPIRED.text, "AUTH"),
+    Reason.MUST_CHANGE_PASSWORD: err(Reason.MUST_CHANGE_PASSWORD.text, "AUTH"),
+    Reason.ACCOUNT_EXPIRED: err(Reason.ACCOUNT_EXPIRED.text, "SYS/PERM"),
+}
 TOO_MANY_FAILURES = err("Too many failed logins; closing", "AUTH")
 DIRECTORY_UNAVAILABLE = err("Authentication is temporarily unavailable; try again later", "SYS/TEMP")
 MAILDROP_UNAVAILABLE = err("Your mailbox cannot be opened now; try again later", "SYS/TEMP")

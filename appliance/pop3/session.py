@@ -342,7 +342,12 @@ class Session:
         if attempt.outcome is Outcome.UNAVAILABLE:
             self.write(replies.DIRECTORY_UNAVAILABLE)
         elif attempt.outcome is Outcome.REJECTED:
-            self.write(replies.TOO_MANY_FAILURES if attempt.close else replies.LOGIN_FAILED)
+            if attempt.close:
+                self.write(replies.TOO_MANY_FAILURES)
+            elif attempt.reason is not None:  # the password was right: say why (RFC 3206)
+                self.write(replies.LOGIN_REFUSED_BECAUSE[attempt.reason])
+            else:
+                self.write(replies.LOGIN_FAILED)
             if attempt.close:
                 self.closing = True
         # accepted: _open_maildrop has answered

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from appliance.auth.verdict import Reason
+
 # -- connection ---------------------------------------------------------------------------------
 GREETING = "220 {host} ESMTP appliance"  # RFC 5321 §4.2, RFC 2034 §3: no enhanced code
 TOO_MANY_CONNECTIONS = "421 4.7.0 {host} too many connections, try again later"
@@ -47,7 +49,10 @@ STARTTLS_READY = "220 2.0.0 Ready to start TLS"
 TLS_ACTIVE = "503 5.5.1 TLS already active"
 TLS_UNAVAILABLE = "454 4.7.0 TLS not available"
 AUTH_OK = "235 2.7.0 Authentication successful"
-AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"  # the same whatever the cause
+AUTH_FAILED = "535 5.7.8 Authentication credentials invalid"  # the same whatever the cause...
+# ...but when the password was right and the account cannot log in now (AD 532, 773, 701):
+# RFC 4954 §6 535 5.7.8 with words that say why.
+AUTH_REFUSED_BECAUSE = {reason: f"535 5.7.8 {reason.text}" for reason in Reason}
 AUTH_UNAVAILABLE = "454 4.7.0 Temporary authentication failure, try again later"
 AUTH_NEEDS_TLS = "538 5.7.11 Encryption required for requested authentication mechanism"
 AUTH_ALREADY = "503 5.5.1 Already authenticated"

@@ -377,6 +377,8 @@ class Session:
         elif attempt.close:
             self.reply(replies.AUTH_TOO_MANY_FAILURES.format(host=self._hostname()))
             self._close()
+        elif attempt.reason is not None:  # the password was right: say why
+            self.reply(replies.AUTH_REFUSED_BECAUSE[attempt.reason])
         else:
             self.reply(replies.AUTH_FAILED)  # RFC 4954 §6: the same reply whatever the cause
 
