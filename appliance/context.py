@@ -5,7 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from appliance.snapshot import SnapshotHolder
 from appliance.store.reader import Readers, ThreadReaders
@@ -13,6 +13,7 @@ from appliance.tls import TLSProvider
 
 if TYPE_CHECKING:
     from appliance.auth.service import AuthService
+    from appliance.manifest.models import Listeners
     from appliance.queue import OutboundQueue
     from appliance.security import AutoBan
     from appliance.store.mailstore import MailStore
@@ -101,7 +102,7 @@ class ListenerSpec:
 IMPLICIT_TLS = frozenset({"submissions", "pop3s", "imaps"})
 
 
-def listener_specs(listeners: Any) -> dict[str, ListenerSpec]:
+def listener_specs(listeners: Listeners) -> dict[str, ListenerSpec]:
     """The manifest's [server.listeners] as specs, keyed by listener name."""
     specs: dict[str, ListenerSpec] = {}
     for name in type(listeners).model_fields:

@@ -113,8 +113,7 @@ class Server:
         await reader_process.start()
         delivery_process = DeliveryProcess()
         await delivery_process.start()
-        store = MailStore(self.data_dir, self.executor)
-        store.delivery_process = delivery_process
+        store = MailStore(self.data_dir, self.executor, delivery_process)
         queue = OutboundQueue(self.holder, store, self.executor, self.data_dir)
         services = Services(
             holder=self.holder,

@@ -68,6 +68,34 @@ class Snapshot:
     _alias_members: dict[str, frozenset[str]] = field(repr=False)  # account address → aliases it is in
     _trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(repr=False)
 
+    # -- settings the protocols read ------------------------------------------------------------
+    # The one place that knows where a setting sits in the manifest models. The protocols (smtp/,
+    # pop3/, imap/, the transport, the login path) read these names and never `snapshot.manifest`
+    # (tests/test_layers.py keeps it so): a model can be reshaped without touching a protocol, and
+    # a reader of a protocol sees what it depends on. Copied from the manifest once per snapshot
+    # (`_build`), so a read costs one attribute lookup, not four; each read is of the snapshot in
+    # force when a command started, so a reload applies from the next command on.
+    # Longest command line, CR LF included (RFC 5321 §4.5.3.1.4: ≥ 512).
+    max_line_length: int
+    # Seconds of silence between commands (SMTP; IMAP before login).
+    command_timeout: float
+    # Seconds for each piece of one DATA (RFC 5321 §4.5.3.2.5/6).
+    data_timeout: float
+    # RFC 1939 §3: at least 10 minutes.
+    pop3_idle_timeout: float
+    # Logged in; RFC 3501 §5.4: at least 30 minutes.
+    imap_idle_timeout: float
+    # Recipients per message (RFC 5321 §4.5.3.1.8).
+    max_recipients: int
+    # Open connections, all clients (per protocol or SMTP family).
+    max_connections: int
+    # Open connections from one client address.
+    max_connections_per_client: int
+    # Logins before TLS (RFC 8314 discourages them).
+    allow_plaintext_auth: bool
+    # Local domains, enabled or not, manifest order.
+    domain_names: tuple[str, ...]
+
     # -- lookups -------------------------------------------------------------------------------
     @property
     def account_count(self) -> int:
@@ -249,6 +277,16 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         _aliases=aliases,
         _alias_members={k: frozenset(v) for k, v in members.items()},
         _trusted=tuple(ipaddress.ip_network(n, strict=False) for n in server.trusted_networks),
+        max_line_length=server.limits.max_line_length,
+        command_timeout=float(server.limits.command_timeout),
+        data_timeout=float(server.limits.data_timeout),
+        pop3_idle_timeout=float(server.limits.pop3_idle_timeout),
+        imap_idle_timeout=float(server.limits.imap_idle_timeout),
+        max_recipients=server.limits.max_recipients,
+        max_connections=server.limits.max_connections,
+        max_connections_per_client=server.limits.max_connections_per_client,
+        allow_plaintext_auth=server.allow_plaintext_auth,
+        domain_names=tuple(domains),
     )
 
 

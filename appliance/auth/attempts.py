@@ -98,9 +98,8 @@ def admission(
     first, then `max_connections` over the family, then `max_connections_per_client`."""
     if autoban is not None and autoban.is_banned(client):
         return Refusal.BANNED
-    limits = snapshot.manifest.server.limits
     refused = sessions.refusal(
-        name, client, limits.max_connections, limits.max_connections_per_client, family=family
+        name, client, snapshot.max_connections, snapshot.max_connections_per_client, family=family
     )
     return Refusal(refused) if refused is not None else None
 

@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from appliance.imap.message import ParsedMessage, decode_header_value, sent_date
+from appliance.imap.headers import decode_header_value
+from appliance.imap.message import ParsedMessage, sent_date
 from appliance.imap.sequence import SequenceSet, SequenceSetError
 from appliance.imap.tokens import Atom, Token
 

@@ -115,13 +115,12 @@ class Session:
     # -- settings from the snapshot in force -------------------------------------------------------
     def _limits(self) -> Limits:
         snapshot = self.services.holder.current
-        limits = snapshot.manifest.server.limits
-        timeout = float(limits.imap_idle_timeout)
+        timeout = snapshot.imap_idle_timeout
         if self.state is State.NOT_AUTHENTICATED:
-            timeout = min(timeout, float(limits.command_timeout))  # RFC 3501 §5.4 is for logged-in users
+            timeout = min(timeout, snapshot.command_timeout)  # RFC 3501 §5.4 is for logged-in users
         domain = self.account.domain if self.account is not None else None
         pre_auth = self._refusal if self.state is State.NOT_AUTHENTICATED else None
-        return Limits(limits.max_line_length, snapshot.max_message_size(domain), timeout, pre_auth)
+        return Limits(snapshot.max_line_length, snapshot.max_message_size(domain), timeout, pre_auth)
 
     def _refusal(self, name: str) -> str | None:
         """Why command `name` cannot run in this state (the BAD text execute() would give), or None."""
@@ -138,7 +137,7 @@ class Session:
 
     def plaintext_allowed(self) -> bool:
         # RFC 3501 §6.2.3 / RFC 8314: no password in clear unless the manifest says so.
-        return self.connection.is_tls or self.services.holder.current.manifest.server.allow_plaintext_auth
+        return self.connection.is_tls or self.services.holder.current.allow_plaintext_auth
 
     def capabilities(self) -> str:
         """RFC 3501 §6.1.1: what the client may use in the current state."""

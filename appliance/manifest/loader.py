@@ -6,11 +6,13 @@ table does not hide the errors of the others; the cross-checks then run on what 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import json
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -473,25 +475,26 @@ def _known_keys(root: type[Any] | None, location: tuple[Any, ...], value: Any) -
     for part in location[:-1]:
         if current is None:
             return []
-        field = _model_fields(current).get(part) if isinstance(part, str) else None
-        if field is None:
+        annotation = _field_types(current).get(part) if isinstance(part, str) else None
+        if annotation is None:
             continue  # a key of a dict (a domain, an account name): the model stays the same
-        current = _model_in(field.annotation)
-    return list(_model_fields(current)) if current else []
+        current = _model_in(annotation)
+    return list(_field_types(current)) if current else []
 
 
-def _model_fields(model: type[Any]) -> dict[str, Any]:
-    """The fields of a pydantic model or pydantic dataclass."""
+def _field_types(model: type[Any]) -> dict[str, Any]:
+    """The fields of a pydantic model or (pydantic) dataclass and their types, through public
+    interfaces only: `model_fields`, and for a dataclass the standard library's view of it."""
     if issubclass(model, BaseModel):
-        return dict(model.model_fields)
-    return dict(getattr(model, "__pydantic_fields__", {}))
+        return {name: field.annotation for name, field in model.model_fields.items()}
+    if dataclasses.is_dataclass(model):
+        return typing.get_type_hints(model)
+    return {}
 
 
 def _model_in(annotation: Any) -> type[Any] | None:
-    import typing
-
     if isinstance(annotation, type) and (
-        issubclass(annotation, BaseModel) or hasattr(annotation, "__pydantic_fields__")
+        issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
     ):
         return annotation
     for arg in typing.get_args(annotation):

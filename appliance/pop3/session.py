@@ -90,11 +90,11 @@ class Session:
         return self.services.holder.current.hostname
 
     def _idle_timeout(self) -> float:
-        return float(self.services.holder.current.manifest.server.limits.pop3_idle_timeout)
+        return self.services.holder.current.pop3_idle_timeout
 
     def _plaintext_allowed(self) -> bool:
         # RFC 2595 §2.2 / RFC 8314: no password in clear unless the manifest says so.
-        return self.connection.is_tls or self.services.holder.current.manifest.server.allow_plaintext_auth
+        return self.connection.is_tls or self.services.holder.current.allow_plaintext_auth
 
     # -- the session's life ------------------------------------------------------------------------
     async def run(self) -> None:

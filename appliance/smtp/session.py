@@ -162,10 +162,10 @@ class Session:
     async def _serve(self) -> None:
         connection = self.connection
         while not self.closing:
-            limits = self.services.holder.current.manifest.server.limits
+            snapshot = self.services.holder.current
             try:
                 # RFC 5321 §4.5.3.1.4: bounded; `max_line_length` counts the line with its CR.
-                line = await connection.readline(limits.max_line_length, limits.command_timeout)
+                line = await connection.readline(snapshot.max_line_length, snapshot.command_timeout)
             except LineTooLong:
                 self.reply(replies.COMMAND_TOO_LONG)  # the next line reads cleanly
                 continue
@@ -338,7 +338,7 @@ class Session:
 
     # -- AUTH (RFC 4954, PLAIN RFC 4616, LOGIN) -------------------------------------------------------
     def _auth_allowed(self, snapshot: Snapshot) -> bool:
-        return self.connection.is_tls or snapshot.manifest.server.allow_plaintext_auth
+        return self.connection.is_tls or snapshot.allow_plaintext_auth
 
     @command("AUTH", GREETED, TRANSACTION, refusal=replies.NEED_EHLO)
     async def smtp_AUTH(self, arg: str | None) -> None:
@@ -385,9 +385,9 @@ class Session:
     async def _sasl_answer(self, challenge: str) -> str:
         """RFC 4954 §4: "334 " and the base64 challenge; the client's line back ("=" is empty)."""
         self.reply(f"334 {challenge}")
-        limits = self.services.holder.current.manifest.server.limits
+        snapshot = self.services.holder.current
         try:
-            line = await self.connection.readline(limits.max_line_length, limits.command_timeout)
+            line = await self.connection.readline(snapshot.max_line_length, snapshot.command_timeout)
         except LineTooLong:
             raise sasl.SASLError("line_too_long") from None
         answer = line.strip().decode("ascii", "replace")
@@ -435,12 +435,12 @@ class Session:
         if arg:
             self.reply(replies.DATA_SYNTAX)
             return
-        limits = self.services.holder.current.manifest.server.limits
+        snapshot = self.services.holder.current
         self.reply(replies.START_DATA)
         try:
             # RFC 5321 §4.5.3.2.5/6: the DATA timeout applies to each piece of the message.
             data = await read_data(
-                self.connection, tx.size_limit, limits.max_line_length, limits.data_timeout
+                self.connection, tx.size_limit, snapshot.max_line_length, snapshot.data_timeout
             )
         except ConnectionClosed:
             log.info("data aborted client=%s listener=%s", self.peer_ip, self.listener.name)

@@ -152,7 +152,7 @@ class Intake:
         if parameters:
             return replies.UNKNOWN_PARAMETER.format(name=next(iter(parameters)))
         snapshot = self.services.holder.current
-        if len(tx.recipients) >= snapshot.manifest.server.limits.max_recipients:
+        if len(tx.recipients) >= snapshot.max_recipients:
             # RFC 5321 §4.5.3.1.10: 452 and the client sends the rest in another transaction.
             return self.reject("rcpt", "too_many_recipients", replies.TOO_MANY_RECIPIENTS, sender=tx.sender)
         try:
@@ -341,7 +341,7 @@ def _recipient(path: str, snapshot: Snapshot, utf8: bool) -> Mailbox:
 def _postmaster_domains(snapshot: Snapshot) -> list[str]:
     """Where <postmaster> is looked for: the server's own name, its parent, then every domain."""
     hostname = snapshot.hostname
-    candidates = [hostname, hostname.partition(".")[2], *snapshot.manifest.domains]
+    candidates = [hostname, hostname.partition(".")[2], *snapshot.domain_names]
     return [domain for domain in dict.fromkeys(candidates) if domain and snapshot.is_local_domain(domain)]
 
 

@@ -42,15 +42,20 @@ class QuotaExceeded(Exception):
 class MailStore:
     """Every account's Maildir under `<data_dir>/mail`, and delivery into them."""
 
-    def __init__(self, data_dir: Path, executor: concurrent.futures.Executor) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        executor: concurrent.futures.Executor,
+        delivery_process: DeliveryProcess | None = None,
+    ) -> None:
         self.root = Path(data_dir) / "mail"
         self.executor = executor
         self._usage: dict[str, Usage] = {}
         self._usage_lock = threading.Lock()
         self.writer = MaildirWriter()
-        # When set (the server sets it), deliveries are written by a process of their own
+        # When given (the server gives one), deliveries are written by a process of their own
         # instead of this process's disk threads: see store/writer.py for why.
-        self.delivery_process: DeliveryProcess | None = None
+        self.delivery_process = delivery_process
         # Called on the event loop after each delivery with the Maildirs it reached (IMAP IDLE).
         self.listeners: list[Callable[[list[Path]], None]] = []
 
