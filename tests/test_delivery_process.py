@@ -23,6 +23,7 @@ from appliance.store.delivery import DeliveryError
 from appliance.store.maildir import Maildir
 from appliance.store.writer import DeliveryProcess
 from tests.fixtures.appliance import ApplianceFactory
+from tests.support.wait import wait_for
 
 MESSAGE = b"Return-Path: <a@example.test>\nSubject: hello\n\nbody line\n"
 
@@ -57,15 +58,6 @@ async def killed_in_flight(pid: int, request: Awaitable[object]) -> OSError:
     with pytest.raises(OSError) as caught:
         await in_flight
     return caught.value
-
-
-def wait_for(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture
@@ -204,7 +196,7 @@ def test_the_server_delivers_through_its_process_and_stops_it(appliance: Applian
     [path] = files_in(running.data_dir / "mail" / "example.test" / "john")
     assert re.search(rf"P{pid}Q\d+\.", path.name), path.name
     assert running.stop() == 0
-    assert wait_for(lambda: not pid_alive(pid)), "the delivery process outlived the server"
+    wait_for(lambda: not pid_alive(pid), what="the delivery process gone with the server")
 
 
 def test_the_process_ends_when_the_server_is_killed(appliance: ApplianceFactory) -> None:
@@ -212,7 +204,7 @@ def test_the_process_ends_when_the_server_is_killed(appliance: ApplianceFactory)
     pid = writer_pid(running.log())
     running.process.kill()
     running.process.wait(10)
-    assert wait_for(lambda: not pid_alive(pid)), "an orphaned delivery process kept running"
+    wait_for(lambda: not pid_alive(pid), what="the orphaned delivery process gone")
 
 
 def test_a_delivery_cut_short_by_a_dead_process_is_a_temporary_error(appliance: ApplianceFactory) -> None:

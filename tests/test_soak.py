@@ -19,7 +19,6 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import pytest
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.wait import wait_for
 
 SOAK_SECONDS = float(os.environ.get("APPLIANCE_SOAK_SECONDS", "60"))
 WARM_UP_SECONDS = min(10.0, SOAK_SECONDS / 4)
@@ -201,14 +201,16 @@ def process_figures(pid: int) -> tuple[int, float, float]:
 
 
 def reloads_applied(server: RunningAppliance) -> int:
-    for _ in range(50):
+
+    def applied() -> tuple[int] | None:
         try:
             reloads = server.status()["reloads"]
-            assert isinstance(reloads, dict)
-            return int(reloads["applied"])
         except (OSError, ValueError, KeyError):
-            time.sleep(0.02)  # the status file is being replaced
-    raise AssertionError("status.json unreadable")
+            return None  # the status file is being replaced
+        assert isinstance(reloads, dict)
+        return (int(reloads["applied"]),)  # a tuple: true even when none is applied yet
+
+    return wait_for(applied, 5, "a readable status.json")[0]
 
 
 def quiescent(pid: int) -> tuple[int, float]:
@@ -229,16 +231,7 @@ def reload_with(server: RunningAppliance, body: str) -> None:
     server has applied it."""
     before = reloads_applied(server)
     server.write_manifest(body)
-    assert wait_for(lambda: reloads_applied(server) > before, 15), "the reload was never applied"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+    wait_for(lambda: reloads_applied(server) > before, 15, "the reload applied")
 
 
 def stored(server: RunningAppliance) -> Counter[tuple[str, str]]:
