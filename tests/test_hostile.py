@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.support.lines import LineClient, client_context
+from tests.support.lines import LineClient, ListenerClient, client_context
 from tests.support.pop3 import RawClient as POP3Client
 from tests.support.smtp import DOMAINS, JOHN, PASSWORD, stored
 from tests.support.smtp import RawClient as SMTPClient
@@ -35,9 +35,9 @@ allow_networks = ["127.0.0.3/32"]
 """
 
 
-def open_socket(server: RunningAppliance, listener: str, source: str = "127.0.0.1") -> LineClient:
+def open_socket(server: RunningAppliance, listener: str, source: str = "127.0.0.1") -> ListenerClient:
     """A connection to `listener` from the loopback address `source` (127.0.0.0/8 is all ours)."""
-    return LineClient(server.ports[listener], source=source)
+    return ListenerClient(server, listener, source=source)
 
 
 def pop3_fail_login(server: RunningAppliance, source: str) -> bytes:
@@ -241,7 +241,7 @@ def kill_round(server: RunningAppliance, round_number: int, senders: int = 4) ->
     threads = [threading.Thread(target=send, args=(n,)) for n in range(senders)]
     for thread in threads:
         thread.start()
-    time.sleep(random.uniform(0.5, 1.5))
+    time.sleep(random.uniform(0.5, 1.5))  # a random moment under load: when the kill falls
     server.process.kill()  # SIGKILL: no cleanup, no flush
     server.process.wait(10)
     for thread in threads:

@@ -367,7 +367,7 @@ def test_drain_all_waits_until_nothing_is_left_in_the_transport() -> None:
         size = 20_000_000
         connection.write(b"x" * size)  # far more than the socket pair holds
         draining = asyncio.ensure_future(connection.drain_all())
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time in which the drain must not end: the peer reads nothing
         waited = not draining.done()
         received = await loop.run_in_executor(None, _receive, peer, size)
         await asyncio.wait_for(draining, 10)
@@ -396,7 +396,7 @@ def test_drain_all_ends_in_connection_closed_when_the_client_hangs_up_meanwhile(
         transport, connection = await loop.create_unix_connection(lambda: Connection(nothing), sock=ours)
         connection.write(b"x" * 20_000_000)  # far more than the socket pair holds
         draining = asyncio.ensure_future(connection.drain_all())
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time in which the drain must not end: the peer reads nothing
         assert not draining.done()
         peer.close()
         with pytest.raises(ConnectionClosed):
@@ -446,7 +446,7 @@ def test_a_client_gone_while_the_senders_start_gets_nothing_and_nobody_else_gets
         others: list[socket.socket] = []
         try:
             sending = asyncio.ensure_future(senders.send(connection, job))
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the sender process is not there yet: the window tested
             assert not sending.done(), "the sender process started at once: nothing was tested"
             peer.close()  # the client hangs up; its transport closes its descriptor
             await wait_for_async(transport.is_closing, 1, "the transport closing")

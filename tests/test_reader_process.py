@@ -185,7 +185,7 @@ def test_pop3_reads_through_the_process_and_survives_its_death(appliance: Applia
         with pytest.raises(poplib.error_proto) as caught:
             client.retr(10)
         assert caught.value.args[0].startswith(b"-ERR [SYS/TEMP]")
-        time.sleep(ReaderProcess.restart_pause)
+        time.sleep(ReaderProcess.restart_pause)  # a set pause, part of the behaviour under test
         for number in (10, 2, 12):
             _reply, lines, _octets = client.retr(number)
             assert b"\r\n".join(lines) + b"\r\n" == texts[number - 1].replace(b"\n", b"\r\n")

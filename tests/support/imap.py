@@ -6,13 +6,13 @@ import itertools
 import re
 
 from tests.fixtures.appliance import RunningAppliance
-from tests.support.lines import LineClient, client_context
+from tests.support.lines import ListenerClient, client_context
 
 _tags = itertools.count(1)
 _LITERAL = re.compile(rb"\{(\d+)\}\r\n$")
 
 
-class RawClient(LineClient):
+class RawClient(ListenerClient):
     """IMAP over a listener ("imaps": TLS from the first byte; "imap": plain until `starttls`)."""
 
     def __init__(
@@ -23,9 +23,7 @@ class RawClient(LineClient):
         source: str | None = None,
         timeout: float = 15.0,
     ) -> None:
-        tls = client_context(server) if listener == "imaps" else None
-        super().__init__(server.ports[listener], tls=tls, source=source, timeout=timeout)
-        self.server = server
+        super().__init__(server, listener, source=source, timeout=timeout)
         self.greeting = self.line()
 
     def wire_line(self) -> bytes:

@@ -19,6 +19,9 @@ def client_context(server: RunningAppliance) -> ssl.SSLContext:
     return context
 
 
+IMPLICIT_TLS = frozenset({"submissions", "pop3s", "imaps"})  # TLS from the first byte (RFC 8314)
+
+
 class LineClient:
     """A connection to one of the appliance's listeners; TLS from the first byte when `tls` is given."""
 
@@ -116,3 +119,14 @@ class LineClient:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class ListenerClient(LineClient):
+    """A connection to one of a running appliance's listeners, in TLS on those of `IMPLICIT_TLS`."""
+
+    def __init__(
+        self, server: RunningAppliance, listener: str, *, source: str | None = None, timeout: float = 15.0
+    ) -> None:
+        tls = client_context(server) if listener in IMPLICIT_TLS else None
+        super().__init__(server.ports[listener], tls=tls, source=source, timeout=timeout)
+        self.server = server

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.support.lines import LineClient, client_context
+from tests.support.lines import ListenerClient, client_context
 
 PASSWORD = "Pop3!Passw0rd"
 HASH = hash_password(PASSWORD)
@@ -78,7 +78,7 @@ def login(server: RunningAppliance, user: str = JOHN, password: str = PASSWORD) 
     return client
 
 
-class RawClient(LineClient):
+class RawClient(ListenerClient):
     """A bare socket speaking POP3 line by line, for what poplib will not send."""
 
     def __init__(
@@ -88,9 +88,7 @@ class RawClient(LineClient):
         source: str | None = None,
         timeout: float = 15.0,
     ) -> None:
-        tls = client_context(server) if listener == "pop3s" else None
-        super().__init__(server.ports[listener], tls=tls, source=source, timeout=timeout)
-        self.server = server
+        super().__init__(server, listener, source=source, timeout=timeout)
         self.greeting = self.line()
 
     def command(self, text: str | bytes) -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.support.lines import LineClient, client_context
+from tests.support.lines import ListenerClient, client_context
 
 PASSWORD = "Smtp!Passw0rd"
 HASH = hash_password(PASSWORD)
@@ -91,7 +91,7 @@ def message(subject: str = "hello", body: str = "Hello.\r\n", sender: str = "a@r
     return f"From: {sender}\r\nTo: {JOHN}\r\nSubject: {subject}\r\n\r\n{body}".encode()
 
 
-class RawClient(LineClient):
+class RawClient(ListenerClient):
     """A bare socket speaking SMTP line by line, for what smtplib will not send."""
 
     def __init__(
@@ -101,8 +101,7 @@ class RawClient(LineClient):
         timeout: float = 15.0,
         source: str | None = None,
     ) -> None:
-        tls = client_context(server) if listener == "submissions" else None
-        super().__init__(server.ports[listener], tls=tls, source=source, timeout=timeout)
+        super().__init__(server, listener, source=source, timeout=timeout)
         self.greeting = self.reply()
 
     def reply(self) -> str:
