@@ -7,7 +7,6 @@ import os
 import poplib
 import smtplib
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ import pytest
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance, free_port
+from tests.support.lines import client_context
 from tests.support.wait import wait_for
 
 PASSWORD = "Reload!Passw0rd"
@@ -27,12 +27,6 @@ def domains(*accounts: str, domain_extra: str = "") -> str:
     lines = [f'[domains."example.test"]\n{domain_extra}', '[domains."example.test".accounts]']
     lines += [f'{name} = {{ password_hash = "{HASH}" }}' for name in accounts]
     return "\n".join(lines) + "\n"
-
-
-def client_context(server: RunningAppliance) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(server.cafile))
-    context.check_hostname = False  # the generated certificate names mail.example.test and 127.0.0.1
-    return context
 
 
 def rcpt_code(server: RunningAppliance, address: str) -> int:
@@ -288,6 +282,7 @@ def test_a_hundred_reloads_under_load_lose_nothing_and_leak_nothing(server: Runn
 
     def settled() -> bool:
         after = server.status()["process"]
-        return after["fds"] <= before["fds"] + 5 and after["tasks"] <= before["tasks"] + 2  # type: ignore[index,operator,no-any-return]
+        assert isinstance(after, dict) and isinstance(before, dict)
+        return bool(after["fds"] <= before["fds"] + 5 and after["tasks"] <= before["tasks"] + 2)
 
     wait_for(settled, 10, f"fds and tasks back to at most 5 and 2 over {before}", every=0.5)

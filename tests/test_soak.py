@@ -15,7 +15,6 @@ import poplib
 import random
 import re
 import smtplib
-import ssl
 import threading
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ import pytest
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.lines import client_context
 from tests.support.wait import wait_for
 
 SOAK_SECONDS = float(os.environ.get("APPLIANCE_SOAK_SECONDS", "60"))
@@ -93,12 +93,6 @@ class Load:
         self.running.set()
 
 
-def context(server: RunningAppliance) -> ssl.SSLContext:
-    result = ssl.create_default_context(cafile=str(server.cafile))
-    result.check_hostname = False  # the generated certificate names mail.example.test
-    return result
-
-
 def smtp_sender(server: RunningAppliance, tally: Tally, number: int, load: Load) -> None:
     """Connections of one to five messages each, to one or two mailboxes."""
     rng = random.Random(number)
@@ -129,7 +123,9 @@ def pop3_reader(server: RunningAppliance, tally: Tally, box: str, load: Load) ->
             return
         wrong = attempt % 4 == 3
         try:
-            client = poplib.POP3_SSL("127.0.0.1", server.ports["pop3s"], context=context(server), timeout=30)
+            client = poplib.POP3_SSL(
+                "127.0.0.1", server.ports["pop3s"], context=client_context(server), timeout=30
+            )
             try:
                 client.user(f"{box}@example.test")
                 try:
@@ -163,7 +159,7 @@ def imap_reader(server: RunningAppliance, tally: Tally, box: str, load: Load) ->
         wrong = attempt % 4 == 3
         try:
             client = imaplib.IMAP4_SSL(
-                "127.0.0.1", server.ports["imaps"], ssl_context=context(server), timeout=30
+                "127.0.0.1", server.ports["imaps"], ssl_context=client_context(server), timeout=30
             )
             try:
                 try:
