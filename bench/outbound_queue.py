@@ -40,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.fixtures.appliance import free_port
-from tests.queue_support import DNSServer
+from tests.support.dns_server import DNSServer
 
 SMTP_SOURCE = "/usr/sbin/smtp-source"
 SINK_HOST = "127.0.0.2"

@@ -36,6 +36,7 @@ import pytest
 
 from tests.fixtures.appliance import free_port
 from tests.fixtures.samba import LoopbackAddress, claim_loopback_address, is_root, samba_installed
+from tests.support.wait import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -273,13 +274,12 @@ def _send(env: ProvisionedHost, login: str, password: str, recipient: str, subje
 
 
 def _wait_for_file(directory: Path, needle: bytes, timeout: float = 10.0) -> Path:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for path in directory.glob("*") if directory.is_dir() else []:
-            if needle in path.read_bytes():
-                return path
-        time.sleep(0.05)
-    raise AssertionError(f"no message containing {needle!r} in {directory} within {timeout}s")
+
+    def found() -> Path | None:
+        paths = directory.glob("*") if directory.is_dir() else []
+        return next((path for path in paths if needle in path.read_bytes()), None)
+
+    return wait_for(found, timeout, f"a message containing {needle!r} in {directory}")
 
 
 # -- lint and unit ---------------------------------------------------------------------------

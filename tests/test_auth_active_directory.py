@@ -8,7 +8,6 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -16,6 +15,7 @@ from appliance.auth import AuthResult, Outcome
 from tests.fixtures.auth_service import AuthServices, Logins
 from tests.fixtures.certificates import CertificateAuthority
 from tests.fixtures.samba import NETBIOS, USERS_DN, SambaDomain, filetime
+from tests.support.wait import wait_for
 
 PASSWORD = "Good!Passw0rd1"
 _numbers = itertools.count(1)
@@ -66,13 +66,6 @@ def start(
 
 def auth_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "appliance.auth"]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.01)
 
 
 def bad_pwd_count(samba: SambaDomain, user: str) -> int:

@@ -23,6 +23,7 @@ from appliance.store.delivery import DeliveryError
 from appliance.store.maildir import Maildir
 from appliance.store.writer import DeliveryProcess
 from tests.fixtures.appliance import ApplianceFactory
+from tests.support.wait import wait_for
 
 MESSAGE = b"Return-Path: <a@example.test>\nSubject: hello\n\nbody line\n"
 
@@ -51,21 +52,12 @@ async def killed_in_flight(pid: int, request: Awaitable[object]) -> OSError:
     """Stop the process, send it `request`, kill it: the error the request ends with."""
     os.kill(pid, signal.SIGSTOP)  # the request reaches it but is never answered
     in_flight = asyncio.ensure_future(request)
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # time for an answer that must not come: the process is stopped
     assert not in_flight.done()
     os.kill(pid, signal.SIGKILL)
     with pytest.raises(OSError) as caught:
         await in_flight
     return caught.value
-
-
-def wait_for(condition, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture
@@ -173,7 +165,7 @@ def test_the_process_ignores_sigterm_and_sigint(maildir: Path) -> None:
             assert process.pid is not None
             os.kill(process.pid, signal.SIGTERM)
             os.kill(process.pid, signal.SIGINT)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # time for the signals to act, had they not been ignored
             await process.deliver(MESSAGE, [maildir])
         finally:
             await process.close()
@@ -206,7 +198,7 @@ def test_the_server_delivers_through_its_process_and_stops_it(appliance: Applian
     # it carries the server's pid. That the process writes is shown by the kill tests below.
     assert re.search(rf"P{running.process.pid}Q\d+\.", path.name), path.name
     assert running.stop() == 0
-    assert wait_for(lambda: not pid_alive(pid)), "the delivery process outlived the server"
+    wait_for(lambda: not pid_alive(pid), what="the delivery process gone with the server")
 
 
 def test_the_process_ends_when_the_server_is_killed(appliance: ApplianceFactory) -> None:
@@ -214,7 +206,7 @@ def test_the_process_ends_when_the_server_is_killed(appliance: ApplianceFactory)
     pid = writer_pid(running.log())
     running.process.kill()
     running.process.wait(10)
-    assert wait_for(lambda: not pid_alive(pid)), "an orphaned delivery process kept running"
+    wait_for(lambda: not pid_alive(pid), what="the orphaned delivery process gone")
 
 
 def test_a_delivery_cut_short_by_a_dead_process_is_a_temporary_error(appliance: ApplianceFactory) -> None:
@@ -230,14 +222,14 @@ def test_a_delivery_cut_short_by_a_dead_process_is_a_temporary_error(appliance: 
         assert client.getreply()[0] == 354
         client.send(b"Subject: first\r\n\r\nhello\r\n.\r\n")
         running.wait_for_log(r"connect client=")
-        time.sleep(0.3)
+        time.sleep(0.3)  # time for the message to reach the stopped process (nothing outside shows it)
         os.kill(pid, signal.SIGKILL)
         code, text = client.getreply()
         assert code == 451, text
     running.wait_for_log(rf"delivery process stopped pid={pid} exit=-9 failed_deliveries=1")
     assert not (maildir / "new").exists() or files_in(maildir) == []
     # The next message, once the restart pause is over, starts a new process and is stored.
-    time.sleep(DeliveryProcess.restart_pause)
+    time.sleep(DeliveryProcess.restart_pause)  # a set pause, part of the behaviour under test
     with smtplib.SMTP("127.0.0.1", running.ports["smtp"], timeout=10) as client:
         client.sendmail("a@remote.example", ["john@example.test"], b"Subject: second\r\n\r\nhello\r\n")
     assert writer_pid(running.log().split(f"pid={pid}", 1)[1]) != pid

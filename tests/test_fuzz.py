@@ -18,8 +18,6 @@ import json
 import os
 import re
 import smtplib
-import socket
-import ssl
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,7 +33,8 @@ from hypothesis import strategies as st
 from appliance.manifest import ManifestError, parse_manifest
 from appliance.snapshot import build_snapshot
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.pop3_support import put_message
+from tests.support.lines import LineClient, client_context
+from tests.support.pop3 import put_message
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = int(os.environ.get("APPLIANCE_FUZZ_EXAMPLES", "200"))
@@ -166,58 +165,44 @@ SASL = st.one_of(
 # -- a client that reads line by line and can switch to TLS -------------------------------------------
 
 
-class Wire:
-    """A bare socket: lines out, lines in; every read bounded in size and time."""
+class Wire(LineClient):
+    """The shared line client with a transcript: a failure shows the session's last lines. Every
+    read bounded in size and time."""
 
     def __init__(self, server: RunningAppliance, listener: str) -> None:
+        super().__init__(server.ports[listener], timeout=REPLY_TIMEOUT)
         self.server = server
-        self.sock: socket.socket = socket.create_connection(
-            ("127.0.0.1", server.ports[listener]), timeout=REPLY_TIMEOUT
-        )
-        self.buffer = bytearray()
         self.transcript: list[bytes] = []
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes | str) -> None:
+        data = data.encode() if isinstance(data, str) else data
         self.transcript.append(b"C: " + data[:200])
         try:
-            self.sock.sendall(data)
+            super().send(data)
         except OSError as error:
             raise AssertionError(f"the server went away mid-session ({error!r})\n{self.history()}") from None
 
     def readline(self, limit: int = 1 << 20) -> bytes:
         """One line with its line end; b"" at the end of the connection (a partial line is an error)."""
-        while b"\n" not in self.buffer:
-            assert len(self.buffer) < limit, f"a reply line over {limit} bytes\n{self.history()}"
-            try:
-                chunk = self.sock.recv(65536)
-            except TimeoutError:
-                raise AssertionError(f"no reply within {REPLY_TIMEOUT}s\n{self.history()}") from None
-            except OSError as error:
-                raise AssertionError(f"the connection failed ({error!r})\n{self.history()}") from None
-            if not chunk:
-                assert not self.buffer, f"connection closed inside a line {bytes(self.buffer)!r}"
-                return b""
-            self.buffer += chunk
-        end = self.buffer.index(b"\n") + 1
-        line = bytes(self.buffer[:end])
-        del self.buffer[:end]
+        try:
+            line = super().readline(limit)
+        except TimeoutError:
+            raise AssertionError(f"no reply within {REPLY_TIMEOUT}s\n{self.history()}") from None
+        except OSError as error:
+            raise AssertionError(f"the connection failed ({error!r})\n{self.history()}") from None
+        assert len(line) < limit, f"a reply line over {limit} bytes\n{self.history()}"
+        assert line == b"" or line.endswith(b"\n"), f"connection closed inside a line {line!r}"
         self.transcript.append(b"S: " + line[:200])
         return line
 
     def read_exactly(self, count: int) -> bytes:
-        while len(self.buffer) < count:
-            chunk = self.sock.recv(65536)
-            assert chunk, f"connection closed inside a literal\n{self.history()}"
-            self.buffer += chunk
-        data = bytes(self.buffer[:count])
-        del self.buffer[:count]
-        return data
+        try:
+            return self.read(count)
+        except ConnectionError:
+            raise AssertionError(f"connection closed inside a literal\n{self.history()}") from None
 
     def starttls(self) -> None:
-        assert not self.buffer, "bytes after the go-ahead for TLS"
-        context = ssl.create_default_context(cafile=str(self.server.cafile))
-        context.check_hostname = False  # the generated certificate names mail.example.test
-        self.sock = context.wrap_socket(self.sock)
+        self.wrap(client_context(self.server))  # no bytes after the go-ahead for TLS
         self.transcript.append(b"-- TLS --")
 
     def expect_close(self) -> None:
@@ -229,9 +214,6 @@ class Wire:
 
     def history(self) -> str:
         return "\n".join(repr(line) for line in self.transcript[-40:])
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

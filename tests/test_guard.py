@@ -12,6 +12,7 @@ import pytest
 from appliance.auth import guard as guard_module
 from appliance.auth.guard import DirectoryGuard, Policy
 from appliance.auth.verdict import Verdict, accepted, rejected
+from tests.support.wait import wait_for_async
 
 DIRECTORY = "cloudtech.local"
 
@@ -108,7 +109,7 @@ def test_waiting_logins_go_once_a_right_password_answers() -> None:
     async def run() -> list[str]:
         guard, directory = make_guard(limit=2), Directory(delay=0.2)
         first = asyncio.ensure_future(directory.bind(guard, "gt", "198.51.100.7", "right"))
-        await asyncio.sleep(0.01)
+        await wait_for_async(lambda: directory.binds == 1, 2, "the first login binding")
         rest = [directory.bind(guard, "gt", "198.51.100.7", "right") for _ in range(3)]
         return [await first, *await asyncio.gather(*rest)]
 

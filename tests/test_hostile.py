@@ -20,7 +20,11 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.smtp_support import DOMAINS, JOHN, PASSWORD, client_context, stored
+from tests.support.lines import LineClient, ListenerClient, client_context
+from tests.support.pop3 import RawClient as POP3Client
+from tests.support.smtp import DOMAINS, JOHN, PASSWORD, stored
+from tests.support.smtp import RawClient as SMTPClient
+from tests.support.wait import wait_for
 
 BAN = """
 [security.auto_ban]
@@ -31,47 +35,21 @@ allow_networks = ["127.0.0.3/32"]
 """
 
 
-def open_socket(server: RunningAppliance, listener: str, source: str = "127.0.0.1") -> socket.socket:
+def open_socket(server: RunningAppliance, listener: str, source: str = "127.0.0.1") -> ListenerClient:
     """A connection to `listener` from the loopback address `source` (127.0.0.0/8 is all ours)."""
-    sock = socket.create_connection(
-        ("127.0.0.1", server.ports[listener]), timeout=15, source_address=(source, 0)
-    )
-    return sock
-
-
-def read_line(sock: socket.socket, limit: int = 65536) -> bytes:
-    data = bytearray()
-    while not data.endswith(b"\n") and len(data) < limit:
-        chunk = sock.recv(1)
-        if not chunk:
-            break
-        data += chunk
-    return bytes(data)
-
-
-def smtp_reply(sock: socket.socket) -> bytes:
-    lines = []
-    for _ in range(100):
-        line = read_line(sock)
-        lines.append(line)
-        if len(line) < 4 or line[3:4] != b"-":
-            break
-    return b"".join(lines)
+    return ListenerClient(server, listener, source=source)
 
 
 def pop3_fail_login(server: RunningAppliance, source: str) -> bytes:
     """One failed POP3 login (USER/PASS, plaintext allowed by the manifest); the greeting."""
-    sock = open_socket(server, "pop3", source)
+    client = POP3Client(server, source=source)
     try:
-        greeting = read_line(sock)
-        if greeting.startswith(b"+OK"):
-            sock.sendall(f"USER {JOHN}\r\n".encode())
-            assert read_line(sock).startswith(b"+OK")
-            sock.sendall(b"PASS wrong-password\r\n")
-            assert read_line(sock).startswith(b"-ERR [AUTH]")
-        return greeting
+        if client.greeting.startswith(b"+OK"):
+            assert client.command(f"USER {JOHN}").startswith(b"+OK")
+            assert client.command("PASS wrong-password").startswith(b"-ERR [AUTH]")
+        return client.greeting
     finally:
-        sock.close()
+        client.close()
 
 
 def test_an_address_that_keeps_failing_is_banned_from_every_protocol_and_others_still_get_in(
@@ -85,14 +63,14 @@ def test_an_address_that_keeps_failing_is_banned_from_every_protocol_and_others_
     server.wait_for_log(r"banned client=127\.0\.0\.2")
 
     # The banned address: POP3 gets -ERR and is closed; SMTP gets 421 and is closed.
-    sock = open_socket(server, "pop3", "127.0.0.2")
-    assert read_line(sock).startswith(b"-ERR")
-    assert sock.recv(100) == b""
-    sock.close()
-    sock = open_socket(server, "smtp", "127.0.0.2")
-    assert smtp_reply(sock).startswith(b"421 4.7.0")
-    assert sock.recv(100) == b""
-    sock.close()
+    pop3 = POP3Client(server, source="127.0.0.2")
+    assert pop3.greeting.startswith(b"-ERR")
+    assert pop3.readline() == b""
+    pop3.close()
+    smtp = SMTPClient(server, source="127.0.0.2")
+    assert smtp.greeting.startswith("421 4.7.0")
+    assert smtp.readline() == b""
+    smtp.close()
 
     # Anybody else is served as usual, and the right password still works from elsewhere.
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=15) as client:
@@ -111,22 +89,19 @@ def test_an_allowed_network_is_never_banned(appliance: ApplianceFactory) -> None
 
 def test_smtp_commands_pipelined_with_starttls_are_discarded(appliance: ApplianceFactory) -> None:
     server = appliance.start(DOMAINS, listeners=("submission",))
-    sock = open_socket(server, "submission")
-    assert smtp_reply(sock).startswith(b"220")
-    sock.sendall(b"EHLO client.example\r\n")
-    assert b"STARTTLS" in smtp_reply(sock)
+    client = SMTPClient(server, "submission")
+    assert client.greeting.startswith("220")
+    assert "STARTTLS" in client.command("EHLO client.example")
     # RFC 3207 §4.2 / CVE-2011-0411: what follows STARTTLS in the same packet travels in clear
     # and must not be executed after the handshake.
     plain = base64.b64encode(f"\0{JOHN}\0{PASSWORD}".encode()).decode()
-    sock.sendall(f"STARTTLS\r\nAUTH PLAIN {plain}\r\n".encode())
-    assert smtp_reply(sock).startswith(b"220")
-    tls = client_context(server).wrap_socket(sock)
-    tls.sendall(b"EHLO client.example\r\n")
-    assert smtp_reply(tls).startswith(b"250")  # the first reply is EHLO's, not the AUTH's
-    tls.sendall(b"MAIL FROM:<john@example.test>\r\n")
+    client.send(f"STARTTLS\r\nAUTH PLAIN {plain}\r\n")
+    assert client.reply().startswith("220")
+    client.wrap(client_context(server))
+    assert client.command("EHLO client.example").startswith("250")  # EHLO's reply, not the AUTH's
     # Had the injected AUTH run, this MAIL would be accepted; unauthenticated, it is refused.
-    assert smtp_reply(tls).startswith(b"530")
-    tls.close()
+    assert client.command("MAIL FROM:<john@example.test>").startswith("530")
+    client.close()
 
 
 REFUSED_GREETING = {"smtp": b"421 4.7.0", "pop3": b"-ERR [SYS/TEMP]", "imap": b"* BYE [UNAVAILABLE]"}
@@ -140,28 +115,26 @@ def test_connections_over_the_per_client_and_overall_limits_are_refused_and_clos
         DOMAINS, listeners=(listener,), limits="max_connections = 3\nmax_connections_per_client = 2"
     )
     held = [open_socket(server, listener) for _ in range(2)]
-    assert all(not read_line(sock).startswith(REFUSED_GREETING[listener]) for sock in held)
+    assert all(not client.readline().startswith(REFUSED_GREETING[listener]) for client in held)
     third = open_socket(server, listener)  # a third from the same address
-    assert read_line(third).startswith(REFUSED_GREETING[listener])
-    assert third.recv(100) == b""
+    assert third.readline().startswith(REFUSED_GREETING[listener])
+    assert third.readline() == b""
     third.close()
     other = open_socket(server, listener, "127.0.0.2")  # another address: the third of three
-    assert not read_line(other).startswith(REFUSED_GREETING[listener])
+    assert not other.readline().startswith(REFUSED_GREETING[listener])
     fourth = open_socket(server, listener, "127.0.0.3")  # over the overall limit
-    assert read_line(fourth).startswith(REFUSED_GREETING[listener])
+    assert fourth.readline().startswith(REFUSED_GREETING[listener])
     fourth.close()
-    for sock in [*held, other]:
-        sock.close()
-    deadline = time.monotonic() + 10  # once they are gone, the address is served again
-    while time.monotonic() < deadline:
+    for client in [*held, other]:
+        client.close()
+
+    def served() -> bool:
         again = open_socket(server, listener)
-        served = not read_line(again).startswith(REFUSED_GREETING[listener])
+        refused = again.readline().startswith(REFUSED_GREETING[listener])
         again.close()
-        if served:
-            break
-        time.sleep(0.05)
-    else:
-        raise AssertionError("still refused after the connections closed")
+        return not refused
+
+    wait_for(served, 10, "the address served again once its connections closed")
     server.wait_for_log(r"reason=max_connections_per_client")
 
 
@@ -190,13 +163,13 @@ def test_a_client_trickling_a_command_a_byte_at_a_time_is_cut_off(appliance: App
         listeners=("smtp", "pop3"),
         limits='command_timeout = "2s"\npop3_idle_timeout = "2s"',
     )
-    smtp = open_socket(server, "smtp")
-    assert smtp_reply(smtp).startswith(b"220")
-    pop3 = open_socket(server, "pop3")
-    assert read_line(pop3).startswith(b"+OK")
+    smtp = SMTPClient(server)
+    assert smtp.greeting.startswith("220")
+    pop3 = POP3Client(server)
+    assert pop3.greeting.startswith(b"+OK")
     # Each byte arrives well within the timeout; the line never ends.
-    assert trickle(smtp, b"EHLO " + b"x" * 200, 0.3, bound=10) < 5
-    assert trickle(pop3, b"USER " + b"x" * 200, 0.3, bound=10) < 5
+    assert trickle(smtp.sock, b"EHLO " + b"x" * 200, 0.3, bound=10) < 5
+    assert trickle(pop3.sock, b"USER " + b"x" * 200, 0.3, bound=10) < 5
     smtp.close()
     pop3.close()
 
@@ -223,18 +196,18 @@ def test_a_quarter_gigabyte_line_is_refused_without_being_buffered(
 ) -> None:
     server = appliance.start(DOMAINS, listeners=(listener,))
     before = peak_rss_mb(server.process.pid)
-    sock = open_socket(server, listener)
-    read_line(sock)
+    client = open_socket(server, listener)
+    client.readline()
     chunk = b"A" * (1 << 20)
     for _ in range(256):
-        sock.sendall(chunk)
-    sock.sendall(b"\r\n")
+        client.send(chunk)
+    client.send(b"\r\n")
     refused, command, accepted = AFTER_LONG_LINE[listener]
-    reply = read_line(sock)
+    reply = client.readline(65536)
     assert reply.startswith(refused), reply[:200]
-    sock.sendall(command)  # the session goes on
-    assert read_line(sock).startswith(accepted)
-    sock.close()
+    client.send(command)  # the session goes on
+    assert client.readline().startswith(accepted)
+    client.close()
     assert peak_rss_mb(server.process.pid) - before < 32
     assert "Traceback" not in server.log()
 
@@ -268,7 +241,7 @@ def kill_round(server: RunningAppliance, round_number: int, senders: int = 4) ->
     threads = [threading.Thread(target=send, args=(n,)) for n in range(senders)]
     for thread in threads:
         thread.start()
-    time.sleep(random.uniform(0.5, 1.5))
+    time.sleep(random.uniform(0.5, 1.5))  # a random moment under load: when the kill falls
     server.process.kill()  # SIGKILL: no cleanup, no flush
     server.process.wait(10)
     for thread in threads:
@@ -382,7 +355,5 @@ def test_tls_below_1_2_is_refused(appliance: ApplianceFactory) -> None:
         context.set_ciphers("ALL:@SECLEVEL=0")
     except ssl.SSLError:
         pass
-    sock = open_socket(server, "submissions")
     with pytest.raises((ssl.SSLError, ConnectionError)):
-        context.wrap_socket(sock).recv(10)
-    sock.close()
+        LineClient(server.ports["submissions"], tls=context).readline()

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import base64
 import imaplib
-import itertools
 import re
 import smtplib
-import socket
-import ssl
 import time
 from collections.abc import Iterator
 
@@ -21,12 +18,13 @@ import pytest
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.imap import RawClient
+from tests.support.lines import client_context
 
 PASSWORD = "Imap!Passw0rd"
 HASH = hash_password(PASSWORD)
 ACCOUNTS = [f"user{n:02d}" for n in range(1, 41)]
 _accounts = iter(ACCOUNTS)
-_tags = itertools.count(1)
 DOMAINS = (
     '[domains."example.test"]\n[domains."example.test".accounts]\n'
     + "".join(f'{name} = {{ password_hash = "{HASH}" }}\n' for name in ACCOUNTS)
@@ -69,85 +67,20 @@ def user() -> str:
     return f"{next(_accounts)}@example.test"
 
 
-def context(server: RunningAppliance) -> ssl.SSLContext:
-    result = ssl.create_default_context(cafile=str(server.cafile))
-    result.check_hostname = False  # the generated certificate names mail.example.test and 127.0.0.1
-    return result
-
-
 def imaps(server: RunningAppliance, address: str) -> imaplib.IMAP4_SSL:
-    client = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=context(server), timeout=30)
+    client = imaplib.IMAP4_SSL(
+        "127.0.0.1", server.ports["imaps"], ssl_context=client_context(server), timeout=30
+    )
     client.login(address, PASSWORD)
     return client
 
 
 def imapclient_session(server: RunningAppliance, address: str) -> imapclient.IMAPClient:
     client = imapclient.IMAPClient(
-        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=context(server), timeout=30
+        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_context(server), timeout=30
     )
     client.login(address, PASSWORD)
     return client
-
-
-class Raw:
-    """A bare socket speaking IMAP, for what the libraries will not send."""
-
-    def __init__(self, server: RunningAppliance, listener: str = "imaps") -> None:
-        sock = socket.create_connection(("127.0.0.1", server.ports[listener]), timeout=15)
-        if listener == "imaps":
-            sock = context(server).wrap_socket(sock)
-        self.sock: socket.socket = sock
-        self.server = server
-        self.file = self.sock.makefile("rb")
-        self.greeting = self.line()
-
-    def send(self, data: bytes | str) -> None:
-        self.sock.sendall(data.encode() if isinstance(data, str) else data)
-
-    def line(self) -> bytes:
-        """One response line, literals included ("{n}" followed by its n octets)."""
-        line = self.file.readline(1 << 20)
-        if not line:
-            raise ConnectionError("connection closed")
-        for _ in range(10_000):
-            match = re.search(rb"\{(\d+)\}\r\n$", line)
-            if match is None:
-                return line.rstrip(b"\r\n")
-            line += self.file.read(int(match.group(1))) + self.file.readline(1 << 20)
-        raise AssertionError("too many literals")
-
-    def response(self, tag: str) -> tuple[list[bytes], bytes]:
-        untagged: list[bytes] = []
-        for _ in range(1_000_000):
-            line = self.line()
-            if line.startswith(tag.encode() + b" "):
-                return untagged, line
-            untagged.append(line)
-        raise AssertionError("no tagged response")
-
-    def command(self, text: bytes | str) -> tuple[list[bytes], bytes]:
-        tag = f"t{next(_tags)}"
-        self.send((tag + " ").encode() + (text.encode() if isinstance(text, str) else text) + b"\r\n")
-        return self.response(tag)
-
-    def ok(self, text: bytes | str) -> list[bytes]:
-        untagged, done = self.command(text)
-        assert b" OK" in done, (text, done, untagged)
-        return untagged
-
-    def starttls(self) -> None:
-        _, done = self.command("STARTTLS")
-        assert b" OK " in done
-        self.file.close()
-        self.sock = context(self.server).wrap_socket(self.sock)
-        self.file = self.sock.makefile("rb")
-
-    def login(self, address: str) -> None:
-        self.ok(f'LOGIN {address} "{PASSWORD}"')
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
 
 
 def deliver(server: RunningAppliance, address: str, body: bytes) -> None:
@@ -170,7 +103,7 @@ def folder_names(client: imaplib.IMAP4) -> dict[str, str]:
 
 # -- connection, capabilities, login -----------------------------------------------------------------
 def test_before_tls_the_server_offers_starttls_and_refuses_plaintext_logins(server: RunningAppliance) -> None:
-    raw = Raw(server, "imap")
+    raw = RawClient(server, "imap")
     assert raw.greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 ")
     capabilities = raw.ok("CAPABILITY")[0].split()
     assert b"STARTTLS" in capabilities and b"LOGINDISABLED" in capabilities
@@ -187,12 +120,10 @@ def test_before_tls_the_server_offers_starttls_and_refuses_plaintext_logins(serv
 
 
 def test_commands_pipelined_after_starttls_are_dropped(server: RunningAppliance, user: str) -> None:
-    raw = Raw(server, "imap")
+    raw = RawClient(server, "imap")
     raw.send("s1 STARTTLS\r\ns2 NOOP\r\n")  # CVE-2011-0411: s2 must not run inside TLS
     assert raw.line().startswith(b"s1 OK ")
-    raw.file.close()
-    raw.sock = context(server).wrap_socket(raw.sock)
-    raw.file = raw.sock.makefile("rb")
+    raw.wrap(client_context(server))
     untagged, done = raw.command(f'LOGIN {user} "{PASSWORD}"')
     assert untagged == [] and b" OK " in done  # no answer to s2 came first
     assert raw.ok("NOOP") == []
@@ -201,7 +132,7 @@ def test_commands_pipelined_after_starttls_are_dropped(server: RunningAppliance,
 
 def test_imaplib_logs_in_over_starttls_and_sees_the_extensions(server: RunningAppliance, user: str) -> None:
     client = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=30)
-    client.starttls(ssl_context=context(server))
+    client.starttls(ssl_context=client_context(server))
     status, _ = client.login(user, PASSWORD)
     assert status == "OK"
     capabilities = set(client.capability()[1][0].split())
@@ -218,12 +149,14 @@ def test_imaplib_logs_in_over_starttls_and_sees_the_extensions(server: RunningAp
 
 
 def test_authenticate_plain_with_and_without_initial_response(server: RunningAppliance, user: str) -> None:
-    raw = Raw(server)
+    raw = RawClient(server)
     credentials = base64.b64encode(f"\0{user}\0{PASSWORD}".encode()).decode()
     _, done = raw.command(f"AUTHENTICATE PLAIN {credentials}")  # SASL-IR, RFC 4959
     assert b"OK [CAPABILITY IMAP4rev1" in done
     raw.close()
-    client = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=context(server), timeout=30)
+    client = imaplib.IMAP4_SSL(
+        "127.0.0.1", server.ports["imaps"], ssl_context=client_context(server), timeout=30
+    )
     status, _ = client.authenticate("PLAIN", lambda _: f"\0{user}\0{PASSWORD}".encode())
     assert status == "OK"
     client.logout()
@@ -235,7 +168,7 @@ def test_authenticate_plain_with_and_without_initial_response(server: RunningApp
 def test_failed_logins_look_alike_and_the_third_one_closes_the_connection(
     server: RunningAppliance, user: str
 ) -> None:
-    raw = Raw(server)
+    raw = RawClient(server)
     answers = []
     for login, password in (
         (user, "wrong"),
@@ -257,13 +190,13 @@ def test_failed_logins_look_alike_and_the_third_one_closes_the_connection(
 
 
 def test_capability_noop_id_namespace_enable_and_logout(server: RunningAppliance, user: str) -> None:
-    raw = Raw(server)
+    raw = RawClient(server)
     assert raw.ok("NOOP") == []
     assert raw.ok('ID ("name" "test" "version" "1")') == [b'* ID ("name" "appliance" "vendor" "appliance")']
     raw.ok("ID NIL")
     _, done = raw.command("NAMESPACE")
     assert b" BAD " in done  # not before login
-    raw.login(user)
+    raw.login(user, PASSWORD)
     assert raw.ok("NAMESPACE") == [b'* NAMESPACE (("" ".")) NIL NIL']
     assert raw.ok("ENABLE CONDSTORE") == [b"* ENABLED"]
     untagged, done = raw.command("LOGOUT")
@@ -282,8 +215,8 @@ def test_a_new_account_has_the_special_use_folders(server: RunningAppliance, use
     assert lines == [b'(\\Noselect) "." ""']  # RFC 3501 §6.3.8: the delimiter
     client.logout()
     # RFC 5258 selection option SPECIAL-USE, as Thunderbird asks
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     listed = raw.ok('LIST (SPECIAL-USE) "" "*"')
     assert {line.rsplit(b" ", 1)[1].strip(b'"').decode() for line in listed} == set(SPECIAL_USE)
 
@@ -336,8 +269,8 @@ def test_create_rename_delete_and_status(server: RunningAppliance, user: str) ->
 
 # -- SELECT, APPEND, FETCH, STORE -------------------------------------------------------------------
 def test_select_and_examine_answer_as_rfc_3501_says(server: RunningAppliance, user: str) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     raw.ok(b"APPEND INBOX (\\Seen) {%d+}\r\n" % len(message("seen")) + message("seen"))
     raw.ok(b"APPEND INBOX {%d+}\r\n" % len(message("new")) + message("new"))
     untagged, done = raw.command("SELECT inbox")
@@ -400,8 +333,8 @@ def test_append_returns_appenduid_and_fetch_returns_what_was_stored(
 def test_store_reports_flags_unless_silent_and_keywords_become_flags(
     server: RunningAppliance, user: str
 ) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     for n in range(3):
         raw.ok(b"APPEND INBOX {%d+}\r\n" % len(message(f"m{n}")) + message(f"m{n}"))
     raw.ok("SELECT INBOX")  # takes \Recent from the new messages
@@ -450,8 +383,8 @@ def test_search_and_uid_search(server: RunningAppliance, user: str) -> None:
 
 
 def test_copy_move_and_uid_expunge_with_uidplus(server: RunningAppliance, user: str) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     for n in range(4):
         raw.ok(b"APPEND INBOX {%d+}\r\n" % len(message(f"m{n}")) + message(f"m{n}"))
     raw.ok("SELECT INBOX")
@@ -474,8 +407,8 @@ def test_copy_move_and_uid_expunge_with_uidplus(server: RunningAppliance, user: 
 
 
 def test_close_expunges_silently_and_unselect_does_not(server: RunningAppliance, user: str) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     for n in range(2):
         raw.ok(b"APPEND INBOX {%d+}\r\n" % len(message(f"m{n}")) + message(f"m{n}"))
     raw.ok("SELECT INBOX")
@@ -494,8 +427,8 @@ def test_close_expunges_silently_and_unselect_does_not(server: RunningAppliance,
 def test_append_of_a_20_mb_literal_with_literal_plus(server: RunningAppliance, user: str) -> None:
     line = b"x" * 998 + b"\r\n"
     body = message("big", "") + line * (20_000_000 // len(line))
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     raw.send(b"a1 APPEND INBOX {%d+}\r\n" % len(body))
     raw.sock.sendall(body)
     raw.send(b"\r\n")
@@ -513,7 +446,7 @@ def test_append_of_a_20_mb_literal_with_literal_plus(server: RunningAppliance, u
 def test_a_synchronizing_literal_gets_a_continuation_and_a_too_big_one_is_refused(
     server: RunningAppliance, user: str
 ) -> None:
-    raw = Raw(server)
+    raw = RawClient(server)
     raw.send(b"a1 LOGIN {%d}\r\n" % len(user))
     assert raw.line().startswith(b"+ ")
     raw.send(user.encode() + b" {%d}\r\n" % len(PASSWORD))
@@ -530,8 +463,8 @@ def test_a_synchronizing_literal_gets_a_continuation_and_a_too_big_one_is_refuse
 
 
 def test_malformed_commands_get_bad_and_the_session_goes_on(server: RunningAppliance, user: str) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     raw.send(b"\r\n")
     assert raw.line().startswith(b"* BAD ")
     raw.send(b"+oops NOOP\r\n")
@@ -570,9 +503,9 @@ def test_malformed_commands_get_bad_and_the_session_goes_on(server: RunningAppli
 
 # -- several sessions, IDLE, restarts ---------------------------------------------------------------
 def test_two_sessions_on_one_folder_see_each_others_changes(server: RunningAppliance, user: str) -> None:
-    first, second = Raw(server), Raw(server)
-    first.login(user)
-    second.login(user)
+    first, second = RawClient(server), RawClient(server)
+    first.login(user, PASSWORD)
+    second.login(user, PASSWORD)
     for n in range(2):
         first.ok(b"APPEND INBOX {%d+}\r\n" % len(message(f"m{n}")) + message(f"m{n}"))
     second.ok("SELECT INBOX")  # the first to select: messages 1 and 2 are \Recent there only
@@ -617,8 +550,8 @@ def test_idle_hears_of_an_smtp_delivery_within_a_second(server: RunningAppliance
     assert any(item[1] == b"FETCH" for item in responses), responses
     other.logout()
     client.logout()
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     raw.send("i1 IDLE\r\n")  # in the authenticated state IDLE only waits for DONE
     assert raw.line().startswith(b"+ ")
     raw.send("NOT DONE\r\n")
@@ -631,8 +564,8 @@ def test_idle_hears_of_an_smtp_delivery_within_a_second(server: RunningAppliance
 
 
 def test_many_messages_are_fetched_whole_across_batches(server: RunningAppliance, user: str) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     bodies = [message(f"number {n}", f"{n}\r\n" * (n % 7 + 1)) for n in range(450)]
     raw.send(
         b"".join(b"a%d APPEND INBOX {%d+}\r\n%s\r\n" % (n, len(body), body) for n, body in enumerate(bodies))
@@ -678,24 +611,24 @@ def test_an_idle_client_is_logged_out_and_a_banned_one_refused(appliance: Applia
         server_extra="allow_plaintext_auth = true",
         limits='imap_idle_timeout = "1s"\ncommand_timeout = "1s"',
     )
-    raw = Raw(running, "imap")  # the manifest allows logins in clear: no LOGINDISABLED
+    raw = RawClient(running, "imap")  # the manifest allows logins in clear: no LOGINDISABLED
     capabilities = raw.greeting.split(b"]")[0].split()
     assert b"AUTH=PLAIN" in capabilities and b"LOGINDISABLED" not in capabilities
-    raw.login("user02@example.test")
+    raw.login("user02@example.test", PASSWORD)
     raw.ok("SELECT INBOX")
     assert raw.line().startswith(b"* BYE ")
     raw.close()
     running.wait_for_log(r"imap closed login=user02@example\.test client=127\.0\.0\.1 reason=idle_timeout")
-    raw = Raw(running)
+    raw = RawClient(running)
     assert raw.line().startswith(b"* BYE ")  # RFC 3501 §5.4 autologout
     raw.close()
     running.wait_for_log(r"imap closed login=- client=127\.0\.0\.1 reason=idle_timeout")
-    raw = Raw(running)
+    raw = RawClient(running)
     for _ in range(2):
         _, done = raw.command('LOGIN user01@example.test "wrong"')
         assert b"NO [AUTHENTICATIONFAILED]" in done
     raw.close()
-    refused = Raw(running)
+    refused = RawClient(running)
     assert refused.greeting.startswith(b"* BYE ")
     refused.close()
 
@@ -709,7 +642,7 @@ def test_brackets_in_atoms_outside_fetch_sections_are_ordinary_characters(
     server: RunningAppliance, user: str
 ) -> None:
     """RFC 3501 §9: "[" is an ATOM-CHAR and "]" an ASTRING-CHAR; only BODY[...] takes a section."""
-    raw = Raw(server)
+    raw = RawClient(server)
     raw.ok(f"LOGIN {user} {PASSWORD}")
     odd = "!#$&'+,-.0123456789:;<=>?@^_`|[}"  # imaptest's atom test
     _, done = raw.command(f"SELECT {odd}")
@@ -725,7 +658,7 @@ def test_search_from_and_to_match_the_parsed_address_despite_comments(
     server: RunningAppliance, user: str
 ) -> None:
     """imaptest's search-addresses: the addr-spec split by comments is still the address."""
-    raw = Raw(server)
+    raw = RawClient(server)
     raw.ok(f"LOGIN {user} {PASSWORD}")
     odd = (
         b"From: <user-from (comment)@ (comment) domain.org>\r\n"
@@ -746,7 +679,7 @@ def test_lsub_with_percent_lists_the_unsubscribed_parent_of_a_subscribed_child(
     server: RunningAppliance, user: str
 ) -> None:
     """RFC 3501 §6.3.9: foo.bar subscribed, foo not: LSUB "" % answers foo with \\Noselect."""
-    raw = Raw(server)
+    raw = RawClient(server)
     raw.ok(f"LOGIN {user} {PASSWORD}")
     raw.ok("CREATE lsubparent.child")
     raw.ok("SUBSCRIBE lsubparent.child")

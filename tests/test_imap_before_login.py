@@ -4,7 +4,6 @@ command. Each test is the attack, over a raw socket to a running `appliance serv
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.imap import RawClient
 
 PASSWORD = "Imap!Passw0rd"
 DOMAINS = f'[domains."example.test".accounts]\njohn = {{ password_hash = "{hash_password(PASSWORD)}" }}\n'
@@ -34,46 +34,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApplianc
         factory.close()
 
 
-class Client:
-    """A bare socket with its own buffer (a socket file is unusable after one timeout)."""
-
-    def __init__(self, server: RunningAppliance) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=10)
-        self.buffer = b""
-        assert self.line().startswith(b"* OK")
-
-    def line(self) -> bytes:
-        while b"\n" not in self.buffer:
-            data = self.sock.recv(65536)
-            if not data:
-                return b""
-            self.buffer += data
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        return line + b"\n"
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def closed_within(self, seconds: float) -> bool:
-        """True when the server closes the connection within `seconds` (what it says is read)."""
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            try:
-                if not self.sock.recv(65536):
-                    return True
-            except TimeoutError:
-                return False
-            except OSError:
-                return True  # reset: closed with our bytes unread
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
+def connect(server: RunningAppliance) -> RawClient:
+    client = RawClient(server, "imap", timeout=10)
+    assert client.greeting.startswith(b"* OK")
+    return client
 
 
 def test_append_before_login_gets_no_continuation_and_nothing_is_spooled(server: RunningAppliance) -> None:
-    client = Client(server)
+    client = connect(server)
     try:
         client.send(b"a1 APPEND INBOX {17600000}\r\n")
         reply = client.line()
@@ -87,7 +55,7 @@ def test_append_before_login_gets_no_continuation_and_nothing_is_spooled(server:
 
 
 def test_a_literal_bigger_than_a_login_needs_is_not_asked_for_before_login(server: RunningAppliance) -> None:
-    client = Client(server)
+    client = connect(server)
     try:
         client.send(b"a1 LOGIN {100000}\r\n")
         reply = client.line()
@@ -104,11 +72,11 @@ def test_a_literal_bigger_than_a_login_needs_is_not_asked_for_before_login(serve
 
 
 def test_a_big_unasked_literal_before_login_ends_the_connection_unread(server: RunningAppliance) -> None:
-    client = Client(server)
+    client = connect(server)
     try:
         client.send(b"a1 LOGIN {1000000+}\r\n" + b"x" * 1000)
         # At once: not after reading a megabyte, nor after the command timeout.
-        assert client.closed_within(COMMAND_TIMEOUT / 2)
+        assert client.closed(COMMAND_TIMEOUT / 2)
     finally:
         client.close()
 
@@ -116,7 +84,7 @@ def test_a_big_unasked_literal_before_login_ends_the_connection_unread(server: R
 def test_a_literal_trickled_before_login_does_not_outlive_the_command_timeout(
     server: RunningAppliance,
 ) -> None:
-    client = Client(server)
+    client = connect(server)
     started = time.monotonic()
     closed = False
     try:
@@ -129,7 +97,7 @@ def test_a_literal_trickled_before_login_does_not_outlive_the_command_timeout(
             except OSError:
                 closed = True
                 break
-            if client.closed_within(0.5):
+            if client.closed(0.5):
                 closed = True
                 break
         elapsed = time.monotonic() - started
@@ -148,7 +116,7 @@ def _rss_kib(pid: int) -> int:
 
 def test_many_connections_holding_literals_before_login_cost_little_memory(server: RunningAppliance) -> None:
     before = _rss_kib(server.process.pid)
-    clients = [Client(server) for _ in range(100)]
+    clients = [connect(server) for _ in range(100)]
     try:
         for client in clients:
             try:
@@ -157,7 +125,7 @@ def test_many_connections_holding_literals_before_login_cost_little_memory(serve
                 pass  # the server closed it before taking the megabyte
         grown = _rss_kib(server.process.pid) - before
         for client in clients:
-            assert client.closed_within(10.0)
+            assert client.closed(10.0)
     finally:
         for client in clients:
             client.close()

@@ -13,7 +13,6 @@ import os
 import re
 import shutil
 import smtplib
-import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.lines import client_context
 
 PASSWORD = "Sync!Passw0rd"
 HASH = hash_password(PASSWORD)
@@ -83,9 +83,9 @@ def need(program: str) -> str:
 
 
 def imaps(server: RunningAppliance, address: str) -> imaplib.IMAP4_SSL:
-    context = ssl.create_default_context(cafile=str(server.cafile))
-    context.check_hostname = False  # the certificate names 127.0.0.1 and mail.example.test
-    client = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=context, timeout=30)
+    client = imaplib.IMAP4_SSL(
+        "127.0.0.1", server.ports["imaps"], ssl_context=client_context(server), timeout=30
+    )
     client.login(address, PASSWORD)
     return client
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.test_imap import DOMAINS, NO_AUTOBAN, Raw, deliver, message
+from tests.support.imap import RawClient
+from tests.test_imap import DOMAINS, NO_AUTOBAN, PASSWORD, deliver, message
 
 ACCOUNTS = iter(f"user{n:02d}" for n in range(1, 41))
 
@@ -53,8 +54,8 @@ def uid_flags(lines: list[bytes]) -> dict[int, bytes]:
 def test_uids_stay_unique_and_ascending_while_smtp_delivers_into_the_selected_folder(
     server: RunningAppliance, user: str
 ) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     raw.ok("SELECT INBOX")
     count = 60
     errors: list[BaseException] = []
@@ -84,8 +85,8 @@ def test_uids_stay_unique_and_ascending_while_smtp_delivers_into_the_selected_fo
     subjects = [re.search(rb"concurrent (\d+)", line).group(1) for line in first]  # type: ignore[union-attr]
     assert sorted(int(s) for s in subjects) == list(range(count))
     # Another session, and a fresh SELECT, see exactly the same UIDs.
-    other = Raw(server)
-    other.login(user)
+    other = RawClient(server)
+    other.login(user, PASSWORD)
     other.ok("EXAMINE INBOX")
     again = other.ok("UID FETCH 1:* (UID BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
     assert again == first
@@ -96,8 +97,8 @@ def test_uids_stay_unique_and_ascending_while_smtp_delivers_into_the_selected_fo
 def test_a_message_another_program_drops_into_new_gets_the_next_uid(
     server: RunningAppliance, user: str
 ) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     raw.ok(b"APPEND INBOX {%d+}\r\n" % len(message("first")) + message("first"))
     raw.ok("SELECT INBOX")
     root = maildir(server, user)
@@ -119,8 +120,8 @@ def test_a_message_another_program_drops_into_new_gets_the_next_uid(
 def test_flags_changed_by_renaming_the_file_on_disk_reach_a_selected_session(
     server: RunningAppliance, user: str
 ) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     raw.ok(b"APPEND INBOX {%d+}\r\n" % len(message("flags")) + message("flags"))
     raw.ok("SELECT INBOX")
     root = maildir(server, user)
@@ -138,8 +139,8 @@ def test_flags_changed_by_renaming_the_file_on_disk_reach_a_selected_session(
 def test_flags_and_keywords_are_written_where_other_maildir_readers_look(
     server: RunningAppliance, user: str
 ) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     raw.ok(b"APPEND INBOX (\\Answered $Forwarded) {%d+}\r\n" % len(message("kw")) + message("kw"))
     raw.ok("SELECT INBOX")
     raw.ok("STORE 1 +FLAGS (\\Deleted Project)")
@@ -156,8 +157,8 @@ def test_flags_and_keywords_are_written_where_other_maildir_readers_look(
 def test_a_folder_deleted_and_created_again_gets_a_new_uidvalidity(
     server: RunningAppliance, user: str
 ) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     raw.ok("CREATE Projects")
     raw.ok(b"APPEND Projects {%d+}\r\n" % len(message("p")) + message("p"))
     first = re.search(rb"UIDVALIDITY (\d+)", b" ".join(raw.ok("STATUS Projects (UIDVALIDITY UIDNEXT)")))
@@ -174,8 +175,8 @@ def test_a_folder_deleted_and_created_again_gets_a_new_uidvalidity(
 def test_the_uid_log_is_compacted_and_still_gives_the_same_uids(appliance: ApplianceFactory) -> None:
     running = appliance.start(DOMAINS, listeners=("imaps",))
     address = "user03@example.test"
-    raw = Raw(running)
-    raw.login(address)
+    raw = RawClient(running)
+    raw.login(address, PASSWORD)
     bodies = [message(f"c{n}") for n in range(1100)]
     raw.send(b"".join(b"a%d APPEND INBOX {%d+}\r\n%s\r\n" % (n, len(b), b) for n, b in enumerate(bodies)))
     for n in range(len(bodies)):
@@ -195,8 +196,8 @@ def test_the_uid_log_is_compacted_and_still_gives_the_same_uids(appliance: Appli
     assert len([line for line in log if line.startswith("+")]) == 30
     running.stop()
     again = appliance.start(DOMAINS, listeners=("imaps",))
-    raw = Raw(again)
-    raw.login(address)
+    raw = RawClient(again)
+    raw.login(address, PASSWORD)
     untagged = raw.ok("SELECT INBOX")
     assert b"* OK [UIDNEXT 1121] Predicted next UID" in untagged
     assert uid_flags(raw.ok("UID FETCH 1:* (UID FLAGS)")) == before
@@ -206,8 +207,8 @@ def test_the_uid_log_is_compacted_and_still_gives_the_same_uids(appliance: Appli
 def test_header_searches_answer_the_same_from_the_cache_as_from_the_messages(
     server: RunningAppliance, user: str
 ) -> None:
-    raw = Raw(server)
-    raw.login(user)
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
     encoded = (
         b"From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <jm@remote.example>\r\nTo: someone@example.test\r\n"
         b"Subject: =?UTF-8?B?R3LDvMOfZSBhdXMgS8O2bG4=?=\r\nX-Ticket: TCK-4711\r\n\r\nBody words.\r\n"

@@ -5,7 +5,6 @@ another client is answered."""
 from __future__ import annotations
 
 import smtplib
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ import pytest
 from appliance.auth.passwords import hash_password
 from appliance.imap.search import MAX_KEYS
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.imap import RawClient
 
 PASSWORD = "Imap!Passw0rd"
 HASH = hash_password(PASSWORD)
@@ -43,29 +43,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApplianc
         factory.close()
 
 
-class Client:
-    def __init__(self, server: RunningAppliance, user: str) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=120)
-        self.file = self.sock.makefile("rb")
-        self.file.readline()
-        assert self.command(b"a LOGIN " + user.encode() + b" " + PASSWORD.encode())[-1].startswith(b"a OK")
-
-    def command(self, line: bytes) -> list[bytes]:
-        """Send one tagged command (tag "a"); every line of the answer up to the tagged one."""
-        self.sock.sendall(line + b"\r\n")
-        lines = []
-        for _ in range(100_000):
-            reply = self.file.readline(1 << 20)
-            if not reply:
-                raise ConnectionError("closed")
-            lines.append(reply)
-            if reply.startswith(b"a "):
-                return lines
-        raise AssertionError("no tagged reply")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+def connect(server: RunningAppliance, user: str) -> RawClient:
+    client = RawClient(server, "imap", timeout=120)
+    client.login(user, PASSWORD)
+    return client
 
 
 def _keys(count: int) -> bytes:
@@ -84,29 +65,29 @@ def _keys(count: int) -> bytes:
 
 
 def test_a_search_of_thousands_of_keys_is_refused_at_once(server: RunningAppliance) -> None:
-    client = Client(server, "searcher@example.test")
+    client = connect(server, "searcher@example.test")
     try:
-        assert client.command(b"a SELECT INBOX")[-1].startswith(b"a OK")
+        client.ok("SELECT INBOX")
         started = time.monotonic()
-        reply = client.command(b"a SEARCH " + _keys(12_021))
-        assert reply[-1].startswith(b"a BAD Too many search keys"), reply[-1][:200]
+        _, done = client.command(b"SEARCH " + _keys(12_021))
+        assert done.split(b" ", 1)[1].startswith(b"BAD Too many search keys"), done[:200]
         print(f"refused in {(time.monotonic() - started) * 1000:.0f} ms")
-        assert client.command(b"a NOOP")[-1].startswith(b"a OK")
+        client.ok("NOOP")
     finally:
         client.close()
 
 
 def test_other_clients_are_answered_while_the_largest_search_runs(server: RunningAppliance) -> None:
-    searcher, other = Client(server, "searcher@example.test"), Client(server, "other@example.test")
+    searcher, other = connect(server, "searcher@example.test"), connect(server, "other@example.test")
     try:
-        assert searcher.command(b"a SELECT INBOX")[-1].startswith(b"a OK")
-        searcher.command(b"a SEARCH BODY zzz")  # the messages read once, so the next search only matches
+        searcher.ok("SELECT INBOX")
+        searcher.command("SEARCH BODY zzz")  # the messages read once, so the next search only matches
         done = threading.Event()
-        result: list[list[bytes]] = []
+        result: list[tuple[list[bytes], bytes]] = []
 
         def search() -> None:
             try:
-                result.append(searcher.command(b"a SEARCH " + _keys(MAX_KEYS // 2)))  # NOT counts
+                result.append(searcher.command(b"SEARCH " + _keys(MAX_KEYS // 2)))  # NOT counts
             finally:
                 done.set()
 
@@ -117,12 +98,14 @@ def test_other_clients_are_answered_while_the_largest_search_runs(server: Runnin
         for _ in range(10_000):  # NOOPs round trips while the search runs
             if done.is_set():
                 break
-            other.command(b"a NOOP")
+            other.ok("NOOP")
             answered_during.append(time.monotonic() - started)
         thread.join(120)
         took = time.monotonic() - started
-        assert result and result[-1][-1].startswith(b"a OK")
-        assert len(result[-1]) == 2 and result[-1][0].count(b" ") == MESSAGES + 1  # every message matches
+        assert result
+        untagged, completion = result[-1]
+        assert completion.split(b" ", 2)[1] == b"OK", completion
+        assert len(untagged) == 1 and untagged[0].count(b" ") == MESSAGES + 1  # every message matches
         gaps = [b - a for a, b in zip([0.0, *answered_during], answered_during, strict=False)]
         print(
             f"search took {took:.2f} s; {len(answered_during)} NOOPs meanwhile, longest wait {max(gaps):.3f} s"

@@ -13,13 +13,15 @@ vanished one is counted.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import functools
 import os
 import pickle
 import re
 import signal
 import socket
-import ssl
 import struct
+import termios
 import time
 from pathlib import Path
 
@@ -34,6 +36,8 @@ from appliance.imap.sender import FetchJob, SenderProcess
 from appliance.imap.tokens import Atom
 from appliance.store.maildir import to_crlf
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.imap import RawClient
+from tests.support.wait import wait_for, wait_for_async
 
 PASSWORD = "Sender!Passw0rd"
 ACCOUNTS = ("ann", "bob", "cy", "dee", "eve", "fay")
@@ -86,61 +90,17 @@ def fill(server: RunningAppliance, account: str, count: int, big: dict[int, int]
         os.utime(path, (1_700_000_000 + number * 3600,) * 2)
 
 
-def context(server: RunningAppliance) -> ssl.SSLContext:
-    result = ssl.create_default_context(cafile=str(server.cafile))
-    result.check_hostname = False
-    return result
-
-
-class Wire:
-    """A raw IMAP connection that keeps every byte of a response (literals included)."""
-
-    def __init__(self, server: RunningAppliance, tls: bool = False) -> None:
-        sock = socket.create_connection(
-            ("127.0.0.1", server.ports["imaps" if tls else "imap"]), SOCKET_TIMEOUT
-        )
-        self.sock = context(server).wrap_socket(sock) if tls else sock
-        self.file = self.sock.makefile("rb")
-        self.tag = 0
-        assert self.file.readline().startswith(b"* OK")
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def read_until(self, tag: bytes) -> bytes:
-        """Everything up to and including the tagged response `tag`, byte for byte."""
-        out = bytearray()
-        while True:
-            line = self.file.readline()
-            if not line:
-                raise ConnectionError(f"closed before {tag!r}; got {bytes(out[-300:])!r}")
-            out += line
-            literal = re.search(rb"\{(\d+)\}\r\n$", line)
-            if literal is not None:
-                out += self.file.read(int(literal.group(1)))
-                continue
-            if line.startswith(tag + b" "):
-                return bytes(out)
-
-    def command(self, text: str) -> bytes:
-        self.tag += 1
-        tag = b"w%d" % self.tag
-        self.send(tag + b" " + text.encode() + b"\r\n")
-        response = self.read_until(tag)
-        assert response.rsplit(b"\r\n", 2)[-2].startswith(tag + b" OK"), response[-300:]
-        return response
-
-    def login(self, account: str) -> None:
-        self.command(f'LOGIN {account}@example.test "{PASSWORD}"')
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
+def logged_in(server: RunningAppliance, account: str, tls: bool = False) -> RawClient:
+    """A raw IMAP connection logged in as `account`, that reads responses byte for byte."""
+    client = RawClient(server, "imaps" if tls else "imap", timeout=SOCKET_TIMEOUT)
+    assert client.greeting.startswith(b"* OK")
+    client.login(f"{account}@example.test", PASSWORD)
+    return client
 
 
 def normalized(response: bytes) -> bytes:
-    """The response without its tag (the two sessions number their commands alike, but still)."""
-    return re.sub(rb"(^|\r\n)w\d+ ", rb"\1TAG ", response)
+    """The response without its tag (every command has a tag of its own)."""
+    return re.sub(rb"(^|\r\n)t\d+ ", rb"\1TAG ", response)
 
 
 @pytest.fixture
@@ -158,17 +118,15 @@ FETCHES = (
 
 def test_the_sender_writes_the_same_bytes_as_the_session(server: RunningAppliance) -> None:
     fill(server, "ann", MESSAGES, big={7: 3_000_000})
-    first = Wire(server, tls=True)
-    first.login("ann")
-    first.command("SELECT INBOX")  # \Recent claimed here: the sessions below see none
+    first = logged_in(server, "ann", tls=True)
+    first.exchange("SELECT INBOX")  # \Recent claimed here: the sessions below see none
     first.close()
     sessions = {}
     for tls in (True, False):  # TLS first: rendered by the session, no sender started
-        wire = Wire(server, tls=tls)
-        wire.login("ann")
-        wire.command("EXAMINE INBOX")
-        sessions[tls] = [normalized(wire.command(text)) for text in FETCHES]
-        wire.command("LOGOUT")
+        wire = logged_in(server, "ann", tls=tls)
+        wire.exchange("EXAMINE INBOX")
+        sessions[tls] = [normalized(wire.exchange(text)) for text in FETCHES]
+        wire.exchange("LOGOUT")
         wire.close()
         if tls:
             assert "fetch sender process started" not in server.log()
@@ -184,8 +142,7 @@ def test_the_sender_writes_the_same_bytes_as_the_session(server: RunningApplianc
 
 def test_responses_stay_in_order_with_pipelined_commands(server: RunningAppliance) -> None:
     fill(server, "bob", 100)
-    wire = Wire(server)
-    wire.login("bob")
+    wire = logged_in(server, "bob")
     wire.send(
         b"p1 SELECT INBOX\r\np2 FETCH 1:* (UID BODY.PEEK[])\r\np3 FETCH 100 (UID)\r\n"
         b"p4 UID FETCH 1:* (BODY.PEEK[HEADER])\r\np5 NOOP\r\n"
@@ -211,10 +168,9 @@ def test_a_fetch_of_more_messages_than_one_job_takes(server: RunningAppliance) -
         )
     responses = []
     for tls in (True, False):
-        wire = Wire(server, tls=tls)
-        wire.login("fay")
-        wire.command("EXAMINE INBOX")
-        responses.append(normalized(wire.command("UID FETCH 1:* (BODY.PEEK[])")))
+        wire = logged_in(server, "fay", tls=tls)
+        wire.exchange("EXAMINE INBOX")
+        responses.append(normalized(wire.exchange("UID FETCH 1:* (BODY.PEEK[])")))
         wire.close()
     assert responses[0] == responses[1]
     assert responses[1].count(b" FETCH (UID ") == count
@@ -235,6 +191,16 @@ def stalled(server: RunningAppliance, account: str) -> socket.socket:
     return sock
 
 
+def queued(sock: socket.socket) -> int:
+    """Bytes that have arrived on `sock` and wait unread (FIONREAD)."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]  # type: ignore[no-any-return]
+
+
+def writing(sock: socket.socket) -> bool:
+    """The server has sent `sock` more than a reply to LOGIN and EXAMINE: the FETCH is being written."""
+    return queued(sock) > 32 * 1024
+
+
 def read_to_end(sock: socket.socket, limit: float) -> bytes:
     sock.settimeout(limit)
     data = bytearray()
@@ -248,12 +214,14 @@ def test_clients_that_do_not_read_hold_up_neither_others_nor_the_stop(server: Ru
     for account in ("cy", "dee"):
         fill(server, account, 80, big)
     sleepers = [stalled(server, "cy") for _ in range(3)]
-    time.sleep(1.0)  # their jobs are in the senders, stuck on full sockets
+    # their jobs are in the senders, stuck on full sockets
+    wait_for(
+        lambda: all(writing(sock) for sock in sleepers), 20, "the senders writing to the stalled clients"
+    )
     started = time.monotonic()
-    reader = Wire(server)
-    reader.login("dee")
-    reader.command("EXAMINE INBOX")
-    response = reader.command("FETCH 1:* (BODY.PEEK[])")
+    reader = logged_in(server, "dee")
+    reader.exchange("EXAMINE INBOX")
+    response = reader.exchange("FETCH 1:* (BODY.PEEK[])")
     assert response.count(b" FETCH (BODY[] {") == 80
     assert time.monotonic() - started < 20
     reader.close()
@@ -273,7 +241,7 @@ def test_a_sender_killed_in_the_middle_ends_that_session_only(server: RunningApp
     fill(server, "eve", 80, dict.fromkeys(range(1, 81), 200_000))
     sleeper = stalled(server, "eve")
     match = server.wait_for_log(r"fetch sender process started pid=(\d+)")
-    time.sleep(1.0)
+    wait_for(lambda: writing(sleeper), 20, "the sender in the middle of the response")
     pids = [int(pid) for pid in re.findall(r"fetch sender process started pid=(\d+)", server.log())]
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
@@ -281,10 +249,11 @@ def test_a_sender_killed_in_the_middle_ends_that_session_only(server: RunningApp
     data = read_to_end(sleeper, 10)  # cut short, then closed
     assert b"c OK" not in data and data.count(b" FETCH (BODY[] {") < 80
     sleeper.close()
-    wire = Wire(server)  # the next session gets every message (a new sender, or the session itself)
-    wire.login("eve")
-    wire.command("EXAMINE INBOX")
-    response = wire.command("FETCH 1:* (BODY.PEEK[])")
+    wire = logged_in(
+        server, "eve"
+    )  # the next session gets every message (a new sender, or the session itself)
+    wire.exchange("EXAMINE INBOX")
+    response = wire.exchange("FETCH 1:* (BODY.PEEK[])")
     assert response.count(b" FETCH (BODY[] {") == 80
     assert to_crlf(compose(80, 200_000)) in response
     wire.close()
@@ -295,14 +264,13 @@ def test_a_client_that_hangs_up_mid_fetch_costs_nothing_but_its_session(server: 
     mark = server.log_size()
     for _ in range(3):
         sock = stalled(server, "ann")
-        time.sleep(0.3)  # the sender is writing
+        wait_for(functools.partial(writing, sock), 20, "the sender writing")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()  # reset
     server.wait_for_log(r"imap closed login=ann@example.test .*reason=dropped", after=mark)
-    wire = Wire(server)
-    wire.login("ann")
-    wire.command("EXAMINE INBOX")
-    assert wire.command("FETCH 1:* (BODY.PEEK[])").count(b" FETCH (BODY[] {") == 80
+    wire = logged_in(server, "ann")
+    wire.exchange("EXAMINE INBOX")
+    assert wire.exchange("FETCH 1:* (BODY.PEEK[])").count(b" FETCH (BODY[] {") == 80
     wire.close()
     logged = server.log()[mark:]
     assert " ERROR " not in logged and "Traceback" not in logged, logged[-3000:]
@@ -399,7 +367,7 @@ def test_drain_all_waits_until_nothing_is_left_in_the_transport() -> None:
         size = 20_000_000
         connection.write(b"x" * size)  # far more than the socket pair holds
         draining = asyncio.ensure_future(connection.drain_all())
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time in which the drain must not end: the peer reads nothing
         waited = not draining.done()
         received = await loop.run_in_executor(None, _receive, peer, size)
         await asyncio.wait_for(draining, 10)
@@ -428,7 +396,7 @@ def test_drain_all_ends_in_connection_closed_when_the_client_hangs_up_meanwhile(
         transport, connection = await loop.create_unix_connection(lambda: Connection(nothing), sock=ours)
         connection.write(b"x" * 20_000_000)  # far more than the socket pair holds
         draining = asyncio.ensure_future(connection.drain_all())
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # time in which the drain must not end: the peer reads nothing
         assert not draining.done()
         peer.close()
         with pytest.raises(ConnectionClosed):
@@ -478,13 +446,10 @@ def test_a_client_gone_while_the_senders_start_gets_nothing_and_nobody_else_gets
         others: list[socket.socket] = []
         try:
             sending = asyncio.ensure_future(senders.send(connection, job))
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.02)  # the sender process is not there yet: the window tested
             assert not sending.done(), "the sender process started at once: nothing was tested"
             peer.close()  # the client hangs up; its transport closes its descriptor
-            for _ in range(100):
-                if transport.is_closing():
-                    break
-                await asyncio.sleep(0.01)
+            await wait_for_async(transport.is_closing, 1, "the transport closing")
             others = list(socket.socketpair())  # most likely given the number just freed
             with pytest.raises(ConnectionClosed):
                 await asyncio.wait_for(sending, 20)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import smtplib
-import socket
 import time
 from pathlib import Path
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
 from tests.fixtures.samba import NETBIOS, SambaDomain
+from tests.support.imap import RawClient as IMAPClient
+from tests.support.pop3 import RawClient as POP3Client
 
 AD_PASSWORD = "Lock!AdPassw0rd1"
 THRESHOLD = 3  # the suite's domain policy
@@ -47,36 +48,22 @@ def bad_pwd_count(samba: SambaDomain, user: str) -> int:
     return int(samba.read(samba.user_dn(user), "badPwdCount") or 0)
 
 
-def _bound(source: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(30)
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
 def login(server: RunningAppliance, protocol: str, source: str, address: str, password: str) -> bool:
     """One login from `source` (a loopback address) with real clients; True when accepted."""
     if protocol == "imap":
-        sock = _bound(source, server.ports["imap"])
-        reader = sock.makefile("rb")
-        reader.readline()
-        sock.sendall(f'a LOGIN "{address}" "{password}"\r\n'.encode())
-        for _ in range(10):
-            line = reader.readline()
-            if not line or line.startswith(b"a "):
-                break
-        sock.close()
-        return line.startswith(b"a OK")
+        with IMAPClient(server, "imap", source=source, timeout=30) as imap:
+            try:
+                _, done = imap.command(f'LOGIN "{address}" "{password}"')
+            except ConnectionError:
+                return False  # closed: not let in
+            return done.split(b" ", 2)[1] == b"OK"
     if protocol == "pop3":
-        sock = _bound(source, server.ports["pop3"])
-        reader = sock.makefile("rb")
-        reader.readline()
-        plain = base64.b64encode(f"\0{address}\0{password}".encode())
-        sock.sendall(b"AUTH PLAIN " + plain + b"\r\n")
-        accepted = reader.readline().startswith(b"+OK")
-        sock.close()
-        return accepted
+        with POP3Client(server, "pop3", source=source, timeout=30) as pop3:
+            plain = base64.b64encode(f"\0{address}\0{password}".encode()).decode()
+            try:
+                return pop3.command(f"AUTH PLAIN {plain}").startswith(b"+OK")
+            except ConnectionError:
+                return False  # closed: not let in
     with smtplib.SMTP(timeout=30, source_address=(source, 0)) as client:
         client.connect("127.0.0.1", server.ports["submission"])
         client.ehlo("client.example")

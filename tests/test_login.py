@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import base64
 import re
-import socket
-import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +21,9 @@ from appliance.manifest import parse_manifest
 from appliance.security import AutoBan
 from appliance.snapshot import Snapshot, SnapshotHolder, build_snapshot
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.imap import RawClient as IMAPClient
+from tests.support.pop3 import RawClient as POP3Client
+from tests.support.smtp import RawClient as SMTPClient
 
 PASSWORD = "Login!Passw0rd"
 HASH = hash_password(PASSWORD)
@@ -128,38 +129,10 @@ def plain(authzid: str, login: str = JOHN, password: str = PASSWORD) -> str:
     return base64.b64encode(f"{authzid}\0{login}\0{password}".encode()).decode()
 
 
-class Line:
-    """A TLS socket read and written line by line."""
-
-    def __init__(self, server: RunningAppliance, listener: str) -> None:
-        context = ssl.create_default_context(cafile=str(server.cafile))
-        context.check_hostname = False  # the generated certificate names mail.example.test
-        raw = socket.create_connection(("127.0.0.1", server.ports[listener]), timeout=15)
-        self.sock = context.wrap_socket(raw)
-        self.file = self.sock.makefile("rb")
-
-    def read(self) -> str:
-        line = self.file.readline(65536)
-        if not line:
-            raise ConnectionError("connection closed")
-        return line.decode("utf-8", "replace").rstrip("\r\n")
-
-    def command(self, text: str) -> str:
-        self.sock.sendall(text.encode() + b"\r\n")
-        return self.read()
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
 def smtp_plain(server: RunningAppliance, response: str) -> str:
-    client = Line(server, "submissions")
+    client = SMTPClient(server, "submissions")
     try:
-        client.read()  # 220
-        client.sock.sendall(b"EHLO client.example\r\n")
-        while not client.read().startswith("250 "):
-            pass
+        assert client.command("EHLO client.example").startswith("250")
         answer = client.command(f"AUTH PLAIN {response}")
         client.command("QUIT")
         return "accepted" if answer.startswith("235 ") else "refused" if answer.startswith("535 ") else answer
@@ -168,10 +141,9 @@ def smtp_plain(server: RunningAppliance, response: str) -> str:
 
 
 def pop3_plain(server: RunningAppliance, response: str) -> str:
-    client = Line(server, "pop3s")
+    client = POP3Client(server, "pop3s")
     try:
-        client.read()  # +OK greeting
-        answer = client.command(f"AUTH PLAIN {response}")
+        answer = client.command(f"AUTH PLAIN {response}").decode("utf-8", "replace")
         client.command("QUIT")  # releases the maildrop before the next test logs in
         return (
             "accepted"
@@ -185,14 +157,16 @@ def pop3_plain(server: RunningAppliance, response: str) -> str:
 
 
 def imap_plain(server: RunningAppliance, response: str) -> str:
-    client = Line(server, "imaps")
+    client = IMAPClient(server, "imaps")
     try:
-        client.read()  # * OK greeting
-        answer = client.command(f"a1 AUTHENTICATE PLAIN {response}")
-        client.command("a2 LOGOUT")
-        if answer.startswith("a1 OK "):
+        untagged, done = client.command(f"AUTHENTICATE PLAIN {response}")
+        client.command("LOGOUT")
+        status = done.split(b" ", 1)[1]
+        if not untagged and status.startswith(b"OK "):
             return "accepted"
-        return "refused" if answer.startswith("a1 NO [AUTHENTICATIONFAILED]") else answer
+        if not untagged and status.startswith(b"NO [AUTHENTICATIONFAILED]"):
+            return "refused"
+        return repr((untagged, done))
     finally:
         client.close()
 

@@ -14,20 +14,20 @@ import time
 import pytest
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.pop3_support import (
+from tests.support.lines import client_context
+from tests.support.pop3 import (
     JOHN,
     MARY,
     PASSWORD,
     RawClient,
-    client_context,
     files,
     login,
     maildir,
     message,
     put_message,
     start,
-    wait_for,
 )
+from tests.support.wait import wait_for
 
 
 @pytest.fixture
@@ -407,9 +407,7 @@ def test_commands_sent_with_stls_before_the_handshake_are_discarded(server: Runn
     client = RawClient(server)
     client.send(f"STLS\r\nUSER {JOHN}\r\n".encode())  # the USER line travels in clear
     assert client.line().startswith(b"+OK")
-    client.file.close()
-    client.sock = client_context(server).wrap_socket(client.sock)
-    client.file = client.sock.makefile("rb")
+    client.wrap(client_context(server))
     # had the clear-text USER been kept, this PASS would log in (RFC 2595 §4, CVE-2011-0411)
     assert client.command(f"PASS {PASSWORD}").startswith(b"-ERR Send USER first")
     client.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.fixtures.appliance import ApplianceFactory
 from tests.fixtures.samba import NETBIOS, SambaDomain
-from tests.pop3_support import JOHN, RawClient, message, put_message
+from tests.support.pop3 import JOHN, RawClient, message, put_message
 
 AD_PASSWORD = "Pop3!AdPassw0rd"
 

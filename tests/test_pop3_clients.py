@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.pop3_support import JOHN, PASSWORD, files, login, message, put_message, start
+from tests.support.pop3 import JOHN, PASSWORD, files, login, message, put_message, start
 
 
 @pytest.fixture

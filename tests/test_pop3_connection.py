@@ -25,6 +25,7 @@ from appliance.pop3.maildrop import Maildrop, read_wire
 from appliance.pop3.readahead import ReadAhead
 from appliance.store.maildir import Maildir
 from appliance.store.reader import ThreadReaders
+from tests.support.wait import wait_for_async
 
 SMALL_BUFFER = 64 * 1024
 
@@ -161,7 +162,7 @@ def test_lines_split_across_packets_and_bare_lf_are_handled_on_the_spot() -> Non
         served = Served(fast_lines)
         async with served.connected() as client:
             await send(client, b"FA")
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # apart in time, so in packets of their own: what is tested
             await send(client, b"ST 1\r")
             await asyncio.sleep(0.05)
             await send(client, b"\nFAST 2\n")
@@ -179,7 +180,7 @@ def test_an_over_long_line_goes_to_the_session_even_if_the_callback_would_take_i
             assert await receive_lines(client, 2) == [b"too long FAST xxx", b"task FAST after"]
             # The same in pieces, the line's end arriving long after its limit was passed.
             await send(client, b"FAST " + b"y" * 100)
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the line's end in a later packet: what is tested
             await send(client, b"y" * 100 + b"\r\n")
             assert await receive_lines(client, 1) == [b"too long FAST yyy"]
             await send(client, b"FAST 3\r\n")
@@ -254,11 +255,11 @@ async def read_ahead(root: Path, count: int) -> AsyncIterator[tuple[Maildrop, Re
 async def until_landed(readahead: ReadAhead, index: int | None = None) -> None:
     """Wait (at most 2 s) until no window is in flight, and `index` is ready if given: windows
     land by themselves, through their done callback."""
-    for _ in range(200):
-        if readahead._pending is None and (index is None or index in readahead._ready):
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("the window did not land")
+    await wait_for_async(
+        lambda: readahead._pending is None and (index is None or index in readahead._ready),
+        2,
+        "the window landed",
+    )
 
 
 def test_take_gives_the_next_message_once_it_is_read_and_nothing_else(tmp_path: Path) -> None:

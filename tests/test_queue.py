@@ -22,9 +22,9 @@ import pytest
 from appliance.auth.passwords import hash_password
 from appliance.manifest import ManifestError, parse_manifest
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.queue_support import (
+from tests.support.dns_server import DNSServer
+from tests.support.queue import (
     Behaviour,
-    DNSServer,
     Peer,
     delivery_status,
     free_port_on,
@@ -32,8 +32,8 @@ from tests.queue_support import (
     make_certificate,
     message,
     server_context,
-    wait_until,
 )
+from tests.support.wait import wait_for
 
 HASH = hash_password("Queue!Passw0rd")
 ALICE = "alice@example.test"
@@ -128,7 +128,7 @@ def test_mail_for_another_domain_goes_to_its_most_preferred_mx(
     assert b"by mail.example.test (appliance)" in got.data
     assert got.data.endswith(data)
     assert second.received == []
-    wait_until(lambda: not queue_files(server), what="the queue file removed after delivery")
+    wait_for(lambda: not queue_files(server), what="the queue file removed after delivery")
     assert re.search(
         r"delivery id=\S+ to=bob@remote.test result=delivered status=2.0.0 remote=mx1", server.log()
     )
@@ -237,7 +237,7 @@ def test_a_permanent_refusal_bounces_a_dsn_into_the_local_senders_mailbox(
     send(server, ALICE, ["bob@remote.test", "nobody@remote.test"], original)
     [got] = peer.wait_for(1)
     assert got.recipients == ["bob@remote.test"]  # the good recipient got it at once
-    [dsn] = wait_until(lambda: mailbox_messages(server.data_dir, ALICE), what="a DSN in alice's Maildir")
+    [dsn] = wait_for(lambda: mailbox_messages(server.data_dir, ALICE), what="a DSN in alice's Maildir")
     assert dsn["Return-Path"] == "<>"
     assert dsn["From"].addresses[0].addr_spec == "MAILER-DAEMON@mail.example.test"
     assert dsn["Auto-Submitted"] == "auto-replied"
@@ -253,7 +253,7 @@ def test_a_permanent_refusal_bounces_a_dsn_into_the_local_senders_mailbox(
     text = headers.get_payload(decode=True).decode()  # type: ignore[union-attr]
     assert "Subject: a bounce please" in text
     assert "Body that must not come back" not in dsn.as_string()
-    wait_until(lambda: not queue_files(server), what="the queue emptied")
+    wait_for(lambda: not queue_files(server), what="the queue emptied")
 
 
 def test_mail_no_peer_takes_before_its_lifetime_ends_bounces_to_the_sender(
@@ -263,13 +263,13 @@ def test_mail_no_peer_takes_before_its_lifetime_ends_bounces_to_the_sender(
     body = manifest(dns_server, port, 'max_queue_lifetime = "3s"')
     server = start(appliance, body)
     send(server, ALICE, ["bob@remote.test"], message(ALICE, "bob@remote.test", "never arrives"))
-    [dsn] = wait_until(lambda: mailbox_messages(server.data_dir, ALICE), timeout=20, what="the expiry DSN")
+    [dsn] = wait_for(lambda: mailbox_messages(server.data_dir, ALICE), timeout=20, what="the expiry DSN")
     [failed] = delivery_status(dsn)[1:]
     assert failed["action"] == "failed"
     assert failed["status"] == "4.4.7"
     assert "delivery time expired" in failed["diagnostic-code"]
     assert "cannot connect to 127.0.0.3" in failed["diagnostic-code"]  # the last host tried
-    wait_until(lambda: not queue_files(server), what="the queue emptied")
+    wait_for(lambda: not queue_files(server), what="the queue emptied")
 
 
 def test_the_sender_is_told_once_that_delivery_is_delayed(
@@ -279,14 +279,14 @@ def test_the_sender_is_told_once_that_delivery_is_delayed(
     body = manifest(dns_server, port, 'delay_warning_after = "2s"')
     server = start(appliance, body)
     send(server, ALICE, ["bob@remote.test"], message(ALICE, "bob@remote.test", "slow"))
-    [dsn] = wait_until(lambda: mailbox_messages(server.data_dir, ALICE), timeout=20, what="a delay DSN")
+    [dsn] = wait_for(lambda: mailbox_messages(server.data_dir, ALICE), timeout=20, what="a delay DSN")
     [delayed] = delivery_status(dsn)[1:]
     assert delayed["action"] == "delayed"
     assert delayed["status"].startswith("4.")
     assert "will-retry-until" in delayed
     # Still queued and still tried; no second warning.
     attempts = server.log().count("to=bob@remote.test result=deferred")
-    wait_until(
+    wait_for(
         lambda: server.log().count("to=bob@remote.test result=deferred") >= attempts + 2,
         what="two more attempts",
     )
@@ -302,7 +302,7 @@ def test_a_failure_of_mail_from_the_null_sender_is_never_bounced(
     server = start(appliance, manifest(dns_server, port))
     send(server, "", ["bob@remote.test"], message("MAILER-DAEMON@elsewhere.test", "bob@remote.test"))
     server.wait_for_log(r"bounce skipped id=\S+ action=failed reason=null_sender")
-    wait_until(lambda: not queue_files(server), what="the queue emptied")
+    wait_for(lambda: not queue_files(server), what="the queue emptied")
     assert mailbox_messages(server.data_dir, ALICE) == []
 
 
@@ -311,7 +311,7 @@ def test_a_domain_that_does_not_exist_bounces_at_once(
 ) -> None:
     server = start(appliance, manifest(dns_server, port))
     send(server, ALICE, ["bob@no-such-domain.test"], message(ALICE, "bob@no-such-domain.test"))
-    [dsn] = wait_until(lambda: mailbox_messages(server.data_dir, ALICE), what="the DSN")
+    [dsn] = wait_for(lambda: mailbox_messages(server.data_dir, ALICE), what="the DSN")
     [failed] = delivery_status(dsn)[1:]
     assert failed["status"] == "5.1.2"
     assert "does not exist" in failed["diagnostic-code"]
@@ -352,7 +352,7 @@ def test_mail_queued_before_a_restart_is_delivered_after_it(
     assert queue_cli(again, "flush").returncode == 0  # the 1 h retry interval would wait otherwise
     [got] = peer.wait_for(1)
     assert b"Subject: survives" in got.data
-    wait_until(lambda: not queue_files(again), what="the queue emptied")
+    wait_for(lambda: not queue_files(again), what="the queue emptied")
 
 
 def test_queue_command_lists_waiting_mail_and_flush_and_delete_act_on_it(
@@ -363,7 +363,7 @@ def test_queue_command_lists_waiting_mail_and_flush_and_delete_act_on_it(
     server = start(appliance, body)
     send(server, ALICE, ["bob@remote.test"], message(ALICE, "bob@remote.test", "keep"))
     send(server, ALICE, ["eve@remote.test"], message(ALICE, "eve@remote.test", "drop"))
-    wait_until(lambda: server.log().count("queue deferred id=") >= 2, what="two deferred messages")
+    wait_for(lambda: server.log().count("queue deferred id=") >= 2, what="two deferred messages")
     listing = queue_cli(server, "--format", "json")
     assert listing.returncode == 0, listing.stderr
     rows = {row["recipients"][0]: row for row in json.loads(listing.stdout)}
@@ -381,7 +381,7 @@ def test_queue_command_lists_waiting_mail_and_flush_and_delete_act_on_it(
     assert "retries every waiting message now" in flushed.stdout
     [got] = peer.wait_for(1)
     assert got.recipients == ["bob@remote.test"]
-    wait_until(lambda: queue_cli(server).stdout.strip() == "The queue is empty.", what="an empty listing")
+    wait_for(lambda: queue_cli(server).stdout.strip() == "The queue is empty.", what="an empty listing")
     assert len(peer.received) == 1  # the deleted message never went out
 
 

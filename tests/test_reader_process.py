@@ -24,9 +24,10 @@ from appliance.pop3 import readahead
 from appliance.pop3.maildrop import read_wire
 from appliance.store.maildir import Maildir
 from appliance.store.reader import ReaderProcess
-from tests import pop3_support
 from tests.fixtures.appliance import ApplianceFactory
-from tests.test_delivery_process import killed_in_flight, pid_alive, wait_for
+from tests.support import pop3 as pop3_support
+from tests.support.wait import wait_for
+from tests.test_delivery_process import killed_in_flight, pid_alive
 
 
 def run(coroutine_function, *args):  # type: ignore[no-untyped-def]
@@ -184,7 +185,7 @@ def test_pop3_reads_through_the_process_and_survives_its_death(appliance: Applia
         with pytest.raises(poplib.error_proto) as caught:
             client.retr(10)
         assert caught.value.args[0].startswith(b"-ERR [SYS/TEMP]")
-        time.sleep(ReaderProcess.restart_pause)
+        time.sleep(ReaderProcess.restart_pause)  # a set pause, part of the behaviour under test
         for number in (10, 2, 12):
             _reply, lines, _octets = client.retr(number)
             assert b"\r\n".join(lines) + b"\r\n" == texts[number - 1].replace(b"\n", b"\r\n")
@@ -194,4 +195,4 @@ def test_pop3_reads_through_the_process_and_survives_its_death(appliance: Applia
     assert reader_pid(running.log().split(f"pid={pid}", 1)[1]) != pid
     new_pid = reader_pid(running.log().split(f"pid={pid}", 1)[1])
     assert running.stop() == 0
-    assert wait_for(lambda: not pid_alive(new_pid)), "the reader process outlived the server"
+    wait_for(lambda: not pid_alive(new_pid), what="the reader process gone with the server")

@@ -13,7 +13,7 @@ from pathlib import Path
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
 from tests.fixtures.samba import NETBIOS, SambaDomain
-from tests.test_reload import client_context
+from tests.support.lines import client_context
 
 FIRST_PASSWORD = "Relink!First0ne"
 SECOND_PASSWORD = "Relink!Sec0ndOne"

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from tests.fixtures.appliance import ApplianceFactory, free_port
+from tests.support.wait import wait_for
 
 BODY = '[domains."example.test".accounts]\njohn = {}\n'
 
@@ -39,10 +40,14 @@ def test_status_shows_the_revision_the_git_commit_listeners_and_counts(appliance
     server.wait_until_serving(("pop3",))
     server.reload()  # the commit is read at start and at each reload
     server.wait_for_log(r"SIGHUP|revision", timeout=5)
-    deadline = time.monotonic() + 10
-    while server.status().get("git_commit") != commit and time.monotonic() < deadline:
-        server.write_manifest(BODY + f"# touch {time.monotonic()}\n")
-        time.sleep(0.3)
+
+    def committed() -> bool:
+        if server.status().get("git_commit") == commit:
+            return True
+        server.write_manifest(BODY + f"# touch {time.monotonic()}\n")  # another reload, to read it
+        return False
+
+    wait_for(committed, 10, "the commit in the status file", every=0.3)
     status = json.loads(run_cli("status", "--manifest", str(server.manifest), "--format", "json").stdout)
     assert status["running"] is True
     assert status["git_commit"] == commit

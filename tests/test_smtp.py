@@ -13,22 +13,22 @@ import sys
 import pytest
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.smtp_support import (
+from tests.support.lines import client_context
+from tests.support.smtp import (
     DOMAINS,
     JOHN,
     MARY,
     PASSWORD,
     RawClient,
     all_stored,
-    client_context,
     connect,
     login,
     maildir,
     message,
     start,
     stored,
-    wait_for,
 )
+from tests.support.wait import wait_for
 
 
 @pytest.fixture

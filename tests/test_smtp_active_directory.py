@@ -7,7 +7,7 @@ import time
 
 from tests.fixtures.appliance import ApplianceFactory
 from tests.fixtures.samba import NETBIOS, SambaDomain
-from tests.smtp_support import MARY, connect, message, stored
+from tests.support.smtp import MARY, connect, message, stored
 
 AD_PASSWORD = "Smtp!AdPassw0rd1"
 _numbers = itertools.count(1)

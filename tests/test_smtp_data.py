@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from appliance.connection import Connection, ConnectionClosed
 from appliance.smtp.data import Data, DataState, read_data
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.smtp_support import JOHN, RawClient, start, stored
+from tests.support.smtp import JOHN, RawClient, start, stored
 
 # -- the reader against the RFC, line by line ----------------------------------------------------
 
@@ -202,7 +202,7 @@ def test_dot_stuffed_lines_arrive_unstuffed_when_sent_a_byte_at_a_time(server: R
     wire = b"Subject: dots\r\n\r\n..\r\n...leading\r\nends with a dot.\r\n.\r\nQUIT\r\n"
     for byte in wire:
         client.send(bytes([byte]))
-        time.sleep(0.001)
+        time.sleep(0.001)  # one byte per segment: the trickle is what is tested
     assert client.reply().startswith("250 2.0.0")
     assert client.reply().startswith("221")  # the pipelined QUIT was kept for after DATA
     assert stored_body(server, 0) == b".\n..leading\nends with a dot.\n"

@@ -11,7 +11,8 @@ import time
 import pytest
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.smtp_support import JOHN, MARY, PASSWORD, RawClient, client_context, start, stored
+from tests.support.lines import client_context
+from tests.support.smtp import JOHN, MARY, PASSWORD, RawClient, start, stored
 
 HOST = "mail.example.test"
 
@@ -22,8 +23,7 @@ def server(appliance: ApplianceFactory) -> RunningAppliance:
 
 
 def starttls(client: RawClient, server: RunningAppliance) -> None:
-    client.sock = client_context(server).wrap_socket(client.sock)
-    client.file = client.sock.makefile("rb")
+    client.wrap(client_context(server))
 
 
 def test_the_greeting_names_the_host_and_carries_no_enhanced_code(server: RunningAppliance) -> None:

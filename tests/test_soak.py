@@ -15,11 +15,9 @@ import poplib
 import random
 import re
 import smtplib
-import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +25,8 @@ import pytest
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.lines import client_context
+from tests.support.wait import wait_for
 
 SOAK_SECONDS = float(os.environ.get("APPLIANCE_SOAK_SECONDS", "60"))
 WARM_UP_SECONDS = min(10.0, SOAK_SECONDS / 4)
@@ -93,12 +93,6 @@ class Load:
         self.running.set()
 
 
-def context(server: RunningAppliance) -> ssl.SSLContext:
-    result = ssl.create_default_context(cafile=str(server.cafile))
-    result.check_hostname = False  # the generated certificate names mail.example.test
-    return result
-
-
 def smtp_sender(server: RunningAppliance, tally: Tally, number: int, load: Load) -> None:
     """Connections of one to five messages each, to one or two mailboxes."""
     rng = random.Random(number)
@@ -129,7 +123,9 @@ def pop3_reader(server: RunningAppliance, tally: Tally, box: str, load: Load) ->
             return
         wrong = attempt % 4 == 3
         try:
-            client = poplib.POP3_SSL("127.0.0.1", server.ports["pop3s"], context=context(server), timeout=30)
+            client = poplib.POP3_SSL(
+                "127.0.0.1", server.ports["pop3s"], context=client_context(server), timeout=30
+            )
             try:
                 client.user(f"{box}@example.test")
                 try:
@@ -163,7 +159,7 @@ def imap_reader(server: RunningAppliance, tally: Tally, box: str, load: Load) ->
         wrong = attempt % 4 == 3
         try:
             client = imaplib.IMAP4_SSL(
-                "127.0.0.1", server.ports["imaps"], ssl_context=context(server), timeout=30
+                "127.0.0.1", server.ports["imaps"], ssl_context=client_context(server), timeout=30
             )
             try:
                 try:
@@ -201,14 +197,16 @@ def process_figures(pid: int) -> tuple[int, float, float]:
 
 
 def reloads_applied(server: RunningAppliance) -> int:
-    for _ in range(50):
+
+    def applied() -> tuple[int] | None:
         try:
             reloads = server.status()["reloads"]
-            assert isinstance(reloads, dict)
-            return int(reloads["applied"])
         except (OSError, ValueError, KeyError):
-            time.sleep(0.02)  # the status file is being replaced
-    raise AssertionError("status.json unreadable")
+            return None  # the status file is being replaced
+        assert isinstance(reloads, dict)
+        return (int(reloads["applied"]),)  # a tuple: true even when none is applied yet
+
+    return wait_for(applied, 5, "a readable status.json")[0]
 
 
 def quiescent(pid: int) -> tuple[int, float]:
@@ -229,16 +227,7 @@ def reload_with(server: RunningAppliance, body: str) -> None:
     server has applied it."""
     before = reloads_applied(server)
     server.write_manifest(body)
-    assert wait_for(lambda: reloads_applied(server) > before, 15), "the reload was never applied"
-
-
-def wait_for(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
+    wait_for(lambda: reloads_applied(server) > before, 15, "the reload applied")
 
 
 def stored(server: RunningAppliance) -> Counter[tuple[str, str]]:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import smtplib
-import socket
-import ssl
-import time
 from pathlib import Path
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.lines import ListenerClient, client_context
 
 PASSWORD = "Smtp!Passw0rd"
 HASH = hash_password(PASSWORD)
@@ -68,12 +66,6 @@ def all_stored(server: RunningAppliance) -> list[Path]:
     return sorted(p for p in root.glob("*/*/*/*") if p.is_file()) if root.is_dir() else []
 
 
-def client_context(server: RunningAppliance) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(server.cafile))
-    context.check_hostname = False  # the generated certificate names mail.example.test
-    return context
-
-
 def connect(server: RunningAppliance, listener: str = "smtp") -> smtplib.SMTP:
     """smtplib on a listener: EHLO done, STARTTLS done on "submission"."""
     port = server.ports[listener]
@@ -99,28 +91,24 @@ def message(subject: str = "hello", body: str = "Hello.\r\n", sender: str = "a@r
     return f"From: {sender}\r\nTo: {JOHN}\r\nSubject: {subject}\r\n\r\n{body}".encode()
 
 
-class RawClient:
+class RawClient(ListenerClient):
     """A bare socket speaking SMTP line by line, for what smtplib will not send."""
 
-    def __init__(self, server: RunningAppliance, listener: str = "smtp", timeout: float = 15.0) -> None:
-        sock = socket.create_connection(("127.0.0.1", server.ports[listener]), timeout=timeout)
-        if listener == "submissions":
-            sock = client_context(server).wrap_socket(sock)
-        self.sock: socket.socket = sock
-        self.file = sock.makefile("rb")
+    def __init__(
+        self,
+        server: RunningAppliance,
+        listener: str = "smtp",
+        timeout: float = 15.0,
+        source: str | None = None,
+    ) -> None:
+        super().__init__(server, listener, source=source, timeout=timeout)
         self.greeting = self.reply()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
 
     def reply(self) -> str:
         """One whole reply, continuation lines joined with newlines."""
         lines = []
         for _ in range(1000):
-            line = self.file.readline(65536)
-            if not line:
-                raise ConnectionError("connection closed")
-            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            text = self.line().decode("utf-8", "replace")
             lines.append(text)
             if len(text) < 4 or text[3] != "-":
                 return "\n".join(lines)
@@ -129,26 +117,3 @@ class RawClient:
     def command(self, text: str | bytes) -> str:
         self.send((text.encode() if isinstance(text, str) else text) + b"\r\n")
         return self.reply()
-
-    def closed(self, timeout: float = 10.0) -> bool:
-        """True once the server has closed the connection (within `timeout`)."""
-        deadline = time.monotonic() + timeout
-        self.sock.settimeout(timeout)
-        while time.monotonic() < deadline:
-            try:
-                if self.file.readline(65536) == b"":
-                    return True
-            except (ConnectionError, OSError):
-                return True
-        return False
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-def wait_for(condition: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)

@@ -5,14 +5,12 @@ from __future__ import annotations
 import itertools
 import os
 import poplib
-import socket
-import ssl
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.lines import ListenerClient, client_context
 
 PASSWORD = "Pop3!Passw0rd"
 HASH = hash_password(PASSWORD)
@@ -71,12 +69,6 @@ def files(server: RunningAppliance, local: str = "john") -> list[str]:
     return sorted(p.name for sub in ("new", "cur") if (root / sub).is_dir() for p in (root / sub).iterdir())
 
 
-def client_context(server: RunningAppliance) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(server.cafile))
-    context.check_hostname = False  # the generated certificate names mail.example.test and 127.0.0.1
-    return context
-
-
 def login(server: RunningAppliance, user: str = JOHN, password: str = PASSWORD) -> poplib.POP3:
     """A poplib client over STLS, logged in with USER/PASS."""
     client = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=30)
@@ -86,26 +78,18 @@ def login(server: RunningAppliance, user: str = JOHN, password: str = PASSWORD) 
     return client
 
 
-class RawClient:
+class RawClient(ListenerClient):
     """A bare socket speaking POP3 line by line, for what poplib will not send."""
 
-    def __init__(self, server: RunningAppliance, listener: str = "pop3") -> None:
-        sock = socket.create_connection(("127.0.0.1", server.ports[listener]), timeout=15)
-        if listener == "pop3s":
-            sock = client_context(server).wrap_socket(sock)
-        self.sock: socket.socket | ssl.SSLSocket = sock
-        self.server = server
-        self.file = self.sock.makefile("rb")
+    def __init__(
+        self,
+        server: RunningAppliance,
+        listener: str = "pop3",
+        source: str | None = None,
+        timeout: float = 15.0,
+    ) -> None:
+        super().__init__(server, listener, source=source, timeout=timeout)
         self.greeting = self.line()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def line(self) -> bytes:
-        line = self.file.readline(65536)
-        if not line:
-            raise ConnectionError("connection closed")
-        return line.rstrip(b"\r\n")
 
     def command(self, text: str | bytes) -> bytes:
         self.send((text.encode() if isinstance(text, str) else text) + b"\r\n")
@@ -122,17 +106,4 @@ class RawClient:
 
     def starttls(self) -> None:
         assert self.command("STLS").startswith(b"+OK")
-        self.file.close()
-        self.sock = client_context(self.server).wrap_socket(self.sock)
-        self.file = self.sock.makefile("rb")
-
-    def close(self) -> None:
-        self.file.close()
-        self.sock.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.02)
+        self.wrap(client_context(self.server))

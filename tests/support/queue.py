@@ -1,9 +1,8 @@
-"""What the outbound-queue tests share: a DNS server and SMTP peers of their own, on loopback.
+"""What the outbound-queue tests share: SMTP peers of their own, on loopback (and the DNS server
+of `tests.support.dns_server` that names them).
 
 The peers are real SMTP servers (aiosmtpd) on 127.0.0.2, 127.0.0.3, ... — all loopback — sharing
-one port, so that MX hosts can differ by address while `[outbound] smtp_port` names one port. The
-DNS server is real too (UDP, dnspython's wire format): the appliance's resolver is pointed at it by
-`[outbound] resolver`, so the answers the Internet would give are the tests' own.
+one port, so that MX hosts can differ by address while `[outbound] smtp_port` names one port.
 """
 
 from __future__ import annotations
@@ -16,77 +15,15 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.rrset
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-# -- DNS -----------------------------------------------------------------------------------------
-
-
-class DNSServer:
-    """Answers from `records`: {("name", "MX"): ["10 mx1.remote.test."], ...}. A name with no
-    records of any type is NXDOMAIN; names in `servfail` get SERVFAIL."""
-
-    def __init__(self) -> None:
-        self.records: dict[tuple[str, str], list[str]] = {}
-        self.servfail: set[str] = set()
-        self.queries: list[tuple[str, str]] = []
-        self.ttl = 60  # of every answer
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._socket.bind(("127.0.0.1", 0))
-        self._socket.settimeout(0.2)
-        self.port = int(self._socket.getsockname()[1])
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._serve, name="test-dns", daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def add(self, name: str, kind: str, *values: str) -> None:
-        self.records.setdefault((name.lower().rstrip("."), kind.upper()), []).extend(values)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, peer = self._socket.recvfrom(4096)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            try:
-                query = dns.message.from_wire(data)
-            except Exception:
-                continue
-            response = dns.message.make_response(query)
-            question = query.question[0]
-            name = question.name.to_text(omit_final_dot=True).lower()
-            kind = dns.rdatatype.to_text(question.rdtype)
-            self.queries.append((name, kind))
-            values = self.records.get((name, kind))
-            if name in self.servfail:
-                response.set_rcode(dns.rcode.SERVFAIL)
-            elif values:
-                response.answer.append(dns.rrset.from_text_list(question.name, self.ttl, "IN", kind, values))
-            elif not any(known == name for known, _ in self.records):
-                response.set_rcode(dns.rcode.NXDOMAIN)
-            self._socket.sendto(response.to_wire(), peer)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._socket.close()
-
+from tests.support.wait import wait_for
 
 # -- SMTP peers ----------------------------------------------------------------------------------
 
@@ -182,13 +119,13 @@ class Peer:
                 self.concurrent -= 1
 
     def wait_for(self, count: int, timeout: float = 15.0) -> list[Received]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """What the peer has received, once that is at least `count` messages."""
+
+        def enough() -> list[Received]:
             with self._lock:
-                if len(self.received) >= count:
-                    return list(self.received)
-            time.sleep(0.02)
-        raise AssertionError(f"{self.host}:{self.port} got {len(self.received)} of {count} messages")
+                return list(self.received) if len(self.received) >= count else []
+
+        return wait_for(enough, timeout, f"{count} messages at {self.host}:{self.port}")
 
     def stop(self) -> None:
         self.controller.stop()
@@ -275,16 +212,6 @@ def mailbox_messages(data_dir: Path, address: str) -> list[EmailMessage]:
         email.message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
         for path in sorted(new.iterdir())
     ]
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def delivery_status(dsn: EmailMessage) -> list[dict[str, str]]:
