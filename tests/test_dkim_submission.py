@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from appliance.auth.passwords import hash_password
 from appliance.queue.spool import Envelope, Spool
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.queue_support import DNSServer, Peer, free_port_on, message
-from tests.smtp_support import client_context
+from tests.support.dns_server import DNSServer
+from tests.support.lines import client_context
+from tests.support.queue import Peer, free_port_on, message
 
 PASSWORD = "Dkim!Passw0rd"
 HASH = hash_password(PASSWORD)

@@ -14,8 +14,8 @@ import time
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
 from tests.fixtures.samba import NETBIOS, SambaDomain, filetime
-from tests.pop3_support import client_context
-from tests.smtp_support import connect
+from tests.support.lines import client_context
+from tests.support.smtp import connect
 
 PASSWORD = "Right!Passw0rd1"
 WRONG = "Wrong!Passw0rd1"

@@ -16,8 +16,8 @@ import time
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
 from tests.fixtures.samba import NETBIOS, SambaDomain
-from tests.pop3_support import client_context
-from tests.smtp_support import HASH
+from tests.support.lines import client_context
+from tests.support.smtp import HASH
 
 ROUNDS = 10  # refused logins per kind
 WRONG = "Wrong!Passw0rd1"
