@@ -42,7 +42,7 @@ from appliance.auth.cache import VerifiedCredentials
 from appliance.auth.guard import DirectoryGuard
 from appliance.auth.ldap_directory import LDAPDirectoryClient
 from appliance.auth.local_system import LocalSystemClient
-from appliance.auth.passwords import hash_password, verify_password
+from appliance.auth.passwords import MATCH, check_password, hash_password, verify_password
 from appliance.auth.verdict import Outcome, Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import ActiveDirectory, LDAPDirectory, LocalSystem
 
@@ -223,8 +223,10 @@ class AuthService:
                 return rejected("account_guarded", "local-hash"), None
             verdict = None
             try:
-                ok = await loop.run_in_executor(self._executor, verify_password, stored, password)
-                verdict = accepted("local-hash") if ok else rejected("bad_credentials", "local-hash")
+                checked = await loop.run_in_executor(self._executor, check_password, stored, password)
+                ok = checked == MATCH
+                # A malformed stored hash is a refused login with its cause, never a traceback.
+                verdict = accepted("local-hash") if ok else rejected(checked, "local-hash")
                 if ok:
                     self.credentials.remember(entry.address, stored, password)
             finally:
