@@ -82,9 +82,10 @@ def test_key_material_that_others_may_read_is_an_error(tmp_path: Path) -> None:
     )
     os.chmod(secret, 0o644)
     os.chmod(dkim_key, 0o640)
+    os.chown(dkim_key, -1, manifest.stat().st_gid + 1)  # a group that is not the daemon's
     result = run_cli("validate", str(manifest))
     assert result.returncode == 1
-    assert 'directories.corp.bind_password_file: "reader.secret" holds key material and group or others' in (
+    assert 'directories.corp.bind_password_file: "reader.secret" holds key material and others' in (
         result.stderr
     )
     assert "(mode 0644)" in result.stderr and "(mode 0640)" in result.stderr
@@ -93,7 +94,7 @@ def test_key_material_that_others_may_read_is_an_error(tmp_path: Path) -> None:
     assert report["valid"] is False and {p["severity"] for p in report["problems"]} == {"error"}
 
     os.chmod(secret, 0o600)
-    os.chmod(dkim_key, 0o400)
+    os.chown(dkim_key, -1, manifest.stat().st_gid)  # 0640 with the manifest's (the daemon's) group
     result = run_cli("validate", str(manifest))
     assert result.returncode == 0, result.stderr
 

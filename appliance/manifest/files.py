@@ -6,7 +6,8 @@ A path in the manifest is relative to the manifest's directory. Three things are
 - a CA or certificate file that holds no PEM certificate, such as `ca_file = "/etc/shadow"`
   (warning: a typo, or a secret file read by a setting that does not need one);
 - key material (the TLS key, a DKIM key, a service account's or the relay's password file) that
-  group or others may read (error: the secret is no longer the server's alone).
+  others may read, or a group other than the manifest's (error: the secret is no longer the
+  server's alone; the manifest's group is the daemon's, as the Ansible role installs them).
 
 A missing file is not reported here: the TLS pair is made on first start, and the services say
 what they cannot read when they need it. Everything here reads the file system; nothing writes.
@@ -28,8 +29,12 @@ _READ_LIMIT = 1 << 20  # a CA bundle is well under a megabyte; more is not read
 def file_problems(loaded: LoadedManifest) -> list[Problem]:
     """Warnings and errors about the files `loaded` names, placed at their keys."""
     problems: list[Problem] = []
+    try:
+        manifest_group: int | None = loaded.path.stat().st_gid
+    except OSError:
+        manifest_group = None
     for path, value, secret in named_files(loaded):
-        problems.extend(_check(loaded.base_dir, path, value, secret=secret))
+        problems.extend(_check(loaded.base_dir, path, value, secret=secret, manifest_group=manifest_group))
     if not problems:
         return problems
     try:
@@ -61,7 +66,17 @@ def named_files(loaded: LoadedManifest) -> Iterator[tuple[KeyPath, str, bool]]:
         yield ("outbound", "tls_ca_file"), outbound.tls_ca_file, False
 
 
-def _check(base_dir: Path, path: KeyPath, value: str, *, secret: bool) -> list[Problem]:
+def _exposed(status: os.stat_result, manifest_group: int | None) -> bool:
+    """Others may read it, group or others may write it, or a group other than the manifest's
+    (the group the daemon reads its files through, as the Ansible role installs them) may read it."""
+    if status.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
+        return True
+    return bool(status.st_mode & stat.S_IRGRP) and status.st_gid != manifest_group
+
+
+def _check(
+    base_dir: Path, path: KeyPath, value: str, *, secret: bool, manifest_group: int | None
+) -> list[Problem]:
     problems: list[Problem] = []
     written = Path(value)
     full = base_dir / written
@@ -87,14 +102,13 @@ def _check(base_dir: Path, path: KeyPath, value: str, *, secret: bool) -> list[P
         problems.append(Problem(path, f'"{value}" is not a regular file', warning=True))
         return problems
     if secret:
-        readable = status.st_mode & (stat.S_IRGRP | stat.S_IROTH | stat.S_IWGRP | stat.S_IWOTH)
-        if readable:
+        if _exposed(status, manifest_group):
             mode = stat.S_IMODE(status.st_mode)
             problems.append(
                 Problem(
                     path,
-                    f'"{value}" holds key material and group or others may read or write it '
-                    f"(mode {mode:04o}); chmod 600 it",
+                    f'"{value}" holds key material and others may read or write it (mode {mode:04o}); '
+                    "chmod 600 it, or 640 with the group of the manifest (the daemon's)",
                 )
             )
         return problems
