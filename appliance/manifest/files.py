@@ -6,8 +6,8 @@ A path in the manifest is relative to the manifest's directory. Three things are
 - a CA or certificate file that holds no PEM certificate, such as `ca_file = "/etc/shadow"`
   (warning: a typo, or a secret file read by a setting that does not need one);
 - key material (the TLS key, a DKIM key, a service account's or the relay's password file) that
-  others may read, or a group other than the manifest's (error: the secret is no longer the
-  server's alone; the manifest's group is the daemon's, as the Ansible role installs them).
+  others may read (error: the secret is no longer the server's alone), or a group other than
+  the manifest's may read (warning: the Ansible role installs keys 0640 with the daemon's group).
 
 A missing file is not reported here: the TLS pair is made on first start, and the services say
 what they cannot read when they need it. Everything here reads the file system; nothing writes.
@@ -66,12 +66,9 @@ def named_files(loaded: LoadedManifest) -> Iterator[tuple[KeyPath, str, bool]]:
         yield ("outbound", "tls_ca_file"), outbound.tls_ca_file, False
 
 
-def _exposed(status: os.stat_result, manifest_group: int | None) -> bool:
-    """Others may read it, group or others may write it, or a group other than the manifest's
-    (the group the daemon reads its files through, as the Ansible role installs them) may read it."""
-    if status.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP):
-        return True
-    return bool(status.st_mode & stat.S_IRGRP) and status.st_gid != manifest_group
+def _exposed(status: os.stat_result) -> bool:
+    """Others may read it, or group or others may write it."""
+    return bool(status.st_mode & (stat.S_IROTH | stat.S_IWOTH | stat.S_IWGRP))
 
 
 def _check(
@@ -102,13 +99,24 @@ def _check(
         problems.append(Problem(path, f'"{value}" is not a regular file', warning=True))
         return problems
     if secret:
-        if _exposed(status, manifest_group):
-            mode = stat.S_IMODE(status.st_mode)
+        mode = stat.S_IMODE(status.st_mode)
+        if _exposed(status):
             problems.append(
                 Problem(
                     path,
                     f'"{value}" holds key material and others may read or write it (mode {mode:04o}); '
-                    "chmod 600 it, or 640 with the group of the manifest (the daemon's)",
+                    "chmod 600 it, or 640 with the daemon's group",
+                )
+            )
+        elif status.st_mode & stat.S_IRGRP and status.st_gid != manifest_group:
+            # The Ansible role installs keys 0640 with the daemon's group, and validates a copy of
+            # the manifest that is not in that group: a group that reads it is worth a word only.
+            problems.append(
+                Problem(
+                    path,
+                    f'"{value}" holds key material that its group (gid {status.st_gid}) may read '
+                    f"(mode {mode:04o}); make sure that group is the daemon's alone",
+                    warning=True,
                 )
             )
         return problems
