@@ -96,6 +96,7 @@ def test_validate_json_output_lists_problems_for_ci() -> None:
         "column": 24,
         "path": "server.allow_plaintext_auth",
         "message": "must be true or false, not a string",
+        "severity": "error",
     }
     ok = json.loads(run_cli("validate", "--format", "json", "appliance.toml").stdout)
     assert ok["valid"] is True and ok["accounts"] == 3

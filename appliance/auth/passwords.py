@@ -34,20 +34,39 @@ def hash_password(password: str) -> str:
     return _ARGON2.hash(password)
 
 
-def verify_password(encoded: str, password: str) -> bool:
-    """True only when `password` matches `encoded`. Never raises for a wrong password."""
+# What checking a password against a stored hash found.
+MATCH = "match"
+MISMATCH = "bad_credentials"
+INVALID_HASH = "stored_hash_invalid"  # the stored hash is not one the schemes can read
+
+
+def check_password(encoded: str, password: str) -> str:
+    """MATCH, MISMATCH, or INVALID_HASH when the stored hash is malformed (a cost bcrypt refuses, a
+    bad salt, an unknown scheme). Never raises: a bad hash in the manifest refuses the login."""
     scheme = hash_scheme(encoded)
-    if scheme == "argon2id":
-        try:
-            return _ARGON2.verify(encoded, password)
-        except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
-            return False
-    if scheme == "bcrypt":
-        secret = password.encode()
-        if len(secret) > 72:  # bcrypt only reads 72 bytes; refuse rather than truncate silently
-            return False
-        return bcrypt.checkpw(secret, encoded.encode())
-    if scheme == "sha512-crypt":
-        computed = crypt_r.crypt(password, encoded)
-        return computed is not None and hmac.compare_digest(computed, encoded)
-    return False
+    try:
+        if scheme == "argon2id":
+            try:
+                return MATCH if _ARGON2.verify(encoded, password) else MISMATCH
+            except argon2.exceptions.VerifyMismatchError:
+                return MISMATCH
+            except argon2.exceptions.VerificationError:  # e.g. "Memory cost is too small"
+                return INVALID_HASH
+        if scheme == "bcrypt":
+            secret = password.encode()
+            if len(secret) > 72:  # bcrypt only reads 72 bytes; refuse rather than truncate silently
+                return MISMATCH
+            return MATCH if bcrypt.checkpw(secret, encoded.encode()) else MISMATCH
+        if scheme == "sha512-crypt":
+            computed = crypt_r.crypt(password, encoded)
+            if computed is None:
+                return INVALID_HASH
+            return MATCH if hmac.compare_digest(computed, encoded) else MISMATCH
+    except (ValueError, TypeError, argon2.exceptions.InvalidHashError):
+        return INVALID_HASH  # the libraries' word for a hash they cannot read
+    return INVALID_HASH
+
+
+def verify_password(encoded: str, password: str) -> bool:
+    """True only when `password` matches `encoded`. Never raises, whatever `encoded` holds."""
+    return check_password(encoded, password) == MATCH

@@ -43,7 +43,7 @@ from appliance.auth.cache import VerifiedCredentials
 from appliance.auth.guard import DirectoryGuard
 from appliance.auth.ldap_directory import LDAPDirectoryClient
 from appliance.auth.local_system import LocalSystemClient
-from appliance.auth.passwords import hash_password, verify_password
+from appliance.auth.passwords import MATCH, check_password, hash_password
 from appliance.auth.revocation import Revocations
 from appliance.auth.verdict import Outcome, Reason, Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import ActiveDirectory, LDAPDirectory, LocalSystem
@@ -131,11 +131,11 @@ class AuthService:
         AD bind (appliance.auth.attempts)."""
         return max(self._hash_seconds, default=0.0)
 
-    async def _timed_verify(self, stored: str, password: str) -> bool:
+    async def _timed_check(self, stored: str, password: str) -> str:
         started = time.perf_counter()
         try:
             return await asyncio.get_running_loop().run_in_executor(
-                self._executor, verify_password, stored, password
+                self._executor, check_password, stored, password
             )
         finally:
             self._hash_seconds.append(time.perf_counter() - started)
@@ -247,8 +247,10 @@ class AuthService:
                 return rejected("account_guarded", "local-hash"), None
             verdict = None
             try:
-                ok = await self._timed_verify(stored, password)
-                verdict = accepted("local-hash") if ok else rejected("bad_credentials", "local-hash")
+                checked = await self._timed_check(stored, password)
+                ok = checked == MATCH
+                # A malformed stored hash is a refused login with its cause, never a traceback.
+                verdict = accepted("local-hash") if ok else rejected(checked, "local-hash")
                 if ok:
                     self.credentials.remember(entry.address, stored, password)
             finally:
@@ -292,7 +294,7 @@ class AuthService:
         if self._dummy_hash is None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._make_dummy_hash)
         assert self._dummy_hash is not None
-        await self._timed_verify(self._dummy_hash, password)
+        await self._timed_check(self._dummy_hash, password)
 
     def _make_dummy_hash(self) -> None:
         with self._dummy_lock:

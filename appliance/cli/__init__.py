@@ -15,6 +15,7 @@ from pathlib import Path
 
 from appliance.cli.check_auth import add_check_auth_parser
 from appliance.manifest import ManifestError, load_manifest
+from appliance.manifest.files import file_problems
 from appliance.manifest.schema import schema_json
 from appliance.status import read_status, serving_pid, status_path
 
@@ -34,6 +35,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
     path = args.path or args.manifest
     try:
         loaded = load_manifest(path)
+        # The files it names, on disk: key material others may read is an error; paths that
+        # leave the manifest's directory and CA files with no certificate are warnings.
+        found = file_problems(loaded)
+        if any(not problem.warning for problem in found):
+            raise ManifestError(str(path), found)
     except ManifestError as error:
         if args.format == "json":
             print(
@@ -45,9 +51,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         else:
             for line in error.lines():
                 print(line, file=sys.stderr)
-            count = len(error.problems)
+            count = sum(1 for problem in error.problems if not problem.warning)
             print(f"{path}: {count} problem{'s' if count != 1 else ''}; nothing was changed", file=sys.stderr)
         return 1
+    warnings = sorted(found, key=lambda p: (p.line or 0, p.column or 0, p.message))
     manifest = loaded.manifest
     accounts = sum(len(d.accounts) for d in manifest.domains.values())
     if args.format == "json":
@@ -55,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "valid": True,
-                    "problems": [],
+                    "problems": [p.as_dict(str(path)) for p in warnings],
                     "sha256": loaded.sha256,
                     "domains": len(manifest.domains),
                     "accounts": accounts,
@@ -64,7 +71,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 indent=2,
             )
         )
-    elif not args.quiet:
+        return 0
+    for problem in warnings:  # warnings are printed even with --quiet: exit 0 alone hides them
+        print(problem.format(str(path)), file=sys.stderr)
+    if not args.quiet:
         print(
             f"{path}: valid ({len(manifest.domains)} domains, {accounts} accounts, "
             f"{len(manifest.directories)} directories; sha256 {loaded.sha256[:12]})"

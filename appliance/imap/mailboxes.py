@@ -23,6 +23,7 @@ from appliance.store.durable import replace_file
 from appliance.store.folders import (
     create_folders,
     delete_folder,
+    folder_directory_fits,
     move_messages,
     remove_leftovers,
     rename_folders,
@@ -47,7 +48,6 @@ SPECIAL_USE = {
 PREPARED_MARKER = "appliance-imap-prepared"
 SUBSCRIPTIONS = "subscriptions"
 DELETED_PREFIX = "~deleted-"  # a folder being deleted is renamed to this first
-MAX_NAME = 255
 MAX_CACHED_FOLDERS = 256  # folder indexes kept in memory while no session has them open
 _T = TypeVar("_T")
 
@@ -75,15 +75,71 @@ def check_name(name: str) -> str:
         return "INBOX"
     if (
         not name
-        or len(name) > MAX_NAME
         or "/" in name
         or name.startswith(DELIMITER)
         or name.endswith(DELIMITER)
         or DELIMITER * 2 in name
-        or any(ord(char) < 0x20 or ord(char) == 0x7F for char in name)
+        or not modified_utf7_valid(name)
     ):
         raise MailboxError("CANNOT", "Invalid mailbox name")
+    if not folder_directory_fits(name):  # the directory is "." + the whole name: NAME_MAX bounds it
+        raise MailboxError("CANNOT", "Mailbox name too long")
     return name
+
+
+_BASE64 = {char: value for value, char in enumerate(
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+,"
+)}  # fmt: skip
+
+
+def modified_utf7_valid(name: str) -> bool:
+    """RFC 3501 §5.1.3: printable US-ASCII stands for itself, "&-" for "&", and "&...-" holds
+    modified BASE64 (with "," for "/") of UTF-16 for anything else: never of a printable US-ASCII
+    character, with no leftover bits but zero padding, and no unpaired surrogate."""
+    position, length = 0, len(name)
+    while position < length:
+        char = name[position]
+        if not " " <= char <= "~":  # controls, DEL, 8-bit: not modified UTF-7
+            return False
+        position += 1
+        if char != "&":
+            continue
+        end = name.find("-", position)
+        if end < 0:
+            return False
+        run, position = name[position:end], end + 1
+        units: list[int] = []
+        bits = buffered = 0
+        for letter in run:
+            value = _BASE64.get(letter)
+            if value is None:
+                return False
+            buffered, bits = (buffered << 6) | value, bits + 6
+            if bits >= 16:
+                bits -= 16
+                units.append(buffered >> bits)
+                buffered &= (1 << bits) - 1
+        if bits >= 6 or buffered:  # more than padding left over, or padding that is not zero
+            return False
+        if run and not _utf16_valid(units):
+            return False
+    return True
+
+
+def _utf16_valid(units: list[int]) -> bool:
+    index = 0
+    while index < len(units):
+        unit = units[index]
+        if 0x20 <= unit <= 0x7E:  # printable US-ASCII must represent itself
+            return False
+        if 0xD800 <= unit <= 0xDBFF:  # a high surrogate needs its low one
+            if index + 1 >= len(units) or not 0xDC00 <= units[index + 1] <= 0xDFFF:
+                return False
+            index += 1
+        elif 0xDC00 <= unit <= 0xDFFF:
+            return False
+        index += 1
+    return True
 
 
 class AccountMailboxes:
@@ -194,6 +250,9 @@ class AccountMailboxes:
                     for name in names
                     if name == old or name.startswith(old + DELIMITER)
                 ]
+                if not all(folder_directory_fits(after.name[1:]) for _, after in moves):
+                    # A child's whole name grows with its parent's: each must still fit.
+                    raise MailboxError("CANNOT", "A mailbox name would be too long")
                 for before, after in moves:
                     self._owner.forget(before)
                     self._owner.forget(after)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 # The PHC string of argon2id, bcrypt's modular crypt format, and SHA-512-crypt (with rounds=).
 ARGON2ID = r"\$argon2id\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+"
-BCRYPT = r"\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}"
+# bcrypt: a cost of 04-31 (2^cost rounds), a 22-character salt whose last character carries only
+# 2 bits (one of .Oeu), then the 31-character checksum; anything else makes the library raise.
+BCRYPT = r"\$2[aby]\$(?:0[4-9]|[12]\d|3[01])\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9]{31}"
 SHA512_CRYPT = r"\$6\$(?:rounds=\d+\$)?[^$:\n]{1,16}\$[./A-Za-z0-9]{86}"
 
 SCHEME_PATTERNS = (("argon2id", ARGON2ID), ("bcrypt", BCRYPT), ("sha512-crypt", SHA512_CRYPT))

@@ -44,13 +44,15 @@ class Problem:
     line: int | None = None
     column: int | None = None
     on_key: bool = False  # the problem is the key itself (its name), not its value
+    warning: bool = False  # worth a look, but the manifest is usable (`validate` still exits 0)
 
     def format(self, filename: str) -> str:
         where = filename
         if self.line is not None:
             where += f":{self.line}:{self.column or 1}"
         key = render_path(self.path)
-        return f"{where}: {key}: {self.message}" if key else f"{where}: {self.message}"
+        message = f"warning: {self.message}" if self.warning else self.message
+        return f"{where}: {key}: {message}" if key else f"{where}: {message}"
 
     def as_dict(self, filename: str) -> dict[str, Any]:
         return {
@@ -59,6 +61,7 @@ class Problem:
             "column": self.column,
             "path": render_path(self.path),
             "message": self.message,
+            "severity": "warning" if self.warning else "error",
         }
 
 
@@ -163,6 +166,12 @@ def _syntax_problem(message: str) -> Problem:
     return Problem((), f"TOML syntax error: {message}")
 
 
+def place_problems(problems: list[Problem], text: str) -> list[Problem]:
+    """`problems` with the line and column of their key in the manifest's `text`."""
+    locations = Locations(text)
+    return [_place(problem, locations) for problem in problems]
+
+
 def _place(problem: Problem, locations: Locations) -> Problem:
     if problem.line is not None:
         return problem
@@ -174,7 +183,9 @@ def _place(problem: Problem, locations: Locations) -> Problem:
         position = locations.key(problem.path)
     if position is None:
         return problem
-    return Problem(problem.path, problem.message, position.line, position.column, problem.on_key)
+    return Problem(
+        problem.path, problem.message, position.line, position.column, problem.on_key, problem.warning
+    )
 
 
 # --- validation -------------------------------------------------------------------------------

@@ -45,6 +45,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+from appliance.loglines import EscapingFormatter
+
 log = logging.getLogger("appliance.store")
 
 FRAME = struct.Struct("!QII")
@@ -370,11 +372,9 @@ def send_all(connection: socket.socket, pieces: list[memoryview]) -> None:
 def _process_setup() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(
-        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S",
-        level=logging.INFO,
-    )
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter())  # the server's line format, controls escaped
+    logging.basicConfig(handlers=[handler], level=logging.INFO)
 
 
 def main(arguments: list[str], handle: Handler, name: str) -> int:

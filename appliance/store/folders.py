@@ -7,6 +7,7 @@ a deletion is one atomic rename out of sight before the files go. The IMAP folde
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -14,9 +15,21 @@ from pathlib import Path
 from appliance.store.durable import fsync_directory
 from appliance.store.maildir import Maildir, disk_size
 
+# Linux's NAME_MAX (ext4, xfs, btrfs, tmpfs): the bytes one directory entry's name may hold.
+NAME_MAX = 255
+
+
+def folder_directory_fits(name: str) -> bool:
+    """True when the Maildir++ directory of folder `name` ("." + the whole hierarchical name, as
+    bytes) fits in one directory entry."""
+    return len(os.fsencode(f".{name}")) <= NAME_MAX
+
 
 def create_folders(paths: list[Path]) -> None:
     """Each of these Maildirs (and missing parents) made, durably."""
+    for path in paths:
+        if len(os.fsencode(path.name)) > NAME_MAX:  # refused before any of them is made
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path.name)
     for path in paths:
         Maildir(path).ensure()
 
@@ -47,6 +60,9 @@ def remove_leftovers(root: Path, prefix: str) -> None:
 
 def rename_folders(root: Path, moves: list[tuple[Path, Path]], parents: list[Path]) -> None:
     """Folders under `root` renamed (before, after) once the new `parents` exist; `root` fsynced."""
+    for path in [*parents, *(after for _, after in moves)]:
+        if len(os.fsencode(path.name)) > NAME_MAX:  # refused before anything moved
+            raise OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG), path.name)
     for parent in parents:
         Maildir(parent).ensure()
     for before, after in moves:
