@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
-from tests.test_hostile import open_socket, read_line, smtp_reply
-from tests.test_imap import DOMAINS, NO_AUTOBAN, Raw
+from tests.support.imap import RawClient as Raw
+from tests.support.lines import LineClient, ListenerClient
+from tests.test_imap import DOMAINS, NO_AUTOBAN, PASSWORD
 
 RAW_CONTROLS = (b"\x1b", b"\r", b"\x00")
 EVIL = b"ev\x1b[2Jil\x00x\ry"  # clears a terminal, cuts a C string, rewrites a line
@@ -30,6 +31,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApplianc
         factory.close()
 
 
+def open_socket(server: RunningAppliance, listener: str) -> ListenerClient:
+    return ListenerClient(server, listener)
+
+
+def smtp_reply(client: LineClient) -> bytes:
+    """One whole SMTP reply, continuation lines and all."""
+    lines = []
+    for _ in range(100):
+        line = client.readline()
+        lines.append(line)
+        if len(line) < 4 or line[3:4] != b"-":
+            break
+    return b"".join(lines)
+
+
+def read_line(client: LineClient) -> bytes:
+    return client.readline()
+
+
 def smtp_session(server: RunningAppliance) -> None:
     sock = open_socket(server, "smtp")
     try:
@@ -45,9 +65,9 @@ def smtp_session(server: RunningAppliance) -> None:
             b"VRFY " + EVIL,
             b"AUTH " + EVIL,
         ):
-            sock.sendall(line + b"\r\n")
+            sock.send(line + b"\r\n")
             assert smtp_reply(sock)[:1] in (b"2", b"3", b"4", b"5")
-        sock.sendall(b"QUIT\r\n")
+        sock.send(b"QUIT\r\n")
         smtp_reply(sock)
     finally:
         sock.close()
@@ -59,10 +79,10 @@ def smtp_auth(server: RunningAppliance) -> None:
     sock = open_socket(server, "smtp")
     try:
         assert smtp_reply(sock).startswith(b"220")
-        sock.sendall(b"EHLO client.example\r\n")
+        sock.send(b"EHLO client.example\r\n")
         smtp_reply(sock)
         plain = base64.b64encode(b"\0" + EVIL + b"@example.test\0wrong")
-        sock.sendall(b"AUTH PLAIN " + plain + b"\r\n")
+        sock.send(b"AUTH PLAIN " + plain + b"\r\n")
         assert smtp_reply(sock)[:1] in (b"4", b"5")
     finally:
         sock.close()
@@ -73,9 +93,9 @@ def pop3_session(server: RunningAppliance) -> None:
     try:
         assert read_line(sock).startswith(b"+OK")
         for line in (b"X" + EVIL, b"USER " + EVIL + b"@example.test", b"PASS " + EVIL, b"APOP " + EVIL):
-            sock.sendall(line + b"\r\n")
+            sock.send(line + b"\r\n")
             assert read_line(sock)[:1] in (b"+", b"-")
-        sock.sendall(b"QUIT\r\n")
+        sock.send(b"QUIT\r\n")
         read_line(sock)
     finally:
         sock.close()
@@ -89,7 +109,7 @@ def imap_session(server: RunningAppliance) -> None:
         raw.response("a1")
         raw.send(b"a2 X" + EVIL + b"\r\n")
         raw.response("a2")
-        raw.login("user01@example.test")
+        raw.login("user01@example.test", PASSWORD)
         name = b"\x1b[2J\x00\r"
         raw.send(b"a3 CREATE {%d+}\r\n%s\r\n" % (len(name), name))
         raw.response("a3")
@@ -123,7 +143,7 @@ def create(raw: Raw, name: str) -> bytes:
 def test_a_folder_name_longer_than_a_directory_entry_is_refused_with_cannot(server: RunningAppliance) -> None:
     raw = Raw(server)
     try:
-        raw.login("user02@example.test")
+        raw.login("user02@example.test", PASSWORD)
         start = server.log_size()
         assert b"NO [CANNOT]" in create(raw, "x" * 255)  # "." + 255 bytes: one byte too many
         assert b"OK" in create(raw, "y" * 254)  # exactly NAME_MAX with its "."
@@ -158,7 +178,7 @@ def test_a_folder_name_longer_than_a_directory_entry_is_refused_with_cannot(serv
 def test_a_name_that_is_not_modified_utf7_is_refused(server: RunningAppliance, name: str) -> None:
     raw = Raw(server)
     try:
-        raw.login("user03@example.test")
+        raw.login("user03@example.test", PASSWORD)
         quoted = b'"' + name.encode() + b'"'
         for command in (b"CREATE ", b"SELECT ", b"RENAME Sent ", b"APPEND "):
             tail = b" {3+}\r\nx\r\n" if command == b"APPEND " else b""
@@ -174,7 +194,7 @@ def test_a_name_that_is_not_modified_utf7_is_refused(server: RunningAppliance, n
 def test_valid_modified_utf7_names_are_still_created(server: RunningAppliance) -> None:
     raw = Raw(server)
     try:
-        raw.login("user04@example.test")
+        raw.login("user04@example.test", PASSWORD)
         for name in ("&AMk-t&AOk-", "&ZeVnLIqe-", "R&AOk-sum&AOk-.&2D3eAA-", "a&-b"):
             assert b"OK" in create(raw, name), name
             raw.ok(f'SELECT "{name}"')
