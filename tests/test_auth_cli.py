@@ -80,6 +80,12 @@ gt = {{ active_directory = {{ domain = "cloudtech.local", user = "cliuser" }} }}
     )
     good = check_auth(manifest, "gt@example.test", PASSWORD + "\r\n")
     assert (good.returncode, good.stdout) == (0, "accepted: ok (account gt@example.test)\n"), good.stderr
+    # The suite's domain locks a user after 3 wrong passwords; the manifest's default allows 3.
+    assert (
+        "warning: directory cloudtech.local locks a user after 3 wrong passwords within 60 s, but "
+        "[security.auto_ban] allows max_failures_per_account = 3 within 600 s: the server keeps to 2 "
+        "within 600 s" in good.stderr
+    ), good.stderr
     wrong = check_auth(manifest, "gt@example.test", "Wrong!Passw0rd1\n")
     assert (wrong.returncode, wrong.stdout) == (1, "rejected: bad_credentials\n")
     assert "ad_code=52e" in wrong.stderr

@@ -117,6 +117,10 @@ class DirectoryGuard:
     def policy(self, directory: str) -> Policy | None:
         return self._policies.get(directory)
 
+    def settings(self) -> tuple[int, float]:
+        """The manifest's (max_failures_per_account, window) in force."""
+        return self._settings()
+
     def budget(self, directory: str) -> tuple[int, float]:
         """(binds that may fail within the window, the window in seconds) for one user."""
         limit, window = self._settings()

@@ -84,4 +84,32 @@ def check_auth_command(args: argparse.Namespace) -> int:
     if result.account is not None:
         line += f" (account {result.account.address})"
     print(line)
+    if result.directory is not None:
+        warning = lockout_warning(service, result.directory)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     return EXIT_CODES[result.outcome]
+
+
+def lockout_warning(service: AuthService, directory: str) -> str | None:
+    """What to tell the admin when the manifest's guessing limit is not below the directory's own
+    lockout threshold (read from the domain with the login just made): the server then keeps
+    fewer binds than the manifest says, or, with a threshold of 1, none at all."""
+    policy = service.guard.policy(directory)
+    if policy is None or policy.threshold == 0:
+        return None
+    limit, window = service.guard.settings()
+    budget, guard_window = service.guard.budget(directory)
+    if limit < policy.threshold and window >= policy.window:
+        return None
+    if budget == 0:
+        return (
+            f"directory {directory} locks a user after {policy.threshold} wrong password(s): no login "
+            "to it can be guarded; raise its lockout threshold"
+        )
+    return (
+        f"directory {directory} locks a user after {policy.threshold} wrong passwords within "
+        f"{policy.window:.0f} s, but [security.auto_ban] allows max_failures_per_account = {limit} within "
+        f"{window:.0f} s: the server keeps to {budget} within {guard_window:.0f} s; set the manifest below the "
+        "directory's threshold to say what is enforced"
+    )

@@ -456,7 +456,10 @@ def field_values(message: ParsedMessage, name: str) -> str | None:
     `<user (comment)@ (comment) domain.org>` (RFC 3501 §6.4.4 matches the field's contents)."""
     values = message.header(name)
     if name in _ADDRESS_FIELDS and values:
-        values += message.addresses(name)
+        # Only the addresses the raw text does not already hold as they are (the usual case
+        # holds them all): the column stays as short as the field, and so does every search.
+        raw = fold(" ".join(values))
+        values += [address for address in message.addresses(name) if fold(address) not in raw]
     return joined_values(values)
 
 
