@@ -7,7 +7,6 @@ dkimpy verifies what the peer got, with the key record fetched from that DNS ser
 
 from __future__ import annotations
 
-import base64
 import smtplib
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,15 +16,13 @@ import dns.message
 import dns.query
 import dns.rdatatype
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from appliance.auth.passwords import hash_password
 from appliance.queue.spool import Envelope, Spool
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
 from tests.support.dns_server import DNSServer
 from tests.support.lines import client_context
-from tests.support.queue import Peer, free_port_on, message
+from tests.support.queue import Peer, dkim_key, free_port_on, message
 
 PASSWORD = "Dkim!Passw0rd"
 HASH = hash_password(PASSWORD)
@@ -51,22 +48,8 @@ def peer() -> Iterator[Peer]:
 def server(
     appliance: ApplianceFactory, dns_server: DNSServer, peer: Peer, tmp_path: Path
 ) -> RunningAppliance:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = tmp_path / "dkim.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    record = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
-    dns_server.add(
-        "s1._domainkey.example.test",
-        "TXT",
-        " ".join(f'"{record[i : i + 200]}"' for i in range(0, len(record), 200)),
-    )
+    dkim_key(dns_server, key_file, "s1")
     dns_server.add("remote.test", "MX", "10 mx1.remote.test.")
     dns_server.add("mx1.remote.test", "A", MX1)
     body = f"""

@@ -27,6 +27,7 @@ from tests.support.queue import (
     Behaviour,
     Peer,
     delivery_status,
+    dkim_key,
     free_port_on,
     mailbox_messages,
     make_certificate,
@@ -472,27 +473,8 @@ def test_a_smarthost_gets_all_mail_after_starttls_and_auth(
 def test_outgoing_mail_of_a_domain_with_a_dkim_key_carries_a_valid_signature(
     appliance: ApplianceFactory, dns_server: DNSServer, port: int, peers: Callable[..., Peer], tmp_path: Path
 ) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = tmp_path / "dkim.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    import base64
-
-    record = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
-    dns_server.add(
-        "s2024._domainkey.example.test",
-        "TXT",
-        " ".join(f'"{record[i : i + 200]}"' for i in range(0, len(record), 200)),
-    )
+    dkim_key(dns_server, key_file, "s2024")
     two_mx(dns_server)
     peer = peers(MX1, port)
     domains = f'[domains."example.test".dkim]\nselector = "s2024"\nkey_file = "{key_file}"\n'

@@ -23,6 +23,7 @@ from typing import Any
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from tests.support.dns_server import DNSServer
 from tests.support.wait import wait_for
 
 # -- SMTP peers ----------------------------------------------------------------------------------
@@ -223,3 +224,28 @@ def delivery_status(dsn: EmailMessage) -> list[dict[str, str]]:
     for block in part.get_payload():  # type: ignore[union-attr]
         groups.append({k.lower(): str(v) for k, v in block.items()})
     return groups
+
+
+def dkim_key(dns_server: DNSServer, key_file: Path, selector: str, domain: str = "example.test") -> None:
+    """A fresh RSA key written to `key_file` (PEM) and its public half published in DNS as
+    SELECTOR._domainkey.DOMAIN (TXT, in 200-character strings), for the signer and dkimpy."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    record = f"v=DKIM1; k=rsa; p={base64.b64encode(public).decode()}"
+    dns_server.add(
+        f"{selector}._domainkey.{domain}",
+        "TXT",
+        " ".join(f'"{record[i : i + 200]}"' for i in range(0, len(record), 200)),
+    )
