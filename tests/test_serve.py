@@ -132,8 +132,17 @@ def test_a_port_in_use_is_reported_and_the_other_listeners_serve(appliance: Appl
         server.wait_for_log(
             r"listener failed name=pop3 address=127\.0\.0\.1:\d+ error=.*address already in use", after=offset
         )
-        status = server.status()
-        assert "pop3" in status["listener_errors"]  # type: ignore[operator]
+
+        # The status file is written when the reload is over, a moment after the log line.
+        def reported() -> dict[str, object] | None:
+            status = server.status()
+            return status if "pop3" in status["listener_errors"] else None  # type: ignore[operator]
+
+        status = wait_for(
+            reported,
+            timeout=10,
+            what=lambda: f"status naming the pop3 listener error: {server.status()}",
+        )
         assert "pop3s" in status["listeners"]  # type: ignore[operator]
     finally:
         taken.close()
