@@ -10,10 +10,12 @@ from pathlib import Path
 from appliance.auth import Outcome
 from appliance.auth.active_directory import ActiveDirectoryClient
 from appliance.auth.revocation import Revocations
+from appliance.auth.user_states import UserState
+from appliance.auth.verdict import Verdict
 from appliance.manifest import load_manifest
 from appliance.snapshot import build_snapshot
 from tests.fixtures.auth_service import AuthServices
-from tests.fixtures.samba import NETBIOS, SambaDomain
+from tests.fixtures.samba import NETBIOS, SambaDomain, filetime
 from tests.test_auth_active_directory import PASSWORD, new_user
 
 SERVICE_PASSWORD = "Svc!Passw0rd1"
@@ -37,6 +39,28 @@ def client(samba: SambaDomain, tmp_path: Path) -> ActiveDirectoryClient:
     return ActiveDirectoryClient("cloudtech.local", model, tmp_path)  # type: ignore[arg-type]
 
 
+def change_users(samba: SambaDomain, users: dict[str, str]) -> None:
+    """What admins do: disable, reset a password, delete, require a new password, lock out."""
+    samba.samba_tool("user", "disable", users["dis"])
+    samba.set_password(users["pwd"], "Changed!Passw0rd2")
+    samba.samba_tool("user", "delete", users["gone"])
+    samba.modify(samba.user_dn(users["mcp"]), {"pwdLastSet": 0})
+    for _ in range(3):
+        assert not samba.dcs[0].bind(users["lck"], "Wrong!Passw0rd9")
+
+
+def reasons(
+    states: dict[str, UserState], users: dict[str, str], logins: dict[str, Verdict]
+) -> dict[str, str | None]:
+    """Why each user's sessions would end ("deleted" when the directory no longer has it)."""
+    return {
+        name: states[user.casefold()].why_revoked(logins[name].password_set)
+        if user.casefold() in states
+        else "deleted"
+        for name, user in users.items()
+    }
+
+
 def test_one_search_reads_the_state_of_many_users_and_each_admin_change_shows(
     samba: SambaDomain, tmp_path: Path
 ) -> None:
@@ -52,23 +76,11 @@ def test_one_search_reads_the_state_of_many_users_and_each_admin_change_shows(
             for name, state in ((n, before[u.casefold()]) for n, u in users.items())
         )
 
-        samba.samba_tool("user", "disable", users["dis"])
-        samba.set_password(users["pwd"], "Changed!Passw0rd2")
-        samba.samba_tool("user", "delete", users["gone"])
+        change_users(samba, users)
         samba.samba_tool("user", "setexpiry", users["exp"], "--days=0")
-        samba.modify(samba.user_dn(users["mcp"]), {"pwdLastSet": 0})
-        for _ in range(3):
-            assert not samba.dcs[0].bind(users["lck"], "Wrong!Passw0rd9")
         time.sleep(1.1)  # accountExpires of "--days=0" is now; let it pass
 
-        after = ad.read_states(list(users.values()))
-        why = {
-            name: after[user.casefold()].why_revoked(logins[name].password_set)
-            if user.casefold() in after
-            else "deleted"
-            for name, user in users.items()
-        }
-        assert why == {
+        assert reasons(ad.read_states(list(users.values())), users, logins) == {
             "ok": None,
             "dis": "disabled_in_directory",
             "pwd": "password_changed",
@@ -77,6 +89,50 @@ def test_one_search_reads_the_state_of_many_users_and_each_admin_change_shows(
             "mcp": "password_expired",
             "lck": "locked_out",
         }
+    finally:
+        ad.close()
+
+
+def test_rechecks_follow_the_change_numbers_and_read_again_only_what_changed(
+    samba: SambaDomain, tmp_path: Path
+) -> None:
+    """follow_states: one full read, then only the users whose entries changed are read again;
+    the same answers as reading everything (each kind of change, a rename, a deletion), and an
+    expiry that passes without any change to the entry still counts."""
+    ad = client(samba, tmp_path)
+    try:
+        names = ("ok", "dis", "pwd", "gone", "mcp", "lck", "ren", "soon")
+        users = {name: new_user(samba, name) for name in names}
+        logins = {name: ad.authenticate(user, PASSWORD) for name, user in users.items()}
+        samba.modify(samba.user_dn(users["soon"]), {"accountExpires": filetime(4)})
+        expiry_set = time.monotonic()
+        follower = ad.follower
+        first = ad.follow_states(list(users.values()))
+        assert set(first) == {user.casefold() for user in users.values()}
+        assert follower.full_reads == 1 and follower.entries_read >= len(users)
+
+        read = follower.entries_read
+        assert ad.follow_states(list(users.values())) == first
+        assert follower.full_reads == 1
+        assert follower.entries_read - read <= len(users), "no user read again in full"
+
+        change_users(samba, users)
+        samba.samba_tool("user", "rename", users["ren"], f"--samaccountname={users['ren']}x")
+        time.sleep(max(0.0, 4.5 - (time.monotonic() - expiry_set)))
+
+        why = reasons(ad.follow_states(list(users.values())), users, logins)
+        assert follower.full_reads == 1, "only the changed users were read again"
+        assert why == {
+            "ok": None,
+            "dis": "disabled_in_directory",
+            "pwd": "password_changed",
+            "gone": "deleted",
+            "mcp": "password_expired",
+            "lck": "locked_out",
+            "ren": "deleted",  # no user has that name any more
+            "soon": "account_expired",  # its entry did not change: the time passed
+        }
+        assert why == reasons(ad.read_states(list(users.values())), users, logins), "as a full read says"
     finally:
         ad.close()
 

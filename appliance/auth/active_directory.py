@@ -14,9 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import ldap3
 from ldap3.utils.conv import escape_filter_chars
@@ -32,54 +32,21 @@ from appliance.auth.connections import (
 from appliance.auth.discovery import DomainControllers
 from appliance.auth.guard import Policy
 from appliance.auth.service_account import ServicePassword
+from appliance.auth.user_states import (
+    STATE_ATTRIBUTES,
+    StateFollower,
+    UserState,
+    first_int,
+    names_of,
+    state_of,
+)
 from appliance.auth.verdict import Outcome, Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import ActiveDirectory
 
 IN_CHAIN = "1.2.840.113556.1.4.1941"  # LDAP_MATCHING_RULE_IN_CHAIN
 POLICY_MAX_AGE = 3600.0  # seconds before the domain's lockout policy is read again
 STATE_BATCH = 100  # users per search when reading states
-# userAccountControl and msDS-User-Account-Control-Computed bits ([MS-ADTS] 2.2.16)
-UF_ACCOUNTDISABLE = 0x2
-UF_LOCKOUT = 0x10
-UF_PASSWORD_EXPIRED = 0x800000
-NEVER = (0, 0x7FFFFFFFFFFFFFFF)  # accountExpires values that mean "never"
-_STATE_ATTRIBUTES = [
-    "sAMAccountName",
-    "userPrincipalName",
-    "userAccountControl",
-    "msDS-User-Account-Control-Computed",
-    "accountExpires",
-    "pwdLastSet",
-]
-
-
-@dataclass(frozen=True)
-class UserState:
-    """What AD says of one user now, for the sessions it has open."""
-
-    disabled: bool
-    locked: bool
-    expired: bool  # the account (accountExpires)
-    password_expired: bool  # expired, or must be changed at next logon
-    password_set: int  # pwdLastSet (FILETIME)
-
-    def why_revoked(self, password_set_at_login: int | None) -> str | None:
-        """Why sessions opened with `password_set_at_login` must end now, or None."""
-        if self.disabled:
-            return "disabled_in_directory"
-        if self.locked:
-            return "locked_out"
-        if self.expired:
-            return "account_expired"
-        if self.password_expired:
-            return "password_expired"
-        if password_set_at_login is not None and self.password_set != password_set_at_login:
-            return "password_changed"
-        return None
-
-
-def _filetime_now() -> int:
-    return int((time.time() + 11_644_473_600) * 10_000_000)
+T = TypeVar("T")
 
 
 def domain_dn(dns_name: str) -> str:
@@ -117,6 +84,7 @@ class ActiveDirectoryClient:
         self._service_password = ServicePassword(
             base_dir / model.bind_password_file if model.bind_password_file else None, model.bind_password_env
         )
+        self.follower = StateFollower(self._domain_dn, self._search_users)
 
     def bind_name(self, user: str) -> str:
         """`user@suffix` (a user written with "@" is taken as a whole UPN), or `NETBIOS\\user`."""
@@ -137,10 +105,13 @@ class ActiveDirectoryClient:
             if self.model.require_group:
                 verdict = self._check_group(connection, user, pool.url)
             if self.model.bind_dn and verdict.outcome is Outcome.ACCEPTED:
-                # Sessions end when the password changes: remember which one this login used.
-                entries = self._search_users(connection, [user], ["pwdLastSet"])
-                raw = entries[0].get("raw_attributes", {}) if entries else {}
-                stamp = _first_int(raw, "pwdLastSet")
+                # Sessions end when the password changes: remember which one this login used -
+                # as the recheck last read it when the user has sessions open (no search then),
+                # else read now.
+                stamp = self.follower.password_set(user)
+                if stamp is None:
+                    entries = self._search_users(connection, [user], ["pwdLastSet"])
+                    stamp = first_int(entries[0].get("raw_attributes", {}) if entries else {}, "pwdLastSet")
                 verdict = dataclasses.replace(verdict, password_set=stamp)
             return verdict
 
@@ -170,34 +141,44 @@ class ActiveDirectoryClient:
             self.policy = Policy(threshold, window)
 
     def read_states(self, users: list[str]) -> dict[str, UserState]:
-        """The state of `users` (as accounts link them), read as the service account, a search
-        per STATE_BATCH users; a user missing from the answer no longer exists. Keys are the
-        user names case-folded. Raises DirectoryUnreachable or ServicePasswordError."""
-        secret = self._service_password.read()
-        bind_dn = self.model.bind_dn or ""
+        """The state of `users` (as accounts link them), read now as the service account, a
+        search per STATE_BATCH users; a user missing from the answer no longer exists. Keys are
+        the user names case-folded. Raises DirectoryUnreachable or ServicePasswordError."""
         wanted = {user.casefold(): user for user in users}
 
-        def search(pool: ServerPool, connection: ldap3.Connection) -> dict[str, UserState]:
-            result = pool.bind(connection, bind_dn, secret)
-            if result.get("result") != 0:
-                raise DirectoryUnreachable("service_bind_failed", pool.url, str(result.get("message")))
+        def search(connection: ldap3.Connection, server: str) -> dict[str, UserState]:
             found: dict[str, UserState] = {}
             names = list(wanted.values())
             for start in range(0, len(names), STATE_BATCH):
                 for entry in self._search_users(
-                    connection, names[start : start + STATE_BATCH], _STATE_ATTRIBUTES
+                    connection, names[start : start + STATE_BATCH], STATE_ATTRIBUTES
                 ):
                     raw = entry.get("raw_attributes", {})
-                    state = _state(raw)
-                    for attribute in ("sAMAccountName", "userPrincipalName"):
-                        for value in raw.get(attribute, ()):
-                            key = value.decode("utf-8", "replace").casefold()
-                            if key in wanted:
-                                found[key] = state
+                    state = state_of(raw)
+                    found.update((key, state) for key in names_of(raw) if key in wanted)
             return found
 
-        states, _ = self._servers.run(search)
-        return states
+        return self._as_service_account(search)
+
+    def follow_states(self, users: list[str]) -> dict[str, UserState]:
+        """As read_states, for the periodic recheck: after the first read, only the users whose
+        entries changed are read again (see StateFollower)."""
+        return self._as_service_account(
+            lambda connection, server: self.follower.read(connection, server, users)
+        )
+
+    def _as_service_account(self, operation: Callable[[ldap3.Connection, str], T]) -> T:
+        secret = self._service_password.read()
+        bind_dn = self.model.bind_dn or ""
+
+        def run(pool: ServerPool, connection: ldap3.Connection) -> T:
+            result = pool.bind(connection, bind_dn, secret)
+            if result.get("result") != 0:
+                raise DirectoryUnreachable("service_bind_failed", pool.url, str(result.get("message")))
+            return operation(connection, pool.url)
+
+        value, _ = self._servers.run(run)
+        return value
 
     def _search_users(
         self, connection: ldap3.Connection, users: list[str], attributes: list[str]
@@ -255,25 +236,3 @@ class ActiveDirectoryClient:
 
     def close(self) -> None:
         self._servers.close()
-
-
-def _first_int(raw: dict[str, list[bytes]], name: str) -> int:
-    values = raw.get(name) or [b"0"]
-    try:
-        return int(values[0])
-    except ValueError:
-        return 0
-
-
-def _state(raw: dict[str, list[bytes]]) -> UserState:
-    control = _first_int(raw, "userAccountControl")
-    computed = _first_int(raw, "msDS-User-Account-Control-Computed")
-    expires = _first_int(raw, "accountExpires")
-    password_set = _first_int(raw, "pwdLastSet")
-    return UserState(
-        disabled=bool(control & UF_ACCOUNTDISABLE),
-        locked=bool(computed & UF_LOCKOUT),
-        expired=expires not in NEVER and expires < _filetime_now(),
-        password_expired=bool(computed & UF_PASSWORD_EXPIRED) or password_set == 0,
-        password_set=password_set,
-    )

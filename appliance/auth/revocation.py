@@ -28,8 +28,8 @@ from appliance.auth.service_account import ServicePasswordError
 from appliance.manifest.models import ActiveDirectory
 
 if TYPE_CHECKING:
-    from appliance.auth.active_directory import UserState
     from appliance.auth.service import AuthService
+    from appliance.auth.user_states import UserState
     from appliance.snapshot import AccountEntry, Snapshot, SnapshotHolder
 
 log = logging.getLogger("appliance.auth")
@@ -129,6 +129,10 @@ class Revocations:
             except Exception:
                 log.exception("session recheck failed")
 
+    def due_now(self) -> None:
+        """Make every directory due at the next check_due (tests, benchmarks)."""
+        self._checked.clear()
+
     async def check_due(self) -> None:
         snapshot = self._holder.current
         now = time.monotonic()
@@ -143,7 +147,7 @@ class Revocations:
             if now - self._checked.get(name, 0.0) < float(model.recheck_interval):
                 continue
             self._checked[name] = now
-            states = await self._states(name, sorted({s.user or "" for s in sessions}))
+            states = await self._states(name, sorted({s.user or "" for s in sessions}), follow=True)
             if states is None:
                 continue  # the directory cannot answer: nobody is cut off for that
             for session in sessions:
@@ -171,10 +175,12 @@ class Revocations:
             self._revoke(session, reason)
         return reason
 
-    async def _states(self, directory: str, users: list[str]) -> dict[str, UserState] | None:
+    async def _states(
+        self, directory: str, users: list[str], *, follow: bool = False
+    ) -> dict[str, UserState] | None:
         self.queries += 1
         try:
-            return await self._auth.user_states(directory, users)
+            return await self._auth.user_states(directory, users, follow=follow)
         except ServicePasswordError as error:
             log.warning("session recheck unavailable directory=%s error=%s", directory, error)
         except Exception as error:

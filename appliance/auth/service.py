@@ -38,13 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from appliance.auth.active_directory import ActiveDirectoryClient, UserState
+from appliance.auth.active_directory import ActiveDirectoryClient
 from appliance.auth.cache import VerifiedCredentials
 from appliance.auth.guard import DirectoryGuard
 from appliance.auth.ldap_directory import LDAPDirectoryClient
 from appliance.auth.local_system import LocalSystemClient
 from appliance.auth.passwords import MATCH, check_password, hash_password
 from appliance.auth.revocation import Revocations
+from appliance.auth.user_states import StateFollower, UserState
 from appliance.auth.verdict import Outcome, Reason, Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import ActiveDirectory, LDAPDirectory, LocalSystem
 
@@ -259,16 +260,27 @@ class AuthService:
         await self._dummy_verify(password)
         return rejected("no_credentials"), None
 
-    async def user_states(self, directory: str, users: list[str]) -> dict[str, UserState]:
+    async def user_states(
+        self, directory: str, users: list[str], *, follow: bool = False
+    ) -> dict[str, UserState]:
         """The state of `users` in an active-directory `directory`, read as its service account
-        (keys: user names case-folded; a user missing no longer exists). Raises when it cannot."""
+        (keys: user names case-folded; a user missing no longer exists). Raises when it cannot.
+        `follow`: the periodic recheck, which reads again only what changed since its last read."""
         snapshot = self._holder.current
         model = snapshot.directory(directory)
         if not isinstance(model, ActiveDirectory):
             raise TypeError(f"{directory} is not an active-directory directory")
         client = self._client(directory, model, snapshot.base_dir)
         assert isinstance(client, ActiveDirectoryClient)
-        return await asyncio.get_running_loop().run_in_executor(self._executor, client.read_states, users)
+        read = client.follow_states if follow else client.read_states
+        return await asyncio.get_running_loop().run_in_executor(self._executor, read, users)
+
+    def follower(self, directory: str) -> StateFollower | None:
+        """What the periodic recheck of an active-directory `directory` has read (benchmarks)."""
+        known = self._clients.get(directory)
+        return (
+            known[2].follower if known is not None and isinstance(known[2], ActiveDirectoryClient) else None
+        )
 
     def _client(self, name: str, model: DirectoryModel, base_dir: Path) -> DirectoryClient:
         """The client (and its connection pools) for a directory, rebuilt when a reload changed it."""
