@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from appliance.filter import Scanner
 from appliance.snapshot import SnapshotHolder
 from appliance.store.reader import Readers, ThreadReaders
 from appliance.tls import TLSProvider
@@ -85,6 +86,7 @@ class Services:
     # else `readers`.
     reader_process: Readers | None = None
     autoban: AutoBan | None = None  # refuse clients (and stop asking directories) after failed logins
+    scanner: Scanner = field(default_factory=Scanner)  # rspamd, for [filter]
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,17 @@ class _Domain:
     enabled: bool
     catch_all: str | None
     max_message_size: int | None
+    filter: bool  # inbound mail is scanned (when [filter] is declared)
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """[filter]: where rspamd listens and what to do when it cannot answer."""
+
+    host: str
+    port: int
+    timeout: float
+    tempfail: bool  # on_failure = "tempfail" (else "accept")
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +106,8 @@ class Snapshot:
     allow_plaintext_auth: bool
     # Local domains, enabled or not, manifest order.
     domain_names: tuple[str, ...]
+    # [filter]: inbound mail scanned by rspamd; None when not declared.
+    filter: FilterSettings | None
 
     # -- lookups -------------------------------------------------------------------------------
     @property
@@ -122,6 +135,11 @@ class Snapshot:
             if entry is not None and entry.max_message_size is not None:
                 return min(limit, entry.max_message_size)
         return limit
+
+    def filters(self, domain: str) -> bool:
+        """Whether inbound mail for local `domain` is scanned ([filter] declared, not turned off)."""
+        entry = self._domains.get(domain.lower())
+        return self.filter is not None and (entry is None or entry.filter)
 
     def is_trusted(self, ip: str) -> bool:
         return address_in_networks(ip, self._trusted)
@@ -234,6 +252,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
             enabled=domain.enabled,
             catch_all=_qualify(domain.catch_all, name) if domain.catch_all else None,
             max_message_size=domain.max_message_size,
+            filter=domain.filter,
         )
         for written, account in domain.accounts.items():
             local = written.lower()
@@ -287,6 +306,17 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         max_connections_per_client=server.limits.max_connections_per_client,
         allow_plaintext_auth=server.allow_plaintext_auth,
         domain_names=tuple(domains),
+        filter=_filter_settings(manifest),
+    )
+
+
+def _filter_settings(manifest: Manifest) -> FilterSettings | None:
+    if manifest.filter is None:
+        return None
+    host, _, port = manifest.filter.rspamd.rpartition(":")
+    on_failure = manifest.filter.on_failure
+    return FilterSettings(
+        host.strip("[]"), int(port), float(manifest.filter.timeout), on_failure == "tempfail"
     )
 
 

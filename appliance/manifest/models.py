@@ -471,6 +471,9 @@ class Domain(Model):
     accounts: dict[str, Account] = Field(default_factory=dict)
     aliases: dict[str, list[AddressOrLocalPart]] = Field(default_factory=dict)
     dkim: DKIM | None = Field(None, description="Sign outgoing mail from this domain with DKIM.")
+    filter: StrictBool = Field(
+        True, description="Scan inbound mail for this domain with [filter] (when declared); false skips it."
+    )
 
 
 # --- [outbound] -----------------------------------------------------------------------------
@@ -536,6 +539,22 @@ class Outbound(Model):
         return self
 
 
+# --- [filter] ---------------------------------------------------------------------------------
+
+
+class Filter(Model):
+    """Inbound mail hygiene: messages from the MX listener are scanned by rspamd before the 250."""
+
+    rspamd: HostPort = Field(
+        description='rspamd\'s normal worker, "host:port" (e.g. "127.0.0.1:11333"), spoken to over HTTP /checkv2.'
+    )
+    timeout: Duration = Field(10.0, description="Time allowed for one scan, connection included.")
+    on_failure: Literal["tempfail", "accept"] = Field(
+        "tempfail",
+        description='When rspamd cannot answer: "tempfail" (451, the sender retries) or "accept" (deliver unscanned).',
+    )
+
+
 class Manifest(Model):
     """The whole appliance.toml."""
 
@@ -544,3 +563,4 @@ class Manifest(Model):
     directories: dict[str, Directory] = Field(default_factory=dict)
     domains: dict[str, Domain] = Field(default_factory=dict)
     outbound: Outbound = Field(default_factory=lambda: Outbound())
+    filter: Filter | None = Field(None, description="Scan inbound mail with rspamd; no scanning when absent.")

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 
 from appliance.auth.service import log_field
 from appliance.queue.signing import from_addresses
-from appliance.smtp import replies
+from appliance.smtp import hygiene, replies
 from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
 from appliance.smtp.outbound import hand_to_queue, queue_available
 from appliance.store.mailstore import QuotaExceeded
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("appliance.smtp")
 
 MAX_HELO_LENGTH = 255
+JUNK_FOLDER = "Junk"  # where spam goes in a mailbox that has it (IMAP creates it: RFC 6154 \Junk)
+_SCAN_REFUSALS = {"550 5.7.1": "spam_rejected", "451 4.7.1": "spam_deferred"}
 _message_ids = itertools.count(1)
 _ID_PREFIX = f"{os.getpid():x}"
 
@@ -216,7 +218,9 @@ class Intake:
             return False  # another domain's address: no key of ours may vouch for it
         return bool(senders)
 
-    async def _store(self, tx: Transaction, message: bytes, received: str, sign: bool) -> None:
+    async def _store(
+        self, tx: Transaction, message: bytes, received: str, sign: bool, junk: bool = False
+    ) -> None:
         """Queue the remote part (held), deliver the local part, then let the queue go on.
 
         Both or neither: when local delivery fails the queued copy is withdrawn, since the
@@ -235,7 +239,11 @@ class Intake:
         try:
             if tx.mailboxes:
                 await self.services.store.deliver(
-                    message, list(tx.mailboxes.values()), return_path=tx.sender, received=received
+                    message,
+                    list(tx.mailboxes.values()),
+                    return_path=tx.sender,
+                    received=received,
+                    folder=JUNK_FOLDER if junk else None,
                 )
         except BaseException:
             if queue_id is not None:
@@ -254,10 +262,17 @@ class Intake:
             return sign, False
         started = time.perf_counter()
         message_id = f"{_ID_PREFIX}{next(_message_ids):06X}"
+        junk = False
+        if hygiene.wants_scan(self.services, self.listener.name, tx, account is not None or sign):
+            scanned = await hygiene.scan(self.services, tx, message, greeting, self.peer_ip, message_id)
+            if isinstance(scanned, str):
+                reason = _SCAN_REFUSALS.get(scanned[:9], "scanner_unavailable")
+                return self.reject("data", reason, scanned, id=message_id, sender=tx.sender), False
+            message, junk = scanned.message, scanned.junk
         snapshot = self.services.holder.current
         received = self._received(snapshot, tx, message_id, greeting)
         try:
-            await self._store(tx, message, received, sign)
+            await self._store(tx, message, received, sign, junk)
         except QuotaExceeded as full:
             entry = next(e for e in tx.mailboxes.values() if e.mailbox == full.mailbox)
             reply = replies.MAILBOX_FULL.format(address=entry.address)
@@ -274,7 +289,7 @@ class Intake:
                 return replies.STORAGE_FULL, False  # RFC 3463 X.3.1: mail system full
             return replies.LOCAL_ERROR, False
         log.info(
-            "delivered id=%s from=%s to=%s size=%d ms=%.1f client=%s listener=%s",
+            "delivered id=%s from=%s to=%s size=%d ms=%.1f client=%s listener=%s%s",
             message_id,
             log_field(tx.sender or "<>"),
             log_field(",".join(tx.recipients)),
@@ -282,6 +297,7 @@ class Intake:
             (time.perf_counter() - started) * 1000,
             self.peer_ip,
             self.listener.name,
+            f" folder={JUNK_FOLDER}" if junk else "",
         )
         return replies.DELIVERED.format(id=message_id), True
 
