@@ -108,6 +108,9 @@ class Snapshot:
     domain_names: tuple[str, ...]
     # [filter]: inbound mail scanned by rspamd; None when not declared.
     filter: FilterSettings | None
+    # SRS ([outbound] srs_domain, srs_secret_file): None when not declared.
+    srs_domain: str | None
+    srs_secret_file: Path | None
 
     # -- lookups -------------------------------------------------------------------------------
     @property
@@ -307,6 +310,10 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         allow_plaintext_auth=server.allow_plaintext_auth,
         domain_names=tuple(domains),
         filter=_filter_settings(manifest),
+        srs_domain=manifest.outbound.srs_domain,
+        srs_secret_file=(
+            loaded.base_dir / manifest.outbound.srs_secret_file if manifest.outbound.srs_secret_file else None
+        ),
     )
 
 

@@ -273,3 +273,18 @@ def test_status_shows_the_scanners_health(appliance: ApplianceFactory, rspamd: R
         check=True,
     ).stdout
     assert f"scanner:    rspamd {rspamd.address} DOWN" in text
+
+
+def test_filter_table_is_checked_like_the_rest_of_the_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "appliance.toml"
+    manifest.write_text(
+        '[server]\nhostname = "mail.example.test"\n[filter]\nrspamd = "localhost"\non_failure = "maybe"\n'
+        '[domains."example.test"]\nfilter = "no"\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "appliance", "validate", str(manifest)], capture_output=True, text=True
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    for problem in ("filter.rspamd:", "filter.on_failure:", 'domains."example.test".filter:'):
+        assert problem in output, output

@@ -528,8 +528,19 @@ class Outbound(Model):
         300.0, description="Time to wait for one reply (RFC 5321 §4.5.3.2 suggests 5 minutes)."
     )
 
+    srs_domain: DomainName | None = Field(
+        None,
+        description="SRS: forwarded mail leaves with a sender rewritten into this (local) domain, "
+        "so it passes SPF at the destination; bounces to it go back to the original sender.",
+    )
+    srs_secret_file: str | None = Field(
+        None, description="File holding the SRS secret (never inline); needed with srs_domain."
+    )
+
     @model_validator(mode="after")
     def _relay_credentials(self) -> Outbound:
+        if (self.srs_domain is None) != (self.srs_secret_file is None):
+            raise ValueError("srs_domain and srs_secret_file go together")
         if self.relay_user and not (self.relay_password_file or self.relay_password_env):
             raise ValueError("relay_user needs relay_password_file or relay_password_env")
         if (self.relay_password_file or self.relay_password_env) and not self.relay_user:

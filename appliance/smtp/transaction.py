@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from appliance.auth.service import log_field
 from appliance.queue.signing import from_addresses
+from appliance.queue.srs import is_srs
 from appliance.smtp import hygiene, replies
 from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
 from appliance.smtp.outbound import hand_to_queue, queue_available
@@ -34,6 +35,7 @@ from appliance.store.mailstore import QuotaExceeded
 
 if TYPE_CHECKING:
     import ssl
+    from pathlib import Path
 
     from appliance.context import ListenerSpec, Services
     from appliance.snapshot import AccountEntry, Snapshot
@@ -165,6 +167,12 @@ class Intake:
             return self.reject("rcpt", "bad_recipient", replies.BAD_RECIPIENT, to=path)
         address = mailbox.address
         fields = {"sender": tx.sender, "to": address}
+        if (
+            snapshot.srs_secret_file is not None
+            and mailbox.domain == snapshot.srs_domain
+            and is_srs(mailbox.local_part)
+        ):
+            return self._srs_bounce(tx, address, snapshot.srs_secret_file, fields)
         if not mailbox.is_literal and snapshot.is_local_domain(mailbox.domain):
             resolution = None if mailbox.quoted else snapshot.resolve_recipient(address)
             if resolution is None:
@@ -198,6 +206,32 @@ class Intake:
         tx.recipients.append(address)
         return replies.RECIPIENT_OK
 
+    def _srs_bounce(self, tx: Transaction, address: str, secret_file: Path, fields: dict[str, str]) -> str:
+        """RCPT of an SRS address of ours (queue/srs.py): sent on to the original sender when
+        its hash and timestamp verify, an unknown recipient otherwise (never an open relay)."""
+        snapshot = self.services.holder.current
+        original = self.services.srs.reverse(address, secret_file)
+        if original is None or snapshot.is_local_domain(original.rpartition("@")[2]):
+            reply = replies.UNKNOWN_RECIPIENT.format(address=address)
+            return self.reject("rcpt", "srs_invalid", reply, **fields)
+        if not queue_available(self.services.queue):
+            reply = replies.OUTBOUND_NOT_CONFIGURED.format(address=address)
+            return self.reject("rcpt", "no_outbound_queue", reply, **fields)
+        tx.remote.append(original)
+        tx.recipients.append(address)
+        return replies.RECIPIENT_OK
+
+    def _queue_sender(self, tx: Transaction, submitted: bool) -> str:
+        """The envelope sender of the queued copy: SRS-rewritten when mail from another domain is
+        sent on (an alias or forward_to), so the destination's SPF check sees our domain."""
+        snapshot = self.services.holder.current
+        domain = tx.sender.rpartition("@")[2]
+        if submitted or not tx.sender or snapshot.srs_secret_file is None or snapshot.srs_domain is None:
+            return tx.sender
+        if snapshot.is_local_domain(domain):
+            return tx.sender
+        return self.services.srs.forward(tx.sender, snapshot.srs_domain, snapshot.srs_secret_file)
+
     # -- delivery (after DATA, RFC 5321 §4.1.1.4) --------------------------------------------------
     def submission(self, message: bytes, account: AccountEntry | None) -> bool | str:
         """Whether the queue may DKIM-sign the message (see the module doc), or the reply that
@@ -219,7 +253,7 @@ class Intake:
         return bool(senders)
 
     async def _store(
-        self, tx: Transaction, message: bytes, received: str, sign: bool, junk: bool = False
+        self, tx: Transaction, message: bytes, received: str, sign: bool, junk: bool, queue_sender: str
     ) -> None:
         """Queue the remote part (held), deliver the local part, then let the queue go on.
 
@@ -231,7 +265,7 @@ class Intake:
             queue_id = await hand_to_queue(
                 self.services.queue,
                 message,
-                sender=tx.sender,
+                sender=queue_sender,
                 recipients=tx.remote,
                 received=received,
                 sign=sign,
@@ -263,7 +297,8 @@ class Intake:
         started = time.perf_counter()
         message_id = f"{_ID_PREFIX}{next(_message_ids):06X}"
         junk = False
-        if hygiene.wants_scan(self.services, self.listener.name, tx, account is not None or sign):
+        submitted = account is not None or sign
+        if hygiene.wants_scan(self.services, self.listener.name, tx, submitted):
             scanned = await hygiene.scan(self.services, tx, message, greeting, self.peer_ip, message_id)
             if isinstance(scanned, str):
                 reason = _SCAN_REFUSALS.get(scanned[:9], "scanner_unavailable")
@@ -272,7 +307,7 @@ class Intake:
         snapshot = self.services.holder.current
         received = self._received(snapshot, tx, message_id, greeting)
         try:
-            await self._store(tx, message, received, sign, junk)
+            await self._store(tx, message, received, sign, junk, self._queue_sender(tx, submitted))
         except QuotaExceeded as full:
             entry = next(e for e in tx.mailboxes.values() if e.mailbox == full.mailbox)
             reply = replies.MAILBOX_FULL.format(address=entry.address)
