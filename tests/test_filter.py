@@ -14,6 +14,8 @@ import smtplib
 import subprocess
 import sys
 from email import message_from_bytes
+from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 
 import dkim
@@ -21,6 +23,7 @@ import pytest
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.fixtures.clamav import EICAR, SIGNATURE
 from tests.fixtures.rspamd import Rspamd
 from tests.support.dns_server import DNSServer
 from tests.support.lines import client_context
@@ -160,6 +163,21 @@ def test_gtube_is_refused_with_rspamds_message(appliance: ApplianceFactory, shar
     code, text = send(server, "a@remote.test", compose("a@remote.test", text=f"{GTUBE}\r\n"))
     assert (code, text) == (550, "5.7.1 Gtube pattern")
     assert all_messages(server) == []
+
+
+def test_eicar_attachment_is_refused_by_clamav_behind_rspamd(
+    appliance: ApplianceFactory, shared_rspamd: Rspamd
+) -> None:
+    server = start(appliance, shared_rspamd)
+    mail = EmailMessage()
+    mail["From"], mail["To"], mail["Subject"] = "a@remote.test", JOHN, "invoice"
+    mail["Date"], mail["Message-ID"] = "Mon, 07 Dec 2026 22:00:00 +0000", "<eicar@remote.test>"
+    mail.set_content("See the attachment.\n")
+    mail.add_attachment(EICAR, maintype="application", subtype="octet-stream", filename="invoice.com")
+    code, text = send(server, "a@remote.test", mail.as_bytes(policy=SMTP))
+    assert (code, text) == (550, f"5.7.1 Virus found: {SIGNATURE}.UNOFFICIAL")
+    assert all_messages(server) == []
+    server.wait_for_log(r"rejected stage=data reason=spam_rejected code=550")
 
 
 def test_spam_is_marked_and_goes_to_junk_where_the_account_has_one(
