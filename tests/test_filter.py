@@ -11,8 +11,10 @@ from __future__ import annotations
 import imaplib
 import json
 import smtplib
+import socket
 import subprocess
 import sys
+import time
 from email import message_from_bytes
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -252,6 +254,35 @@ def test_scanner_down_tempfails_or_accepts_and_the_message_is_stored_once(
         [message] = stored(server)
         assert header(message, "Authentication-Results") == []
     assert len(all_messages(server)) == 1
+
+
+def test_a_scanner_that_never_answers_is_given_up_after_the_timeout(
+    appliance: ApplianceFactory, tmp_path: Path
+) -> None:
+    # Something listens where rspamd should be and never answers (a hung rspamd).
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)
+        port = hung.getsockname()[1]
+        text = f"""
+[filter]
+rspamd = "127.0.0.1:{port}"
+timeout = "1s"
+
+[domains."example.test"]
+[domains."example.test".accounts]
+john = {{ password_hash = "{HASH}" }}
+"""
+        server = appliance.start(text, listeners=("smtp",))
+        started = time.monotonic()
+        code, reply = send(server, "a@remote.test", compose("a@remote.test"))
+        waited = time.monotonic() - started
+    assert (code, reply.split()[0]) == (451, "4.3.0")
+    assert 1.0 <= waited < 10.0
+    assert all_messages(server) == []
+    server.wait_for_log(
+        r"scan failed id=\S+ client=127.0.0.1 error=\"no answer within 1s\" on_failure=tempfail"
+    )
 
 
 def test_status_shows_the_scanners_health(appliance: ApplianceFactory, rspamd: Rspamd) -> None:
