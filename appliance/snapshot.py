@@ -62,6 +62,7 @@ class FilterSettings:
     port: int
     timeout: float
     tempfail: bool  # on_failure = "tempfail" (else "accept")
+    resolver: str | None  # "ip:port" for the client's reverse name; None: the system's
 
 
 @dataclass(frozen=True, eq=False)
@@ -323,7 +324,11 @@ def _filter_settings(manifest: Manifest) -> FilterSettings | None:
     host, _, port = manifest.filter.rspamd.rpartition(":")
     on_failure = manifest.filter.on_failure
     return FilterSettings(
-        host.strip("[]"), int(port), float(manifest.filter.timeout), on_failure == "tempfail"
+        host.strip("[]"),
+        int(port),
+        float(manifest.filter.timeout),
+        on_failure == "tempfail",
+        manifest.filter.resolver,
     )
 
 

@@ -45,6 +45,7 @@ def body(rspamd: Rspamd, on_failure: str = "tempfail") -> str:
 rspamd = "{rspamd.address}"
 timeout = "5s"
 on_failure = "{on_failure}"
+resolver = "{rspamd.dns.address}"
 
 [domains."example.test"]
 [domains."example.test".accounts]
@@ -68,6 +69,9 @@ def publish(dns: DNSServer) -> None:
     dns.add("forged.test", "TXT", '"v=spf1 ip4:192.0.2.1 -all"')
     dns.add("_dmarc.forged.test", "TXT", '"v=DMARC1; p=reject"')
     dns.add("signed.test", "TXT", '"v=spf1 ip4:127.0.0.1 ~all"')
+    # The client (127.0.0.1) has a reverse name that resolves back to it (iprev pass).
+    dns.add("1.0.0.127.in-addr.arpa", "PTR", "mail.remote.test.")
+    dns.add("mail.remote.test", "A", "127.0.0.1")
 
 
 def start(appliance: ApplianceFactory, rspamd: Rspamd, on_failure: str = "tempfail") -> RunningAppliance:
@@ -121,13 +125,26 @@ def test_spf_pass_is_delivered_with_authentication_results_and_forged_ones_remov
     [message] = stored(server)
     results = header(message, "Authentication-Results")
     assert results == [
-        f"{HOST}; spf=pass smtp.mailfrom=a@remote.test; dkim=none; dmarc=pass header.from=remote.test; arc=none",
+        f"{HOST}; iprev=pass policy.iprev=127.0.0.1 (mail.remote.test); spf=pass smtp.mailfrom=a@remote.test;"
+        " dkim=none; dmarc=pass header.from=remote.test; arc=none",
         "mx.elsewhere.test; spf=fail",
     ]
     assert header(message, "X-Spam") == []
     line = server.wait_for_log(r"scanned id=(\S+) action=no_action score=\S+ symbols=(\d+)")
     assert int(line.group(2)) > 0
     assert f"id={line.group(1)}" in server.wait_for_log(r"delivered id=\S+").group(0)
+
+
+def test_a_client_whose_reverse_name_does_not_resolve_back_fails_iprev(
+    appliance: ApplianceFactory, rspamd: Rspamd
+) -> None:
+    server = start(appliance, rspamd)
+    rspamd.dns.records[("mail.remote.test", "A")] = ["192.0.2.9"]  # the PTR name points elsewhere
+    assert send(server, "a@remote.test", compose("a@remote.test"))[0] == 250
+    [message] = stored(server)
+    assert header(message, "Authentication-Results")[0].startswith(
+        f"{HOST}; iprev=fail policy.iprev=127.0.0.1;"
+    )
 
 
 def test_spf_fail_under_dmarc_reject_is_refused_at_data_and_nothing_is_stored(

@@ -43,11 +43,13 @@ class Envelope:
     tls_version: str | None = None
     tls_cipher: str | None = None
     user: str | None = None  # an authenticated submission's login
+    client_name: str | None = None  # the client's confirmed reverse name (iprev pass)
 
     def headers(self) -> list[tuple[str, str]]:
         pairs = [
             ("IP", self.client_ip),
             ("Helo", self.helo),
+            ("Hostname", self.client_name or "unknown"),  # "unknown": as Postfix says it
             ("From", self.sender),
             *(("Rcpt", recipient) for recipient in self.recipients),
             ("Queue-Id", self.queue_id),

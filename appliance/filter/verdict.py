@@ -105,10 +105,21 @@ def _ptype_value(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def authentication_results(hostname: str, verdict: Verdict, mail_from: str, header_from: str | None) -> str:
-    """The Authentication-Results field's value (RFC 8601 §2.2): our authserv-id, then one
-    resinfo per method rspamd reported; "none" when it reported none."""
+def authentication_results(
+    hostname: str,
+    verdict: Verdict,
+    mail_from: str,
+    header_from: str | None,
+    iprev: tuple[str, str, str | None] | None = None,
+) -> str:
+    """The Authentication-Results field's value (RFC 8601 §2.2): our authserv-id, then iprev
+    (ours: result, client address, confirmed name) and one resinfo per method rspamd reported;
+    "none" when there is none."""
     results: list[str] = []
+    if iprev is not None:
+        result, ip, name = iprev
+        # RFC 8601 §2.7.3: policy.iprev is the address; the name goes in a comment.
+        results.append(f"iprev={result} policy.iprev={ip}" + (f" ({name})" if name else ""))
     spf = _result(verdict, _SPF)
     if spf is not None:
         # RFC 8601 §2.7.2: smtp.mailfrom is the envelope sender (postmaster@HELO when null).

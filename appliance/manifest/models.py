@@ -564,6 +564,10 @@ class Filter(Model):
         "tempfail",
         description='When rspamd cannot answer: "tempfail" (451, the sender retries) or "accept" (deliver unscanned).',
     )
+    resolver: HostPort | None = Field(
+        None,
+        description='DNS server for the client\'s reverse name (iprev), "ip:port"; default: the system resolver.',
+    )
 
 
 class Manifest(Model):

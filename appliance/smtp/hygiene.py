@@ -67,6 +67,8 @@ async def scan(
     settings = snapshot.filter
     assert settings is not None  # wants_scan said so
     tls = greeting.tls
+    lifetime = min(2.0, settings.timeout / 3)
+    reverse = await services.reverse_names.lookup(client_ip, settings.resolver, lifetime)
     envelope = Envelope(
         client_ip=client_ip,
         helo=greeting.helo,
@@ -76,6 +78,7 @@ async def scan(
         hostname=snapshot.hostname,
         tls_version=tls.version() if tls is not None else None,
         tls_cipher=(tls.cipher() or ("",))[0] if tls is not None else None,
+        client_name=reverse.name,
     )
     started = time.perf_counter()
     try:
@@ -111,7 +114,13 @@ async def scan(
     fields = [
         (
             "Authentication-Results",
-            authentication_results(snapshot.hostname, verdict, tx.sender, senders[0] if senders else None),
+            authentication_results(
+                snapshot.hostname,
+                verdict,
+                tx.sender,
+                senders[0] if senders else None,
+                (reverse.result, client_ip, reverse.name),
+            ),
         )
     ]
     spam = verdict.action in SPAM_ACTIONS
