@@ -119,7 +119,11 @@ def start_appliance(
     port = free_port()
     accounts = "\n".join(f"user{n:02d} = {{}}" for n in range(1, USERS + 1))
     manifest = directory / "appliance.toml"
-    scanner = f'[filter]\nrspamd = "{rspamd.address}"\ntimeout = "60s"\n' if rspamd else ""
+    scanner = (
+        f'[filter]\nrspamd = "{rspamd.address}"\ntimeout = "60s"\nresolver = "{rspamd.dns.address}"\n'
+        if rspamd
+        else ""
+    )
     manifest.write_text(
         f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "var"\n'
         f'[server.listeners]\nsmtp = "127.0.0.1:{port}"\n'
