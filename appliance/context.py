@@ -7,6 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from appliance.filter import Scanner
+from appliance.filter.iprev import ReverseResolver
+from appliance.queue.srs import SenderRewriting
 from appliance.snapshot import SnapshotHolder
 from appliance.store.reader import Readers, ThreadReaders
 from appliance.tls import TLSProvider
@@ -85,6 +88,9 @@ class Services:
     # else `readers`.
     reader_process: Readers | None = None
     autoban: AutoBan | None = None  # refuse clients (and stop asking directories) after failed logins
+    scanner: Scanner = field(default_factory=Scanner)  # rspamd, for [filter]
+    reverse_names: ReverseResolver = field(default_factory=ReverseResolver)  # the client's, for [filter]
+    srs: SenderRewriting = field(default_factory=SenderRewriting)  # [outbound] srs_domain
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ log = logging.getLogger("appliance.serve")
 Factory = Callable[[ListenerSpec], Awaitable[asyncio.Server]]
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+SCANNER_CHECK_INTERVAL = 10.0  # seconds without a scan after which status asks rspamd (/ping)
 
 
 def git_revision(path: Path) -> str | None:
@@ -350,6 +351,9 @@ class Server:
             "reader_process_pid": _pid(self.services.reader_process if self.services else None),
             "fetch_sender_pids": self.imap.senders.pids if self.imap and self.imap.senders else [],
             "reloads": {"applied": self.reloads_applied, "rejected": self.reloads_rejected},
+            "scanner": self.services.scanner.status(snapshot.filter)
+            if self.services and snapshot.filter
+            else None,
             "written_at": time.time(),
         }
 
@@ -370,7 +374,18 @@ class Server:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), timeout=2.0)
             if not self.stopping.is_set():
+                await self.check_scanner()
                 self.write_status()
+
+    async def check_scanner(self) -> None:
+        """With [filter], ask rspamd whether it is up when no message has for a while."""
+        settings = self.holder.current.filter
+        if settings is None or self.services is None:
+            return
+        health = self.services.scanner.health
+        last = max(health.last_ok_at or 0.0, health.last_failure_at or 0.0)
+        if time.time() - last >= SCANNER_CHECK_INTERVAL:
+            await self.services.scanner.ping(settings)
 
 
 def _sha256(raw: bytes) -> str:

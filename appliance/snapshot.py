@@ -51,6 +51,18 @@ class _Domain:
     enabled: bool
     catch_all: str | None
     max_message_size: int | None
+    filter: bool  # inbound mail is scanned (when [filter] is declared)
+
+
+@dataclass(frozen=True)
+class FilterSettings:
+    """[filter]: where rspamd listens and what to do when it cannot answer."""
+
+    host: str
+    port: int
+    timeout: float
+    tempfail: bool  # on_failure = "tempfail" (else "accept")
+    resolver: str | None  # "ip:port" for the client's reverse name; None: the system's
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,6 +107,11 @@ class Snapshot:
     allow_plaintext_auth: bool
     # Local domains, enabled or not, manifest order.
     domain_names: tuple[str, ...]
+    # [filter]: inbound mail scanned by rspamd; None when not declared.
+    filter: FilterSettings | None
+    # SRS ([outbound] srs_domain, srs_secret_file): None when not declared.
+    srs_domain: str | None
+    srs_secret_file: Path | None
 
     # -- lookups -------------------------------------------------------------------------------
     @property
@@ -122,6 +139,11 @@ class Snapshot:
             if entry is not None and entry.max_message_size is not None:
                 return min(limit, entry.max_message_size)
         return limit
+
+    def filters(self, domain: str) -> bool:
+        """Whether inbound mail for local `domain` is scanned ([filter] declared, not turned off)."""
+        entry = self._domains.get(domain.lower())
+        return self.filter is not None and (entry is None or entry.filter)
 
     def is_trusted(self, ip: str) -> bool:
         return address_in_networks(ip, self._trusted)
@@ -234,6 +256,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
             enabled=domain.enabled,
             catch_all=_qualify(domain.catch_all, name) if domain.catch_all else None,
             max_message_size=domain.max_message_size,
+            filter=domain.filter,
         )
         for written, account in domain.accounts.items():
             local = written.lower()
@@ -287,6 +310,25 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         max_connections_per_client=server.limits.max_connections_per_client,
         allow_plaintext_auth=server.allow_plaintext_auth,
         domain_names=tuple(domains),
+        filter=_filter_settings(manifest),
+        srs_domain=manifest.outbound.srs_domain,
+        srs_secret_file=(
+            loaded.base_dir / manifest.outbound.srs_secret_file if manifest.outbound.srs_secret_file else None
+        ),
+    )
+
+
+def _filter_settings(manifest: Manifest) -> FilterSettings | None:
+    if manifest.filter is None:
+        return None
+    host, _, port = manifest.filter.rspamd.rpartition(":")
+    on_failure = manifest.filter.on_failure
+    return FilterSettings(
+        host.strip("[]"),
+        int(port),
+        float(manifest.filter.timeout),
+        on_failure == "tempfail",
+        manifest.filter.resolver,
     )
 
 

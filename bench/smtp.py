@@ -24,6 +24,11 @@ up to 0.7 ms of CPU instead of 0.02 ms, because ext4 then skips inodes freed in 
 minutes; emptying 20,000 files before a run charged that to whichever server ran next. Postfix
 still pays it for its own queue files, which it deletes as it goes: that is its design.
 
+With `--filter`, two more servers scan every message with one rspamd (tests/fixtures/rspamd.py's
+configuration: no Redis, no hyperscan, the tests' loopback DNS server answering every lookup):
+"filtered", the appliance with `[filter]` (rspamd's normal worker over HTTP), and "pf+milter",
+Postfix with rspamd's proxy worker as its `smtpd_milters` (milter mode, scanning itself).
+
 Runs alternate between the servers. Medians of
 `--runs` are printed with every run, and the ratio appliance / Postfix. Nothing is asserted about
 time. Needs root (Postfix starts as root and drops to its users) and the packages in
@@ -51,6 +56,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._mail import process_tree_cpu
 from tests.fixtures.appliance import free_port
+from tests.fixtures.rspamd import Rspamd
+from tests.support.dns_server import DNSServer
 
 DOMAIN = "bench.test"
 USERS = 20
@@ -104,20 +111,28 @@ def wait_for_banner(port: int, what: str, process: subprocess.Popen[bytes] | Non
     raise SystemExit(f"{what} not answering on port {port} within {START_TIMEOUT}s")
 
 
-def start_appliance(work: Path, sessions: int) -> RunningServer:
-    directory = work / "appliance"
+def start_appliance(
+    work: Path, sessions: int, name: str = "appliance", rspamd: Rspamd | None = None
+) -> RunningServer:
+    directory = work / name
     directory.mkdir(parents=True)
     port = free_port()
     accounts = "\n".join(f"user{n:02d} = {{}}" for n in range(1, USERS + 1))
     manifest = directory / "appliance.toml"
+    scanner = (
+        f'[filter]\nrspamd = "{rspamd.address}"\ntimeout = "60s"\nresolver = "{rspamd.dns.address}"\n'
+        if rspamd
+        else ""
+    )
     manifest.write_text(
         f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "var"\n'
         f'[server.listeners]\nsmtp = "127.0.0.1:{port}"\n'
         # smtp-source reconnects as soon as it has the 221: allow for closes not yet seen.
         f"[server.limits]\nmax_connections_per_client = {sessions * 10}\n"
+        f"{scanner}"
         f'[domains."{DOMAIN}".accounts]\n{accounts}\n'
     )
-    log = open(work / "appliance-serve.log", "wb")  # noqa: SIM115 - kept open for the child's life
+    log = open(work / f"{name}-serve.log", "wb")  # noqa: SIM115 - kept open for the child's life
     process = subprocess.Popen(
         [sys.executable, "-m", "appliance", "serve", "--manifest", str(manifest)],
         cwd=directory,
@@ -126,11 +141,11 @@ def start_appliance(work: Path, sessions: int) -> RunningServer:
         stdin=subprocess.DEVNULL,
     )
     wait_for_banner(port, "appliance serve", process)
-    return RunningServer("appliance", port, directory / "var" / "mail" / DOMAIN, process)
+    return RunningServer(name, port, directory / "var" / "mail" / DOMAIN, process)
 
 
-def start_postfix(work: Path) -> RunningServer:
-    root = work / "postfix"
+def start_postfix(work: Path, name: str = "postfix", rspamd: Rspamd | None = None) -> RunningServer:
+    root = work / name
     etc, spool, data, vmail = root / "etc", root / "spool", root / "data", root / "vmail"
     for directory in (etc, spool, data, vmail):
         directory.mkdir(parents=True)
@@ -174,6 +189,13 @@ virtual_minimum_uid = {MAIL_UID}
 maillog_file_prefixes = {root}
 maillog_file = {root}/maillog
 """
+        + (
+            # rspamd's proxy worker as a milter (rspamd's documented Postfix set-up).
+            f"smtpd_milters = inet:127.0.0.1:{rspamd.milter_port}\n"
+            "milter_default_action = tempfail\nmilter_protocol = 6\n"
+            if rspamd
+            else ""
+        )
     )
     master = [
         f"127.0.0.1:{port} inet n - n - - smtpd",
@@ -208,9 +230,7 @@ maillog_file = {root}/maillog
         if result.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
     wait_for_banner(port, "postfix")
-    return RunningServer(
-        "postfix", port, vmail / DOMAIN, None, stop_command=["postfix", "-c", str(etc), "stop"]
-    )
+    return RunningServer(name, port, vmail / DOMAIN, None, stop_command=["postfix", "-c", str(etc), "stop"])
 
 
 def _postfix_ids() -> tuple[int, int]:
@@ -277,6 +297,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--modes", default="conn,-d", help='"conn", "-d" or both, comma-separated')
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--filter",
+        action="store_true",
+        help="also the appliance with [filter] and Postfix with rspamd's milter, one rspamd for both",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: Postfix starts as root and drops to its own users")
@@ -286,9 +311,17 @@ def main() -> int:
     work.chmod(0o755)  # Postfix's daemons (user postfix) and virtual (uid mail) must get through
     servers: list[RunningServer] = []
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    dns: DNSServer | None = None
+    rspamd: Rspamd | None = None
     try:
         servers.append(start_appliance(work, args.sessions))
         servers.append(start_postfix(work))
+        if args.filter:
+            dns = DNSServer()
+            rspamd = Rspamd(work / "rspamd", dns, milter=True)
+            rspamd.start()
+            servers.append(start_appliance(work, args.sessions, "filtered", rspamd))
+            servers.append(start_postfix(work, "pf+milter", rspamd))
         print(
             f"{args.messages:,} messages of {args.size:,} bytes, {args.sessions} sessions, "
             f"{args.runs} runs per server and mode; work directory {work}"
@@ -320,12 +353,18 @@ def main() -> int:
                 print(
                     f"{mode:>4} | {server.name:>9} | {accept:>15,.0f} | {listed:>26} | {end_to_end:>19,.0f}"
                 )
-            ratio = medians["appliance"] / medians["postfix"]
-            print(f"{mode:>4} | {'ratio':>9} | {ratio:>15.2f} | appliance / postfix, end-to-end medians")
+            for a, b in [("appliance", "postfix"), ("filtered", "appliance"), ("filtered", "pf+milter")]:
+                if a in medians and b in medians:
+                    ratio = medians[a] / medians[b]
+                    print(f"{mode:>4} | {'ratio':>9} | {ratio:>15.2f} | {a} / {b}, end-to-end medians")
         return 0
     finally:
         for server in servers:
             server.stop()
+        if rspamd is not None:
+            rspamd.stop()
+        if dns is not None:
+            dns.close()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -164,6 +164,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"listener:   {name:<12} NOT LISTENING: {error}")
     sessions = status.get("sessions") or {}
     print("sessions:   " + (", ".join(f"{k} {v}" for k, v in sorted(sessions.items())) or "none"))
+    scanner = status.get("scanner")
+    if scanner:
+        state = "up" if scanner.get("healthy") else f"DOWN: {scanner.get('last_error')}"
+        print(
+            f"scanner:    rspamd {scanner.get('address')} {state} "
+            f"({scanner.get('scanned')} scanned, {scanner.get('failures')} failures)"
+        )
     errors = status.get("last_reload_error") or []
     if errors:
         print("last reload REJECTED (still serving the revision above):")

@@ -62,6 +62,8 @@ def named_files(loaded: LoadedManifest) -> Iterator[tuple[KeyPath, str, bool]]:
     outbound = manifest.outbound
     if outbound.relay_password_file:
         yield ("outbound", "relay_password_file"), outbound.relay_password_file, True
+    if outbound.srs_secret_file:
+        yield ("outbound", "srs_secret_file"), outbound.srs_secret_file, True
     if outbound.tls_ca_file:
         yield ("outbound", "tls_ca_file"), outbound.tls_ca_file, False
 

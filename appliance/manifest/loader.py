@@ -27,6 +27,7 @@ from appliance.manifest.models import (
     AddressOrLocalPart,
     Directory,
     Domain,
+    Filter,
     Manifest,
     Outbound,
     Security,
@@ -190,7 +191,7 @@ def _place(problem: Problem, locations: Locations) -> Problem:
 
 # --- validation -------------------------------------------------------------------------------
 
-_TOP_LEVEL = ("server", "security", "directories", "domains", "outbound")
+_TOP_LEVEL = ("server", "security", "directories", "domains", "outbound", "filter")
 _DIRECTORY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Directory)
 
 
@@ -231,6 +232,10 @@ def validate_data(data: Mapping[str, Any]) -> tuple[Manifest | None, list[Proble
             table = {k: v for k, v in table.items() if k != "relay_password"}
         outbound = _validate(Outbound, table, ("outbound",), problems)
 
+    filter_: Filter | None = None
+    if "filter" in data:
+        filter_ = _validate(Filter, data["filter"], ("filter",), problems)
+
     directories: dict[str, Any] = {}
     for name, table in _table(data, "directories", problems).items():
         path: KeyPath = ("directories", name)
@@ -252,12 +257,15 @@ def validate_data(data: Mapping[str, Any]) -> tuple[Manifest | None, list[Proble
     problems.extend(cross_check(server, directories, domains, data))
     if problems or server is None or security is None or outbound is None:
         return None, problems
+    if "filter" in data and filter_ is None:
+        return None, problems
     manifest = Manifest.model_construct(
         server=server,
         security=security,
         directories=directories,
         domains={name.lower(): domain for name, domain in domains.items() if domain is not None},
         outbound=outbound,
+        filter=filter_,
     )
     return manifest, problems
 

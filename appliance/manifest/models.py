@@ -471,6 +471,9 @@ class Domain(Model):
     accounts: dict[str, Account] = Field(default_factory=dict)
     aliases: dict[str, list[AddressOrLocalPart]] = Field(default_factory=dict)
     dkim: DKIM | None = Field(None, description="Sign outgoing mail from this domain with DKIM.")
+    filter: StrictBool = Field(
+        True, description="Scan inbound mail for this domain with [filter] (when declared); false skips it."
+    )
 
 
 # --- [outbound] -----------------------------------------------------------------------------
@@ -525,8 +528,19 @@ class Outbound(Model):
         300.0, description="Time to wait for one reply (RFC 5321 §4.5.3.2 suggests 5 minutes)."
     )
 
+    srs_domain: DomainName | None = Field(
+        None,
+        description="SRS: forwarded mail leaves with a sender rewritten into this (local) domain, "
+        "so it passes SPF at the destination; bounces to it go back to the original sender.",
+    )
+    srs_secret_file: str | None = Field(
+        None, description="File holding the SRS secret (never inline); needed with srs_domain."
+    )
+
     @model_validator(mode="after")
     def _relay_credentials(self) -> Outbound:
+        if (self.srs_domain is None) != (self.srs_secret_file is None):
+            raise ValueError("srs_domain and srs_secret_file go together")
         if self.relay_user and not (self.relay_password_file or self.relay_password_env):
             raise ValueError("relay_user needs relay_password_file or relay_password_env")
         if (self.relay_password_file or self.relay_password_env) and not self.relay_user:
@@ -534,6 +548,26 @@ class Outbound(Model):
         if self.relay_user and not self.relay_host:
             raise ValueError("relay_user needs relay_host")
         return self
+
+
+# --- [filter] ---------------------------------------------------------------------------------
+
+
+class Filter(Model):
+    """Inbound mail hygiene: messages from the MX listener are scanned by rspamd before the 250."""
+
+    rspamd: HostPort = Field(
+        description='rspamd\'s normal worker, "host:port" (e.g. "127.0.0.1:11333"), spoken to over HTTP /checkv2.'
+    )
+    timeout: Duration = Field(10.0, description="Time allowed for one scan, connection included.")
+    on_failure: Literal["tempfail", "accept"] = Field(
+        "tempfail",
+        description='When rspamd cannot answer: "tempfail" (451, the sender retries) or "accept" (deliver unscanned).',
+    )
+    resolver: HostPort | None = Field(
+        None,
+        description='DNS server for the client\'s reverse name (iprev), "ip:port"; default: the system resolver.',
+    )
 
 
 class Manifest(Model):
@@ -544,3 +578,4 @@ class Manifest(Model):
     directories: dict[str, Directory] = Field(default_factory=dict)
     domains: dict[str, Domain] = Field(default_factory=dict)
     outbound: Outbound = Field(default_factory=lambda: Outbound())
+    filter: Filter | None = Field(None, description="Scan inbound mail with rspamd; no scanning when absent.")

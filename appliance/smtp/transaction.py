@@ -27,13 +27,15 @@ from typing import TYPE_CHECKING
 
 from appliance.auth.service import log_field
 from appliance.queue.signing import from_addresses
-from appliance.smtp import replies
+from appliance.queue.srs import is_srs
+from appliance.smtp import hygiene, replies
 from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
 from appliance.smtp.outbound import hand_to_queue, queue_available
 from appliance.store.mailstore import QuotaExceeded
 
 if TYPE_CHECKING:
     import ssl
+    from pathlib import Path
 
     from appliance.context import ListenerSpec, Services
     from appliance.snapshot import AccountEntry, Snapshot
@@ -41,6 +43,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("appliance.smtp")
 
 MAX_HELO_LENGTH = 255
+JUNK_FOLDER = "Junk"  # where spam goes in a mailbox that has it (IMAP creates it: RFC 6154 \Junk)
+_SCAN_REFUSALS = {"550 5.7.1": "spam_rejected", "451 4.7.1": "spam_deferred"}
 _message_ids = itertools.count(1)
 _ID_PREFIX = f"{os.getpid():x}"
 
@@ -163,6 +167,12 @@ class Intake:
             return self.reject("rcpt", "bad_recipient", replies.BAD_RECIPIENT, to=path)
         address = mailbox.address
         fields = {"sender": tx.sender, "to": address}
+        if (
+            snapshot.srs_secret_file is not None
+            and mailbox.domain == snapshot.srs_domain
+            and is_srs(mailbox.local_part)
+        ):
+            return self._srs_bounce(tx, address, snapshot.srs_secret_file, fields)
         if not mailbox.is_literal and snapshot.is_local_domain(mailbox.domain):
             resolution = None if mailbox.quoted else snapshot.resolve_recipient(address)
             if resolution is None:
@@ -196,6 +206,32 @@ class Intake:
         tx.recipients.append(address)
         return replies.RECIPIENT_OK
 
+    def _srs_bounce(self, tx: Transaction, address: str, secret_file: Path, fields: dict[str, str]) -> str:
+        """RCPT of an SRS address of ours (queue/srs.py): sent on to the original sender when
+        its hash and timestamp verify, an unknown recipient otherwise (never an open relay)."""
+        snapshot = self.services.holder.current
+        original = self.services.srs.reverse(address, secret_file)
+        if original is None or snapshot.is_local_domain(original.rpartition("@")[2]):
+            reply = replies.UNKNOWN_RECIPIENT.format(address=address)
+            return self.reject("rcpt", "srs_invalid", reply, **fields)
+        if not queue_available(self.services.queue):
+            reply = replies.OUTBOUND_NOT_CONFIGURED.format(address=address)
+            return self.reject("rcpt", "no_outbound_queue", reply, **fields)
+        tx.remote.append(original)
+        tx.recipients.append(address)
+        return replies.RECIPIENT_OK
+
+    def _queue_sender(self, tx: Transaction, submitted: bool) -> str:
+        """The envelope sender of the queued copy: SRS-rewritten when mail from another domain is
+        sent on (an alias or forward_to), so the destination's SPF check sees our domain."""
+        snapshot = self.services.holder.current
+        domain = tx.sender.rpartition("@")[2]
+        if submitted or not tx.sender or snapshot.srs_secret_file is None or snapshot.srs_domain is None:
+            return tx.sender
+        if snapshot.is_local_domain(domain):
+            return tx.sender
+        return self.services.srs.forward(tx.sender, snapshot.srs_domain, snapshot.srs_secret_file)
+
     # -- delivery (after DATA, RFC 5321 §4.1.1.4) --------------------------------------------------
     def submission(self, message: bytes, account: AccountEntry | None) -> bool | str:
         """Whether the queue may DKIM-sign the message (see the module doc), or the reply that
@@ -216,7 +252,9 @@ class Intake:
             return False  # another domain's address: no key of ours may vouch for it
         return bool(senders)
 
-    async def _store(self, tx: Transaction, message: bytes, received: str, sign: bool) -> None:
+    async def _store(
+        self, tx: Transaction, message: bytes, received: str, sign: bool, junk: bool, queue_sender: str
+    ) -> None:
         """Queue the remote part (held), deliver the local part, then let the queue go on.
 
         Both or neither: when local delivery fails the queued copy is withdrawn, since the
@@ -227,7 +265,7 @@ class Intake:
             queue_id = await hand_to_queue(
                 self.services.queue,
                 message,
-                sender=tx.sender,
+                sender=queue_sender,
                 recipients=tx.remote,
                 received=received,
                 sign=sign,
@@ -235,7 +273,11 @@ class Intake:
         try:
             if tx.mailboxes:
                 await self.services.store.deliver(
-                    message, list(tx.mailboxes.values()), return_path=tx.sender, received=received
+                    message,
+                    list(tx.mailboxes.values()),
+                    return_path=tx.sender,
+                    received=received,
+                    folder=JUNK_FOLDER if junk else None,
                 )
         except BaseException:
             if queue_id is not None:
@@ -254,10 +296,18 @@ class Intake:
             return sign, False
         started = time.perf_counter()
         message_id = f"{_ID_PREFIX}{next(_message_ids):06X}"
+        junk = False
+        submitted = account is not None or sign
+        if hygiene.wants_scan(self.services, self.listener.name, tx, submitted):
+            scanned = await hygiene.scan(self.services, tx, message, greeting, self.peer_ip, message_id)
+            if isinstance(scanned, str):
+                reason = _SCAN_REFUSALS.get(scanned[:9], "scanner_unavailable")
+                return self.reject("data", reason, scanned, id=message_id, sender=tx.sender), False
+            message, junk = scanned.message, scanned.junk
         snapshot = self.services.holder.current
         received = self._received(snapshot, tx, message_id, greeting)
         try:
-            await self._store(tx, message, received, sign)
+            await self._store(tx, message, received, sign, junk, self._queue_sender(tx, submitted))
         except QuotaExceeded as full:
             entry = next(e for e in tx.mailboxes.values() if e.mailbox == full.mailbox)
             reply = replies.MAILBOX_FULL.format(address=entry.address)
@@ -274,7 +324,7 @@ class Intake:
                 return replies.STORAGE_FULL, False  # RFC 3463 X.3.1: mail system full
             return replies.LOCAL_ERROR, False
         log.info(
-            "delivered id=%s from=%s to=%s size=%d ms=%.1f client=%s listener=%s",
+            "delivered id=%s from=%s to=%s size=%d ms=%.1f client=%s listener=%s%s",
             message_id,
             log_field(tx.sender or "<>"),
             log_field(",".join(tx.recipients)),
@@ -282,6 +332,7 @@ class Intake:
             (time.perf_counter() - started) * 1000,
             self.peer_ip,
             self.listener.name,
+            f" folder={JUNK_FOLDER}" if junk else "",
         )
         return replies.DELIVERED.format(id=message_id), True
 

@@ -92,13 +92,21 @@ class MailStore:
 
     # -- delivery ------------------------------------------------------------------------------
     async def deliver(
-        self, message: bytes, mailboxes: Sequence[AccountEntry], *, return_path: str, received: str
+        self,
+        message: bytes,
+        mailboxes: Sequence[AccountEntry],
+        *,
+        return_path: str,
+        received: str,
+        folder: str | None = None,
     ) -> None:
         """Store `message` (as received: CRLF line ends) durably in every mailbox, or in none.
 
         `return_path` is the envelope sender ("" for the null sender); `received` is the value of
-        the Received field this server adds (RFC 5321 §4.4). Raises QuotaExceeded when a mailbox
-        is full, OSError when the disk fails; in both cases no mailbox keeps the message.
+        the Received field this server adds (RFC 5321 §4.4); `folder` ("Junk") is where it goes
+        in the mailboxes that have that folder (the others get it in INBOX). Raises
+        QuotaExceeded when a mailbox is full, OSError when the disk fails; in both cases no
+        mailbox keeps the message.
         """
 
         data = trace_headers(return_path, received) + to_lf(message)
@@ -106,6 +114,8 @@ class MailStore:
             if await self.over_quota(account, len(data)):
                 raise QuotaExceeded(account.mailbox)
         paths = [self.path(account) for account in mailboxes]
+        if folder is not None:
+            paths = await asyncio.get_running_loop().run_in_executor(self.executor, _in_folder, paths, folder)
         if self.delivery_process is not None:
             unique = self.writer.unique_name()
             try:
@@ -142,6 +152,11 @@ class MailStore:
 
     def unique_name(self) -> str:
         return self.writer.unique_name()
+
+
+def _in_folder(paths: list[Path], folder: str) -> list[Path]:
+    """Each Maildir's folder `folder` where it exists (a Maildir++ `.folder` with `cur/`)."""
+    return [path / f".{folder}" if (path / f".{folder}" / "cur").is_dir() else path for path in paths]
 
 
 def trace_headers(return_path: str, received: str) -> bytes:
