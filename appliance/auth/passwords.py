@@ -6,6 +6,7 @@ loop run them in an executor.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 
@@ -13,13 +14,20 @@ import argon2
 import bcrypt
 import crypt_r
 
-from appliance.manifest.hashes import SCHEME_PATTERNS
+from appliance.manifest.hashes import (
+    HMAIL_MD5_PREFIX,
+    HMAIL_SHA256_PREFIX,
+    LEGACY_SCHEME_PATTERNS,
+    SCHEME_PATTERNS,
+)
 
 _ARGON2 = argon2.PasswordHasher()  # argon2id, RFC 9106 "low memory" defaults of argon2-cffi
 
 
 # The schemes we verify; their formats are the manifest's (a hash there is checked against them).
-_SCHEMES = tuple((scheme, re.compile(f"^{pattern}$")) for scheme, pattern in SCHEME_PATTERNS)
+_SCHEMES = tuple(
+    (scheme, re.compile(f"^{pattern}$")) for scheme, pattern in (*SCHEME_PATTERNS, *LEGACY_SCHEME_PATTERNS)
+)
 
 
 def hash_scheme(encoded: str) -> str | None:
@@ -62,9 +70,25 @@ def check_password(encoded: str, password: str) -> str:
             if computed is None:
                 return INVALID_HASH
             return MATCH if hmac.compare_digest(computed, encoded) else MISMATCH
+        if scheme in ("hmail-sha256", "hmail-md5"):
+            return _check_hmailserver(encoded, password)
     except (ValueError, TypeError, argon2.exceptions.InvalidHashError):
         return INVALID_HASH  # the libraries' word for a hash they cannot read
     return INVALID_HASH
+
+
+def _check_hmailserver(encoded: str, password: str) -> str:
+    """hMailServer's hashes (appliance import hmailserver): salted SHA-256, the salt being the
+    first 6 hex digits and the digest hex SHA-256(salt + password); unsalted hex MD5."""
+    secret = password.encode("utf-8")
+    if encoded.startswith(HMAIL_SHA256_PREFIX):
+        stored = encoded[len(HMAIL_SHA256_PREFIX) :]
+        salt = stored[:6]
+        computed = salt + hashlib.sha256(salt.encode("ascii") + secret).hexdigest()
+    else:
+        stored = encoded[len(HMAIL_MD5_PREFIX) :]
+        computed = hashlib.md5(secret, usedforsecurity=False).hexdigest()
+    return MATCH if hmac.compare_digest(computed, stored) else MISMATCH
 
 
 def verify_password(encoded: str, password: str) -> bool:

@@ -1,6 +1,8 @@
-"""The `appliance` command: validate, schema, hash-password, plan, serve, status, check-auth, queue.
+"""The `appliance` command: validate, schema, hash-password, plan, serve, status, check-auth, queue,
+import.
 
-The top layer: it may import every other. `check-auth` is in check_auth.py, `queue` in queue.py;
+The top layer: it may import every other. `check-auth` is in check_auth.py, `queue` in queue.py,
+`import hmailserver` in hmailserver.py;
 the server itself is `appliance.serve`, imported only by `appliance serve`.
 """
 
@@ -14,8 +16,10 @@ import time
 from pathlib import Path
 
 from appliance.cli.check_auth import add_check_auth_parser
+from appliance.cli.hmailserver import add_import_parser
 from appliance.manifest import ManifestError, load_manifest
 from appliance.manifest.files import file_problems
+from appliance.manifest.legacy_hashes import legacy_hash_problems
 from appliance.manifest.schema import schema_json
 from appliance.status import read_status, serving_pid, status_path
 
@@ -37,7 +41,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         loaded = load_manifest(path)
         # The files it names, on disk: key material others may read is an error; paths that
         # leave the manifest's directory and CA files with no certificate are warnings.
-        found = file_problems(loaded)
+        found = file_problems(loaded) + legacy_hash_problems(loaded)
         if any(not problem.warning for problem in found):
             raise ManifestError(str(path), found)
     except ManifestError as error:
@@ -225,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.set_defaults(func=cmd_queue)
 
     add_check_auth_parser(commands)
+    add_import_parser(commands)
     return parser
 
 

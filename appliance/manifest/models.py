@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
-from appliance.manifest.hashes import HASH_PATTERN
+from appliance.manifest.hashes import ACCEPTED_HASH_PATTERN
 from appliance.manifest.units import Duration, Size
 
 # RFC 5322 §3.2.3 atext, minus "+" (the recipient delimiter for plus-addressing).
@@ -103,7 +103,7 @@ AddressOrLocalPart = Annotated[str, AfterValidator(check_address_or_local_part)]
 HostPort = Annotated[str, AfterValidator(check_host_port)]
 
 
-PasswordHash = Annotated[str, StringConstraints(pattern=HASH_PATTERN)]
+PasswordHash = Annotated[str, StringConstraints(pattern=ACCEPTED_HASH_PATTERN)]
 
 
 def _check_networks(value: list[str]) -> list[str]:
@@ -430,7 +430,10 @@ class Account:
     )
     password_hash: PasswordHash | None = Field(
         None,
-        description="argon2id hash from `appliance hash-password` (bcrypt and SHA-512-crypt also verify).",
+        description=(
+            "argon2id hash from `appliance hash-password` (bcrypt and SHA-512-crypt also verify; "
+            "{HMAIL-SHA256} and {HMAIL-MD5}, hMailServer's, verify with a warning)."
+        ),
     )
     enabled: StrictBool = Field(True, description="A disabled account receives no mail and cannot log in.")
     quota: Size | None = Field(None, description='Mailbox size limit, e.g. "2 GB"; none by default.')
