@@ -22,6 +22,8 @@ UID list and that ledger name them.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
+import itertools
 import os
 import re
 from collections import defaultdict
@@ -42,6 +44,7 @@ from appliance.store.durable import fsync_directory, replace_file
 from appliance.store.maildir import INFO_SEPARATOR, Maildir, to_lf, wire_size
 
 LEDGER = "appliance-hmailserver-imported"
+WRITERS = 4  # threads writing message files: the copy waits on the disk, not on Python
 SUBSCRIPTIONS = "subscriptions"  # the IMAP server's list of subscribed folders (imap/mailboxes.py)
 DELIMITER = "."
 # hMailServer's message flags (hm_messages.messageflags) → Maildir letters, in ASCII order.
@@ -93,15 +96,17 @@ def copy_mail(tables: Tables, mailboxes: list[Mailbox], data_dir: Path, store: P
     for row in tables.get("hm_messages", []):
         if as_int(row.get("messageaccountid")) != 0:
             messages_by_folder[as_int(row.get("messagefolderid"))].append(row)
-    for mailbox in mailboxes:
-        _copy_account(
-            mailbox,
-            folders_by_account.get(mailbox.account_id, []),
-            messages_by_folder,
-            Path(data_dir),
-            Path(store) / mailbox.domain / mailbox.local_part,
-            result,
-        )
+    with concurrent.futures.ThreadPoolExecutor(WRITERS, thread_name_prefix="import") as writers:
+        for mailbox in mailboxes:
+            _copy_account(
+                mailbox,
+                folders_by_account.get(mailbox.account_id, []),
+                messages_by_folder,
+                Path(data_dir),
+                Path(store) / mailbox.domain / mailbox.local_part,
+                result,
+                writers,
+            )
     return result
 
 
@@ -134,6 +139,7 @@ def _copy_account(
     data_dir: Path,
     root: Path,
     result: MailResult,
+    writers: concurrent.futures.Executor,
 ) -> None:
     Maildir(root).ensure()
     names = _folder_names(folders, mailbox.address, result.notes)
@@ -161,6 +167,7 @@ def _copy_account(
         uids = _uidlist(path)
         uid_lines: list[str] = []
         ledger_lines: list[str] = []
+        jobs = []
         for row in pending:
             message_id = as_int(row.get("messageid"))
             source = _find_source(source_dir, as_text(row.get("messagefilename")))
@@ -171,10 +178,17 @@ def _copy_account(
                 continue
             for stale in leftovers.get(message_id, []):
                 os.unlink(stale)
-            created = as_time(row.get("messagecreatetime"))
-            if created is None:
-                created = os.stat(source).st_mtime
-            key, wire = _write(path, source, message_id, mailbox.account_id, created, row)
+            jobs.append((message_id, source, row))
+        # Written in parallel, given UIDs in hMailServer's order (map keeps the order).
+        copied = writers.map(
+            _write,
+            itertools.repeat(path),
+            [job[1] for job in jobs],
+            [job[0] for job in jobs],
+            itertools.repeat(mailbox.account_id),
+            [job[2] for job in jobs],
+        )
+        for (message_id, _source, _row), (key, created, wire) in zip(jobs, copied, strict=True):
             uid_lines.append(f"+{uids.uidnext} {created:.0f} {wire} {key}")
             uids.uidnext += 1
             ledger_lines.append(f"{message_id} {key}")
@@ -210,14 +224,17 @@ def _find_source(source_dir: Path, filename: str) -> Path | None:
     return None
 
 
-def _write(
-    folder: Path, source: Path, message_id: int, account_id: int, created: float, row: Row
-) -> tuple[str, int]:
-    """The message in `folder`/cur (not fsynced: the caller syncs the batch); (key, wire size)."""
+def _write(folder: Path, source: Path, message_id: int, account_id: int, row: Row) -> tuple[str, float, int]:
+    """The message in `folder`/cur (not fsynced: the caller syncs the batch); (key, internal
+    date, size with CRLF)."""
+    created = as_time(row.get("messagecreatetime"))
     with open(source, "rb") as handle:
+        if created is None:
+            created = os.fstat(handle.fileno()).st_mtime
         data = to_lf(handle.read())
+    wire = wire_size(data)
     unique = f"{int(created)}.M{message_id}P{account_id}.hmailserver"
-    key = f"{unique},S={len(data)},W={wire_size(data)}"
+    key = f"{unique},S={len(data)},W={wire}"
     letters = flag_letters(as_int(row.get("messageflags")))
     temporary = folder / "tmp" / unique
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
@@ -229,7 +246,7 @@ def _write(
     finally:
         os.close(descriptor)
     os.rename(temporary, folder / "cur" / f"{key}{INFO_SEPARATOR}{letters}")
-    return key, wire_size(data)
+    return key, created, wire
 
 
 def _leftovers(folder: Path) -> dict[int, list[Path]]:
