@@ -76,15 +76,23 @@ def run(*arguments: str | Path) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "HMAIL_DB_PASSWORD": DB_PASSWORD},
     )
 
 
-def import_from_database(source: Source, out: Path, *extra: str) -> dict[str, object]:
-    result = run(
-        "import", "hmailserver", "--database", source.url, "--password-file", source.password_file,
+def import_command(source: Source, out: Path, *, password_env: bool = False) -> list[str | Path]:
+    secret: list[str | Path] = (
+        ["--password-env", "HMAIL_DB_PASSWORD"] if password_env else ["--password-file", source.password_file]
+    )
+    return [
+        "import", "hmailserver", "--database", source.url, *secret,
         "--data-dir", source.installation.data_dir, "--out", out, "--ad-domain", "OTHERAD=other.test",
-        "--format", "json", *extra,
-    )  # fmt: skip
+        "--format", "json",
+    ]  # fmt: skip
+
+
+def import_from_database(source: Source, out: Path, *, password_env: bool = False) -> dict[str, object]:
+    result = run(*import_command(source, out, password_env=password_env))
     assert result.returncode == 0, result.stderr
     report: dict[str, object] = json.loads(result.stdout)
     return report
@@ -252,7 +260,7 @@ def test_rerun_changes_nothing_and_one_new_source_message_adds_exactly_one(
     inbox = out / "var" / "mail" / "example.test" / "alice"
     uidvalidity = load_uidlist(inbox, 1).uidvalidity
 
-    again = import_from_database(source, out)
+    again = import_from_database(source, out, password_env=True)
     assert again["mail"]["messages_copied"] == 0 and again["mail"]["messages_already_there"] == 9  # type: ignore[index]
     assert (out / "appliance.toml").read_bytes() == manifest
     assert not (out / "appliance.imported.toml").exists()
@@ -397,3 +405,22 @@ def test_mbsync_sees_the_imported_folders_messages_flags_and_bytes(
         imported = listing(store if folder == "INBOX" else store / f".{folder}")
         assert len(imported) == count, folder
         assert listing(mail / local) == imported, folder
+
+
+def test_rerun_refuses_while_serving_and_leaves_an_edited_manifest_alone(
+    served: RunningAppliance, source: Source
+) -> None:
+    edited = served.manifest.read_text()
+    refused = run(*import_command(source, served.directory))
+    assert refused.returncode == 1
+    assert "stop it before copying mail" in refused.stderr
+    assert not (served.directory / "appliance.imported.toml").exists()  # it wrote nothing
+    assert served.stop() == 0
+
+    again = run(*import_command(source, served.directory))
+    assert again.returncode == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["manifest"] == str(served.directory / "appliance.imported.toml")
+    assert report["mail"]["messages_copied"] == 0
+    assert served.manifest.read_text() == edited  # the admin's DCs are still there
+    assert "discover = true" in (served.directory / "appliance.imported.toml").read_text()

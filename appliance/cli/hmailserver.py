@@ -84,8 +84,15 @@ def import_hmailserver(args: argparse.Namespace) -> int:
         return 1
     plan = build_plan(tables, ad_domains=ad_domains)
     out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
     target = out / MANIFEST
+    running = _serving(target)
+    if running is not None:
+        print(
+            f"import: the server (pid {running}) serves {target}: stop it before copying mail",
+            file=sys.stderr,
+        )
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
     written_to = target
     if target.exists() and target.read_text("utf-8") != plan.toml:
         written_to = out / MANIFEST_BESIDE  # the admin's edits are never overwritten
@@ -99,16 +106,6 @@ def import_hmailserver(args: argparse.Namespace) -> int:
         print(f"import: {target} is not valid; no mail was copied", file=sys.stderr)
         return 1
     data_dir = (loaded.base_dir / loaded.manifest.server.data_dir).resolve()
-    try:
-        running = serving_pid(read_status(data_dir))
-    except (OSError, ValueError):
-        running = None
-    if running is not None:
-        print(
-            f"import: the server (pid {running}) serves {data_dir}: stop it before copying mail",
-            file=sys.stderr,
-        )
-        return 1
     mail = MailResult()
     if args.data_dir is not None:
         mail = copy_mail(tables, plan.mailboxes, args.data_dir, data_dir / "mail")
@@ -140,3 +137,15 @@ def import_hmailserver(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"{note.kind}: {note.detail} ({note.object})")
     return 0
+
+
+def _serving(manifest: Path) -> int | None:
+    """The pid of a server serving the data directory of the manifest at `manifest`, if any."""
+    if not manifest.exists():
+        return None
+    try:
+        loaded = load_manifest(manifest)
+        status = read_status((loaded.base_dir / loaded.manifest.server.data_dir).resolve())
+    except (ManifestError, OSError, ValueError):
+        return None
+    return serving_pid(status)
