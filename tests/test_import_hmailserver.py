@@ -140,6 +140,7 @@ def test_import_writes_a_manifest_validate_accepts_and_reports_what_it_left_out(
         "smtp": f"127.0.0.1:{source.ports['smtp']}",
         "imaps": f"127.0.0.1:{source.ports['imaps']}",
     }
+    assert manifest["server"]["limits"] == {"max_message_size": 40960 * 1024}
     assert manifest["directories"] == {
         "cloudtech.local": {"type": "active-directory", "discover": True},
         "other.test": {"type": "active-directory", "discover": True, "netbios_name": "OTHERAD"},

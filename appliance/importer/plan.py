@@ -33,6 +33,7 @@ from appliance.manifest.models import check_domain_name, check_local_part
 # hMailServer's session types (hm_tcpipports.portprotocol) and connection security.
 _SMTP, _POP3, _IMAP = 1, 3, 5
 _SSL = 1
+DEFAULT_MAX_MESSAGE_SIZE = 25_000_000  # [server.limits] max_message_size when not set
 _MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
 _SALTED_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{70}$")
 
@@ -208,7 +209,13 @@ def build_plan(tables: Tables, *, ad_domains: dict[str, str] | None = None) -> P
     if queued:
         notes.append(Note("not imported", "server", f"{queued} message(s) in hMailServer's delivery queue"))
     hostname = _hostname(settings, domains)
-    text = _render(hostname, listeners, directories, domains)
+    # The server's limit must be at least every domain's (hMailServer's own is in KB, 0 = none).
+    largest = [d.max_message_size for d in domains.values() if d.max_message_size]
+    setting = settings.get("maxmessagesize")
+    if setting is not None and as_int(setting.get("settingnumber")) > 0:
+        largest.append(as_int(setting.get("settingnumber")) * 1024)
+    limit = max(largest) if largest and max(largest) > DEFAULT_MAX_MESSAGE_SIZE else None
+    text = _render(hostname, listeners, directories, domains, limit)
     return Plan(text, dict(counts), notes, mailboxes)
 
 
@@ -363,6 +370,7 @@ def _render(
     listeners: dict[str, str],
     directories: dict[str, dict[str, Any]],
     domains: dict[str, _Domain],
+    max_message_size: int | None,
 ) -> str:
     lines = [
         "# Imported from hMailServer by `appliance import hmailserver`; see its report.",
@@ -374,6 +382,8 @@ def _render(
         "[server.listeners]",
         *(f"{kind} = {_value(address)}" for kind, address in listeners.items()),
     ]
+    if max_message_size is not None:
+        lines += ["", "[server.limits]", f"max_message_size = {max_message_size}"]
     for name, directory in sorted(directories.items()):
         lines += [
             "",

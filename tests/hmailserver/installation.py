@@ -106,6 +106,7 @@ def build(data_dir: Path, ports: dict[str, int]) -> Installation:
         [
             {"settingname": "hostname", "settingstring": "mail.example.test", "settingnumber": 0},
             {"settingname": "usegreylisting", "settingstring": "", "settingnumber": 1},
+            {"settingname": "maxmessagesize", "settingstring": "", "settingnumber": 40960},  # KB
         ]
     )
     inst.rows("hm_tcpipports").extend(
