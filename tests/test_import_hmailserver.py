@@ -177,8 +177,9 @@ def test_import_writes_a_manifest_validate_accepts_and_reports_what_it_left_out(
         "local accounts": 5,
         "accounts linked to AD": 2,
         "disabled accounts": 1,
-        "aliases": 1,
+        "aliases": 2,
         "distribution lists": 1,
+        "aliases left out": 1,
     }
     notes = {(n["kind"], n["object"], n["detail"]) for n in report["notes"]}  # type: ignore[union-attr]
     assert ("must reset", "carol@second.test", "password stored as plain text: not carried over") in notes
@@ -193,6 +194,11 @@ def test_import_writes_a_manifest_validate_accepts_and_reports_what_it_left_out(
         'vacation: auto-reply "Away until Monday" (no Sieve in this server yet)',
     ) in notes
     assert ("not imported", "alice@example.test", 'rule "Move newsletters"') in notes
+    assert (
+        "not imported",
+        "old@example.test",
+        'alias: no account or alias "gone" in example.test',
+    ) in notes
     assert ("not imported", "server", 'IP range "Internet"') in notes
     assert ("not imported", "server", "greylisting (setting usegreylisting)") in notes
     assert ("not imported", "server", "1 message(s) in hMailServer's delivery queue") in notes

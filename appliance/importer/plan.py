@@ -28,11 +28,13 @@ from typing import Any
 
 from appliance.importer.source import REPORTED_SETTINGS, Row, Tables, as_int, as_text
 from appliance.manifest.hashes import HMAIL_MD5_PREFIX, HMAIL_SHA256_PREFIX
+from appliance.manifest.loader import ManifestError, Problem, parse_manifest
 from appliance.manifest.models import check_domain_name, check_local_part
 
 # hMailServer's session types (hm_tcpipports.portprotocol) and connection security.
 _SMTP, _POP3, _IMAP = 1, 3, 5
 _SSL = 1
+MAX_PASSES = 4  # manifest checks, leaving out what they refuse, before giving up
 DEFAULT_MAX_MESSAGE_SIZE = 25_000_000  # [server.limits] max_message_size when not set
 _MD5_HEX = re.compile(r"^[0-9a-fA-F]{32}$")
 _SALTED_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{70}$")
@@ -216,7 +218,62 @@ def build_plan(tables: Tables, *, ad_domains: dict[str, str] | None = None) -> P
         largest.append(as_int(setting.get("settingnumber")) * 1024)
     limit = max(largest) if largest and max(largest) > DEFAULT_MAX_MESSAGE_SIZE else None
     text = _render(hostname, listeners, directories, domains, limit)
+    # What the manifest's checks refuse (an alias to an account deleted long ago, a forward to
+    # nowhere) is left out and reported, rather than failing the whole import.
+    for _ in range(MAX_PASSES):
+        try:
+            parse_manifest(text.encode("utf-8"), "appliance.toml")
+        except ManifestError as error:
+            if not _leave_out(error.problems, domains, mailboxes, notes, counts):
+                break
+            text = _render(hostname, listeners, directories, domains, limit)
+        else:
+            break
     return Plan(text, dict(counts), notes, mailboxes)
+
+
+def _leave_out(
+    problems: list[Problem],
+    domains: dict[str, _Domain],
+    mailboxes: list[Mailbox],
+    notes: list[Note],
+    counts: dict[str, int],
+) -> bool:
+    """Drop what each problem is about (an alias, a forward, a catch-all, an account); False
+    when a problem is about something else (the import then fails, showing it)."""
+    dropped = False
+    for problem in problems:
+        path = problem.path
+        if problem.warning or len(path) < 3 or path[0] != "domains" or path[1] not in domains:
+            return False
+        domain_name = str(path[1])
+        domain = domains[domain_name]
+        if path[2] == "catch_all" and domain.catch_all is not None:
+            notes.append(
+                Note("not imported", domain_name, f"catch-all {domain.catch_all}: {problem.message}")
+            )
+            domain.catch_all = None
+        elif path[2] == "aliases" and len(path) > 3 and str(path[3]) in domain.aliases:
+            del domain.aliases[str(path[3])]
+            notes.append(Note("not imported", f"{path[3]}@{domain_name}", f"alias: {problem.message}"))
+            if domain.alias_of is None:
+                counts["aliases left out"] += 1
+        elif path[2] == "accounts" and len(path) > 3 and str(path[3]) in domain.accounts:
+            local = str(path[3])
+            account = domain.accounts[local]
+            if len(path) > 4 and path[4] == "forward_to":
+                account.pop("forward_to", None)
+                account.pop("keep_copy", None)
+                notes.append(Note("not imported", f"{local}@{domain_name}", f"forwarding: {problem.message}"))
+            else:
+                del domain.accounts[local]
+                mailboxes[:] = [m for m in mailboxes if (m.domain, m.local_part) != (domain_name, local)]
+                notes.append(Note("not imported", f"{local}@{domain_name}", f"account: {problem.message}"))
+                counts["accounts left out"] += 1
+        else:
+            return False
+        dropped = True
+    return dropped
 
 
 def _account(

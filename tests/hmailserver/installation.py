@@ -156,6 +156,10 @@ def build(data_dir: Path, ports: dict[str, int]) -> Installation:
     inst.rows("hm_aliases").append(
         {"aliasdomainid": 1, "aliasname": "info@example.test", "aliasvalue": "alice@example.test"}
     )
+    # An alias to an account deleted long ago: the manifest's checks refuse it, so it is left out.
+    inst.rows("hm_aliases").append(
+        {"aliasdomainid": 1, "aliasname": "old@example.test", "aliasvalue": "gone@example.test"}
+    )
     inst.rows("hm_distributionlists").append(
         {
             "distributionlistid": 1,
