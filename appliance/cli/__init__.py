@@ -15,6 +15,7 @@ from pathlib import Path
 
 from appliance.cli.check_auth import add_check_auth_parser
 from appliance.manifest import ManifestError, load_manifest
+from appliance.manifest.checks import weak_hash_warnings
 from appliance.manifest.files import file_problems
 from appliance.manifest.schema import schema_json
 from appliance.status import read_status, serving_pid, status_path
@@ -37,7 +38,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         loaded = load_manifest(path)
         # The files it names, on disk: key material others may read is an error; paths that
         # leave the manifest's directory and CA files with no certificate are warnings.
-        found = file_problems(loaded)
+        found = file_problems(loaded) + weak_hash_warnings(loaded)
         if any(not problem.warning for problem in found):
             raise ManifestError(str(path), found)
     except ManifestError as error:

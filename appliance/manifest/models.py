@@ -430,7 +430,13 @@ class Account:
     )
     password_hash: PasswordHash | None = Field(
         None,
-        description="argon2id hash from `appliance hash-password` (bcrypt and SHA-512-crypt also verify).",
+        description=(
+            "argon2id hash from `appliance hash-password`. Carried-over hashes also verify: bcrypt, "
+            "SHA-512/SHA-256/MD5-crypt, argon2i, bare or after Dovecot's {SCHEME} prefix "
+            "({SHA512-CRYPT}, {BLF-CRYPT}, {ARGON2ID}, {CRYPT}, ...), and Dovecot's {SSHA512}, "
+            "{SSHA256}, {SSHA}, {SMD5}, {SHA512}, {SHA256}, {SHA1}, {PLAIN-MD5}; `validate` warns "
+            "about the weak ones. {PLAIN} is refused."
+        ),
     )
     enabled: StrictBool = Field(True, description="A disabled account receives no mail and cannot log in.")
     quota: Size | None = Field(None, description='Mailbox size limit, e.g. "2 GB"; none by default.')
