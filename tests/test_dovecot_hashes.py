@@ -1,7 +1,8 @@
 """Password hashes carried over from Dovecot: the formats `doveadm pw` writes log in over IMAP.
 
 Every hash here is made by Dovecot's own `doveadm pw` (dovecot-core, .ci/apt/imap.txt) in the
-test, with a password that is not ASCII, then put in a manifest as the passwd-file has it.
+test, with a password that is not ASCII, written into a passwd-file, and carried into the
+manifest by `appliance import dovecot`.
 """
 
 from __future__ import annotations
@@ -71,14 +72,31 @@ def hashes() -> dict[str, str]:
     return made
 
 
+def imported_body(directory: Path, passwd_lines: list[str], *extra: str) -> tuple[str, str]:
+    """Run `appliance import dovecot` on a passwd-file of these lines (and `extra` arguments):
+    the manifest it wrote without its [server] table (the fixture writes its own), and its report."""
+    (directory / "users").write_text("".join(line + "\n" for line in passwd_lines))
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance", "import", "dovecot", "--passwd-file", str(directory / "users")]
+        + ["--out", str(directory / "imported"), *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    text = (directory / "imported" / "appliance.toml").read_text()
+    return text[text.index("\n[d") :], done.stdout
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, hashes: dict[str, str]) -> Iterator[RunningAppliance]:
-    factory = ApplianceFactory(tmp_path_factory.mktemp("dovecot-hashes"))
-    accounts = "".join(f'{name} = {{ password_hash = "{encoded}" }}\n' for name, encoded in hashes.items())
+    base = tmp_path_factory.mktemp("dovecot-hashes")
+    passwd = [f"{name}@example.test:{encoded}:8:8::/var/vmail/{name}::" for name, encoded in hashes.items()]
+    body, report = imported_body(base, passwd)
+    assert "not carried:" not in report and "0 entries not carried" in report
+    factory = ApplianceFactory(base)
     try:
-        yield factory.start(
-            '[domains."example.test".accounts]\n' + accounts + NO_AUTOBAN, listeners=("imaps",)
-        )
+        yield factory.start(body + NO_AUTOBAN, listeners=("imaps",))
     finally:
         factory.close()
 

@@ -1,6 +1,8 @@
-"""The `appliance` command: validate, schema, hash-password, plan, serve, status, check-auth, queue.
+"""The `appliance` command: validate, schema, hash-password, plan, serve, status, check-auth, queue,
+import.
 
-The top layer: it may import every other. `check-auth` is in check_auth.py, `queue` in queue.py;
+The top layer: it may import every other. `check-auth` is in check_auth.py, `queue` in queue.py,
+`import dovecot` in import_dovecot.py;
 the server itself is `appliance.serve`, imported only by `appliance serve`.
 """
 
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 from appliance.cli.check_auth import add_check_auth_parser
+from appliance.cli.import_dovecot import add_import_parser
 from appliance.manifest import ManifestError, load_manifest
 from appliance.manifest.checks import weak_hash_warnings
 from appliance.manifest.files import file_problems
@@ -226,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.set_defaults(func=cmd_queue)
 
     add_check_auth_parser(commands)
+    add_import_parser(commands)
     return parser
 
 
