@@ -255,7 +255,10 @@ class _LDAPConnection(Model):
     )
     allow_plaintext: bool = Field(
         False,
-        description="Allow ldap:// without StartTLS. Only for a directory on this host or a trusted link.",
+        description=(
+            "Allow ldap:// without StartTLS, to any host: passwords then cross the network in clear. "
+            "Only for a directory on this host or a trusted link; nothing checks which it is."
+        ),
     )
     connect_timeout: Duration = Field(3.0, description="Time to open a connection to one server.")
     response_timeout: Duration = Field(5.0, description="Time to wait for one answer.")
@@ -368,6 +371,13 @@ class LDAPDirectory(_LDAPConnection):
     )
     user_filter: str = Field(
         "(uid={user})", description="Search filter for search-then-bind; {user} is escaped per RFC 4515."
+    )
+    require_group: str | None = Field(
+        None,
+        description=(
+            "Only direct members of this group may log in (listed in its group_member_attribute; "
+            "members of a group that is a member do not count). Name or DN."
+        ),
     )
     group_member_attribute: str = Field(
         "member", description="Attribute of require_group that lists members (member or uniqueMember)."
