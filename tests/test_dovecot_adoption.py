@@ -174,6 +174,41 @@ def test_appliance_serves_a_dovecot_maildir_with_the_same_uids_flags_subscriptio
     assert dovecot_files(target) == untouched  # Dovecot's files only read
 
 
+def test_pop3_uidls_of_another_dovecot_format_are_kept_with_the_manifest_setting(
+    dovecot: Dovecot, appliance: ApplianceFactory
+) -> None:
+    uidl_format = "%v.%u-%f"  # UW-IMAP's %v.%u and the Maildir file name, in one
+    encoded = sha512_crypt(PASSWORD)
+    dovecot.start({"anna": encoded}, extra=f"pop3_uidl_format = {uidl_format}\n")
+    with imapclient.IMAPClient("127.0.0.1", port=dovecot.imap_port, ssl=False, timeout=30) as client:
+        client.login("anna", PASSWORD)
+        for n in range(3):
+            client.append("INBOX", message(f"inbox {n}"))
+        client.logout()
+    uidls_before = pop3_uidls(dovecot.pop3_port, user="anna")
+    dovecot.stop()
+    assert len(uidls_before) == 3 and b"-" in uidls_before[0]
+
+    target = appliance.base / "appliance" / "var" / "mail" / "example.test" / "anna"
+    shutil.copytree(dovecot.maildir("anna"), target, symlinks=True)
+    server = appliance.start(
+        f'[domains."example.test".accounts]\nanna = {{ password_hash = "{encoded}" }}\n',
+        listeners=("pop3s",),
+        server_extra=f'dovecot_pop3_uidl_format = "{uidl_format}"',
+    )
+    assert pop3_uidls(server.ports["pop3s"], tls=server, user="anna@example.test") == uidls_before
+
+
+def test_a_uidl_format_the_server_cannot_expand_is_refused_by_the_manifest() -> None:
+    from appliance.manifest import ManifestError, parse_manifest
+
+    for text in ("%m", "%Lu", "constant"):
+        manifest = f'[server]\nhostname = "mail.example.test"\ndovecot_pop3_uidl_format = "{text}"\n'
+        with pytest.raises(ManifestError) as raised:
+            parse_manifest(manifest.encode(), "m.toml")
+        assert "dovecot_pop3_uidl_format" in "\n".join(raised.value.lines())
+
+
 @pytest.mark.parametrize(
     ("text", "first", "uidl"),
     [

@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from appliance.manifest.hashes import HASH_PATTERN
+from appliance.manifest.uidl import DEFAULT_UIDL_FORMAT, check_uidl_format
 from appliance.manifest.units import Duration, Size
 
 # RFC 5322 §3.2.3 atext, minus "+" (the recipient delimiter for plus-addressing).
@@ -185,6 +186,14 @@ class Server(Model):
         "+", description='Plus-addressing: john+news@ reaches john. "" turns it off.'
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    dovecot_pop3_uidl_format: Annotated[str, AfterValidator(check_uidl_format)] = Field(
+        DEFAULT_UIDL_FORMAT,
+        description=(
+            "The pop3_uidl_format Dovecot served POP3 with, for Maildirs taken over from it: their "
+            "messages keep the UIDLs Dovecot gave. %u UID, %v UIDVALIDITY, %f file name, with a "
+            'width and X for hex; Dovecot\'s default "%08Xu%08Xv".'
+        ),
+    )
 
     @field_validator("trusted_networks")
     @classmethod

@@ -20,11 +20,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from appliance.manifest.uidl import DEFAULT_UIDL_FORMAT, expand_uidl_format
+
+__all__ = ["DEFAULT_UIDL_FORMAT", "DOVECOT_UIDLIST", "DovecotUidList", "read_dovecot_uidlist"]
+
 DOVECOT_UIDLIST = "dovecot-uidlist"
 MAX_UIDLIST_BYTES = 256 << 20  # ~2.5 million records; a larger file is not Dovecot's
 MAX_UID = 2**32 - 1  # RFC 3501 §2.3.1.1: a UID is a 32-bit value
-# Dovecot's default pop3_uidl_format: UID and UIDVALIDITY, 8 hex digits each (its %X is lowercase).
-DEFAULT_POP3_UIDL = "{uid:08x}{uidvalidity:08x}"
 
 
 @dataclass
@@ -34,15 +36,17 @@ class DovecotUidList:
     uids: dict[str, int] = field(default_factory=dict)  # Maildir base name → UID
     pop3_uidls: dict[str, str] = field(default_factory=dict)  # base name → UIDL Dovecot saved (P)
 
-    def pop3_uidl(self, key: str) -> str | None:
-        """The UIDL Dovecot served for the message with this base name; None when it had none."""
+    def pop3_uidl(self, key: str, uidl_format: str = DEFAULT_UIDL_FORMAT) -> str | None:
+        """The UIDL Dovecot served for the message with this base name, by Dovecot's
+        `pop3_uidl_format` (its default: UID and UIDVALIDITY, 8 hex digits each); None when it
+        did not know the message."""
         saved = self.pop3_uidls.get(key)
         if saved is not None:
             return saved
         uid = self.uids.get(key)
         if uid is None:
             return None
-        return DEFAULT_POP3_UIDL.format(uid=uid, uidvalidity=self.uidvalidity)
+        return expand_uidl_format(uidl_format, uid, self.uidvalidity, key)
 
 
 def read_dovecot_uidlist(folder: Path) -> DovecotUidList | None:
