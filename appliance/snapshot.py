@@ -93,6 +93,8 @@ class Snapshot:
     max_connections_per_client: int
     # Logins before TLS (RFC 8314 discourages them).
     allow_plaintext_auth: bool
+    # Dovecot's pop3_uidl_format, for the UIDLs of messages Dovecot served (store/dovecot.py).
+    dovecot_pop3_uidl_format: str
     # Local domains, enabled or not, manifest order.
     domain_names: tuple[str, ...]
 
@@ -286,6 +288,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         max_connections=server.limits.max_connections,
         max_connections_per_client=server.limits.max_connections_per_client,
         allow_plaintext_auth=server.allow_plaintext_auth,
+        dovecot_pop3_uidl_format=server.dovecot_pop3_uidl_format,
         domain_names=tuple(domains),
     )
 

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.pam",
     "tests.fixtures.auth_service",
     "tests.fixtures.mariadb",
+    "tests.fixtures.dovecot",
 ]

@@ -129,7 +129,7 @@ def test_import_writes_a_manifest_validate_accepts_and_reports_what_it_left_out(
     validated = run("validate", manifest_path, "--format", "json")
     assert validated.returncode == 0, validated.stdout + validated.stderr
     problems = json.loads(validated.stdout)["problems"]
-    legacy = {p["path"] for p in problems if p["severity"] == "warning" and "legacy" in p["message"]}
+    legacy = {p["path"] for p in problems if p["severity"] == "warning" and "hMailServer" in p["message"]}
     assert legacy == {
         f'domains."example.test".accounts.{local}.password_hash' for local in ("alice", "bob", "erin")
     }

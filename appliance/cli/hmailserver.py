@@ -29,13 +29,9 @@ MANIFEST = "appliance.toml"
 MANIFEST_BESIDE = "appliance.imported.toml"
 
 
-def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = subparsers.add_parser(
-        "import", help="turn another mail server's installation into a manifest and a mail store"
-    )
-    sources = parser.add_subparsers(dest="source", metavar="SOURCE")
-    sources.required = True
-    hmail = sources.add_parser(
+def add_hmailserver_source(sources: Any) -> argparse.ArgumentParser:
+    """`appliance import hmailserver`, under the `import` command's sources."""
+    hmail: argparse.ArgumentParser = sources.add_parser(
         "hmailserver",
         help="hMailServer: its database (or the export script's JSON) and its data directory",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
@@ -60,7 +56,7 @@ def add_import_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     hmail.add_argument("--format", choices=("text", "json"), default="text")
     hmail.set_defaults(func=import_hmailserver)
-    return parser
+    return hmail
 
 
 def import_hmailserver(args: argparse.Namespace) -> int:
