@@ -431,3 +431,18 @@ def test_rerun_refuses_while_serving_and_leaves_an_edited_manifest_alone(
     assert report["mail"]["messages_copied"] == 0
     assert served.manifest.read_text() == edited  # the admin's DCs are still there
     assert "discover = true" in (served.directory / "appliance.imported.toml").read_text()
+
+
+def test_dates_are_read_in_the_hmailserver_machines_time_zone(source: Source, tmp_path: Path) -> None:
+    export = tmp_path / "export.json"
+    source.installation.export_json(export)
+    out = tmp_path / "out"
+    result = run(
+        "import", "hmailserver", "--json", export, "--data-dir", source.installation.data_dir,
+        "--out", out, "--ad-domain", "OTHERAD=other.test", "--timezone", "Europe/Berlin",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    alice = out / "var" / "mail" / "example.test" / "alice"
+    dates = sorted(record.internaldate for record in load_uidlist(alice, 1).records.values())
+    assert dates[0] == 1709284500.0 - 3600  # 2024-03-01 09:15 in Berlin (CET) is 08:15 UTC
+    assert sorted(os.stat(alice / "cur" / name).st_mtime for name in os.listdir(alice / "cur")) == dates

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zoneinfo
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,12 @@ def add_hmailserver_source(sources: Any) -> argparse.ArgumentParser:
         metavar="NAME=DNS",
         help="DNS name of an AD domain hMailServer names by its down-level name (CLOUDTECH=cloudtech.local)",
     )
+    hmail.add_argument(
+        "--timezone",
+        default="UTC",
+        metavar="ZONE",
+        help="the hMailServer machine's time zone, e.g. Europe/Berlin: its dates are local times (default UTC)",
+    )
     hmail.add_argument("--format", choices=("text", "json"), default="text")
     hmail.set_defaults(func=import_hmailserver)
     return hmail
@@ -69,6 +76,11 @@ def import_hmailserver(args: argparse.Namespace) -> int:
             )
             return 2
         ad_domains[name] = dns_name
+    try:
+        zone = zoneinfo.ZoneInfo(args.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        print(f'--timezone "{args.timezone}": not a time zone name (e.g. Europe/Berlin)', file=sys.stderr)
+        return 2
     try:
         if args.json is not None:
             tables = read_json(args.json)
@@ -104,7 +116,7 @@ def import_hmailserver(args: argparse.Namespace) -> int:
     data_dir = (loaded.base_dir / loaded.manifest.server.data_dir).resolve()
     mail = MailResult()
     if args.data_dir is not None:
-        mail = copy_mail(tables, plan.mailboxes, args.data_dir, data_dir / "mail")
+        mail = copy_mail(tables, plan.mailboxes, args.data_dir, data_dir / "mail", zone)
     else:
         plan.notes.append(Note("not imported", "server", "mail: no --data-dir given"))
     notes = [*plan.notes, *mail.notes]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import datetime
 import itertools
 import os
 import re
@@ -86,8 +87,15 @@ def encode_folder_name(name: str) -> str:
     return "".join(out)
 
 
-def copy_mail(tables: Tables, mailboxes: list[Mailbox], data_dir: Path, store: Path) -> MailResult:
-    """Every message of `mailboxes` from hMailServer's `data_dir` into `store` (<data_dir>/mail)."""
+def copy_mail(
+    tables: Tables,
+    mailboxes: list[Mailbox],
+    data_dir: Path,
+    store: Path,
+    zone: datetime.tzinfo = datetime.UTC,
+) -> MailResult:
+    """Every message of `mailboxes` from hMailServer's `data_dir` into `store` (<data_dir>/mail);
+    hMailServer's times are read in its server's time `zone`."""
     result = MailResult()
     folders_by_account: dict[int, list[Row]] = defaultdict(list)
     for row in tables.get("hm_imapfolders", []):
@@ -106,6 +114,7 @@ def copy_mail(tables: Tables, mailboxes: list[Mailbox], data_dir: Path, store: P
                 Path(store) / mailbox.domain / mailbox.local_part,
                 result,
                 writers,
+                zone,
             )
     return result
 
@@ -140,6 +149,7 @@ def _copy_account(
     root: Path,
     result: MailResult,
     writers: concurrent.futures.Executor,
+    zone: datetime.tzinfo,
 ) -> None:
     Maildir(root).ensure()
     names = _folder_names(folders, mailbox.address, result.notes)
@@ -187,6 +197,7 @@ def _copy_account(
             [job[0] for job in jobs],
             itertools.repeat(mailbox.account_id),
             [job[2] for job in jobs],
+            itertools.repeat(zone),
         )
         for (message_id, _source, _row), (key, created, wire) in zip(jobs, copied, strict=True):
             uid_lines.append(f"+{uids.uidnext} {created:.0f} {wire} {key}")
@@ -224,10 +235,12 @@ def _find_source(source_dir: Path, filename: str) -> Path | None:
     return None
 
 
-def _write(folder: Path, source: Path, message_id: int, account_id: int, row: Row) -> tuple[str, float, int]:
+def _write(
+    folder: Path, source: Path, message_id: int, account_id: int, row: Row, zone: datetime.tzinfo
+) -> tuple[str, float, int]:
     """The message in `folder`/cur (not fsynced: the caller syncs the batch); (key, internal
     date, size with CRLF)."""
-    created = as_time(row.get("messagecreatetime"))
+    created = as_time(row.get("messagecreatetime"), zone)
     with open(source, "rb") as handle:
         if created is None:
             created = os.fstat(handle.fileno()).st_mtime

@@ -147,9 +147,9 @@ def _plain(row: Mapping[str, Any]) -> Row:
     return {str(key).lower(): value for key, value in row.items()}
 
 
-def as_time(value: Any) -> float | None:
-    """Epoch seconds from a database datetime (hMailServer stores local time; read as UTC
-    unless it carries a zone) or an ISO 8601 string from the export."""
+def as_time(value: Any, zone: datetime.tzinfo = datetime.UTC) -> float | None:
+    """Epoch seconds from a database datetime or an ISO 8601 string from the export.
+    hMailServer stores its server's local time: a time without a zone is read in `zone`."""
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -159,7 +159,7 @@ def as_time(value: Any) -> float | None:
             return None
     if isinstance(value, datetime.datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=datetime.UTC)
+            value = value.replace(tzinfo=zone)
         return value.timestamp()
     return None
 
