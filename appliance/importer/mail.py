@@ -41,7 +41,7 @@ from appliance.imap.uidlist import (
 )
 from appliance.importer.plan import Mailbox, Note
 from appliance.importer.source import Row, Tables, as_int, as_text, as_time
-from appliance.store.durable import fsync_directory, replace_file
+from appliance.store.durable import fsync_directory, replace_file, write_all
 from appliance.store.maildir import INFO_SEPARATOR, Maildir, to_lf, wire_size
 
 LEDGER = "appliance-hmailserver-imported"
@@ -131,9 +131,9 @@ def _folder_names(folders: list[Row], address: str, notes: list[Note]) -> dict[i
             if row is None:
                 break
             part = as_text(row.get("foldername"))
-            if DELIMITER in part or "/" in part:
+            if DELIMITER in part or "/" in part or not part:
                 notes.append(Note("renamed", address, f'folder "{part}": "." and "/" became "_"'))
-                part = part.replace(DELIMITER, "_").replace("/", "_")
+                part = part.replace(DELIMITER, "_").replace("/", "_") or "_"
             parts.append(part)
             current = as_int(row.get("folderparentid"), -1)
         name = DELIMITER.join(encode_folder_name(part) for part in reversed(parts))
@@ -291,7 +291,7 @@ def _append_ledger(folder: Path, lines: list[str]) -> None:
         return
     descriptor = os.open(folder / LEDGER, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        os.write(descriptor, "".join(line + "\n" for line in lines).encode("ascii"))
+        write_all(descriptor, "".join(line + "\n" for line in lines).encode("ascii"))
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
