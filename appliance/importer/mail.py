@@ -153,7 +153,7 @@ def _copy_account(
 ) -> None:
     Maildir(root).ensure()
     names = _folder_names(folders, mailbox.address, result.notes)
-    source_dir = data_dir / mailbox.domain / mailbox.local_part
+    source_dir = _as_on_disk(_as_on_disk(data_dir, mailbox.domain), mailbox.local_part)
     written: list[tuple[Path, list[str], list[str], UidList]] = []
     subscribed: list[str] = []
     for row in sorted(folders, key=lambda r: names.get(as_int(r.get("folderid")), "")):
@@ -224,6 +224,19 @@ def _uidlist(path: Path) -> UidList:
     return uids
 
 
+def _as_on_disk(parent: Path, name: str) -> Path:
+    """`parent/name`, or the entry of `parent` that differs from it only in case: Windows does
+    not tell "John" from "john", so a copied data directory may hold either."""
+    exact = parent / name
+    if exact.exists():
+        return exact
+    try:
+        entries = os.listdir(parent)
+    except OSError:
+        return exact
+    return next((parent / entry for entry in entries if entry.lower() == name.lower()), exact)
+
+
 def _find_source(source_dir: Path, filename: str) -> Path | None:
     base = re.split(r"[\\/]", filename)[-1]
     if not base or base in (".", ".."):
@@ -232,7 +245,10 @@ def _find_source(source_dir: Path, filename: str) -> Path | None:
     for candidate in (source_dir / partial / base, source_dir / base):
         if candidate.is_file():
             return candidate
-    return None
+    # The two-character directory and the file name as Windows may have cased them.
+    directory = _as_on_disk(source_dir, partial)
+    found = _as_on_disk(directory, base)
+    return found if found.is_file() else None
 
 
 def _write(

@@ -57,7 +57,8 @@ class Installation:
         """A message in the data directory (`<domain>/<local>/<2 chars>/{GUID}.eml`, CRLF) and its row."""
         local, _, domain = address.partition("@")
         name = "{" + str(uuid.UUID(int=self.next_message * 7919 + account_id)).upper() + "}.eml"
-        directory = self.data_dir / domain / local / name[1:3]
+        # hMailServer's directories keep the case the account was created with (Windows ignores it).
+        directory = self.data_dir / domain / (local.capitalize() if local == "bob" else local) / name[1:3]
         directory.mkdir(parents=True, exist_ok=True)
         text = (
             f"From: sender{uid}@remote.test\r\nTo: {address}\r\nSubject: message {uid} of folder {folder_id}\r\n"
