@@ -200,6 +200,14 @@ def test_import_writes_a_manifest_validate_accepts_and_reports_what_it_left_out(
         'alias: no account or alias "gone" in example.test',
     ) in notes
     assert ("not imported", "server", 'IP range "Internet"') in notes
+    assert ("not imported", "example.test", "domain size limit of 5000 MB") in notes
+    assert ("not imported", "alice@example.test", "hMailServer administration rights") in notes
+    assert (
+        "to complete",
+        "example.test",
+        'DKIM selector "hm2024": copy its private key (C:\\hMailServer\\dkim\\example.pem) '
+        'and add dkim = { selector = "hm2024", key_file = "..." }',
+    ) in notes
     assert ("not imported", "server", "greylisting (setting usegreylisting)") in notes
     assert ("not imported", "server", "1 message(s) in hMailServer's delivery queue") in notes
     assert report["mail"] == {

@@ -109,6 +109,7 @@ def build_plan(tables: Tables, *, ad_domains: dict[str, str] | None = None) -> P
             domain.catch_all = postmaster
         domains[name] = domain
         domain_names[as_int(row.get("domainid"))] = name
+        _report_domain(name, row, notes)
         counts["domains"] += 1
     alias_domains: dict[str, list[str]] = defaultdict(list)  # target domain → its alias domains
     for row in tables.get("hm_domain_aliases", []):
@@ -276,6 +277,25 @@ def _leave_out(
     return dropped
 
 
+def _report_domain(name: str, row: Row, notes: list[Note]) -> None:
+    if as_int(row.get("domainmaxsize")) > 0:
+        notes.append(
+            Note("not imported", name, f"domain size limit of {as_int(row.get('domainmaxsize'))} MB")
+        )
+    if as_int(row.get("domainenablesignature")):
+        notes.append(Note("not imported", name, "signature added to outgoing mail"))
+    selector = as_text(row.get("domaindkimselector")).strip()
+    if selector:
+        notes.append(
+            Note(
+                "to complete",
+                name,
+                f'DKIM selector "{selector}": copy its private key ({as_text(row.get("domaindkimprivatekeyfile"))}) '
+                f'and add dkim = {{ selector = "{selector}", key_file = "..." }}',
+            )
+        )
+
+
 def _account(
     row: Row,
     address: str,
@@ -328,6 +348,10 @@ def _account(
     )
     if name:
         account["display_name"] = name.strip()
+    if as_int(row.get("accountadminlevel")):
+        notes.append(Note("not imported", address, "hMailServer administration rights"))
+    if as_int(row.get("accountenablesignature")):
+        notes.append(Note("not imported", address, "signature added to outgoing mail"))
     if as_int(row.get("accountvacationmessageon")):
         subject = as_text(row.get("accountvacationsubject"))
         notes.append(

@@ -128,7 +128,15 @@ def build(data_dir: Path, ports: dict[str, int]) -> Installation:
     )
     inst.rows("hm_domains").extend(
         [
-            {"domainid": 1, "domainname": "example.test", "domainactive": 1, "domainmaxmessagesize": 20480},
+            {
+                "domainid": 1,
+                "domainname": "example.test",
+                "domainactive": 1,
+                "domainmaxmessagesize": 20480,
+                "domainmaxsize": 5000,
+                "domaindkimselector": "hm2024",
+                "domaindkimprivatekeyfile": "C:\\hMailServer\\dkim\\example.pem",
+            },
             {"domainid": 2, "domainname": "second.test", "domainactive": 1},
         ]
     )
@@ -141,7 +149,7 @@ def build(data_dir: Path, ports: dict[str, int]) -> Installation:
 
     account(1, "alice@example.test", 1, accountpwencryption=3, accountmaxsize=100,
             accountpassword=salted_sha256(PASSWORDS["alice@example.test"], "a1b2c3"),
-            accountpersonfirstname="Alice", accountpersonlastname="Liddell")  # fmt: skip
+            accountpersonfirstname="Alice", accountpersonlastname="Liddell", accountadminlevel=2)  # fmt: skip
     account(2, "bob@example.test", 1, accountpwencryption=2, accountpassword=md5_hex(PASSWORDS["bob@example.test"]),
             accountforwardenabled=1, accountforwardaddress="carol@second.test", accountforwardkeeporiginal=1,
             accountvacationmessageon=1, accountvacationsubject="Away until Monday",
