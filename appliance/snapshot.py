@@ -105,6 +105,8 @@ class Snapshot:
     max_connections_per_client: int
     # Logins before TLS (RFC 8314 discourages them).
     allow_plaintext_auth: bool
+    # Dovecot's pop3_uidl_format, for the UIDLs of messages Dovecot served (store/dovecot.py).
+    dovecot_pop3_uidl_format: str
     # Local domains, enabled or not, manifest order.
     domain_names: tuple[str, ...]
     # [filter]: inbound mail scanned by rspamd; None when not declared.
@@ -309,6 +311,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         max_connections=server.limits.max_connections,
         max_connections_per_client=server.limits.max_connections_per_client,
         allow_plaintext_auth=server.allow_plaintext_auth,
+        dovecot_pop3_uidl_format=server.dovecot_pop3_uidl_format,
         domain_names=tuple(domains),
         filter=_filter_settings(manifest),
         srs_domain=manifest.outbound.srs_domain,

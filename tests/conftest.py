@@ -7,4 +7,6 @@ pytest_plugins = [
     "tests.fixtures.pam",
     "tests.fixtures.auth_service",
     "tests.fixtures.rspamd",
+    "tests.fixtures.mariadb",
+    "tests.fixtures.dovecot",
 ]

@@ -205,6 +205,20 @@ def test_empty_or_control_character_password_never_reaches_the_dc(
     assert bad_pwd_count(samba, user) == 1
 
 
+def test_password_is_sent_as_typed_not_saslprepped_so_the_dc_compares_what_was_set(
+    samba: SambaDomain, auth_services: AuthServices
+) -> None:
+    # ldap3 applied SASLprep (RFC 4013) to simple-bind passwords; the bind we encode ourselves
+    # (auth/simple_bind.py) sends the UTF-8 as typed, as Windows clients do. A no-break space, a
+    # soft hyphen and the "fi" ligature are all changed by SASLprep; AD stored them as set.
+    typed = "Gut\u00a0Pass\u00adwort\ufb011!"
+    saslprepped = "Gut Passwortfi1!"  # what ldap3's sasl_prep(typed) gives
+    user = new_user(samba, password=typed)
+    login = start(auth_services, samba, user)
+    assert login("john@example.test", typed).outcome is Outcome.ACCEPTED
+    assert login("john@example.test", saslprepped).cause == "bad_credentials"
+
+
 # -- require_group ----------------------------------------------------------------------------
 
 

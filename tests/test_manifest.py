@@ -139,6 +139,28 @@ def test_hash_password_refuses_an_empty_password() -> None:
     assert result.stdout == ""
 
 
+def test_the_commands_the_readme_says_take_manifest_do_and_the_others_refuse_it(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "`serve`, `status`, `queue`, `check-auth` and `validate` take `--manifest PATH`" in readme
+    manifest = tmp_path / "m.toml"
+    manifest.write_text('[server]\nhostname = "mail.example.test"\n')
+    assert run_cli("validate", "--manifest", str(manifest)).returncode == 0
+    for command in ("serve", "status", "queue", "check-auth"):
+        assert "--manifest" in run_cli(command, "--help").stdout, command
+    for command in (["schema"], ["hash-password"], ["plan", "a", "b"], ["import", "dovecot", "--out", "x"]):
+        refused = run_cli(*command, "--manifest", str(manifest), stdin="pw\n")
+        assert refused.returncode == 2 and "unrecognized arguments: --manifest" in refused.stderr, command
+
+
+def test_the_schema_says_nested_groups_count_for_active_directory_only() -> None:
+    definitions = json.loads(schema_json())["$defs"]
+    assert (
+        "nested membership counts"
+        in definitions["ActiveDirectory"]["properties"]["require_group"]["description"]
+    )
+    assert "direct members" in definitions["LDAPDirectory"]["properties"]["require_group"]["description"]
+
+
 def test_plan_shows_one_line_per_change(tmp_path: Path) -> None:
     old = tmp_path / "old.toml"
     new = tmp_path / "new.toml"

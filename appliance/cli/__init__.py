@@ -1,6 +1,8 @@
-"""The `appliance` command: validate, schema, hash-password, plan, serve, status, check-auth, queue.
+"""The `appliance` command: validate, schema, hash-password, plan, serve, status, check-auth, queue,
+import.
 
-The top layer: it may import every other. `check-auth` is in check_auth.py, `queue` in queue.py;
+The top layer: it may import every other. `check-auth` is in check_auth.py, `queue` in queue.py,
+`import dovecot` in import_dovecot.py, `import hmailserver` in hmailserver.py;
 the server itself is `appliance.serve`, imported only by `appliance serve`.
 """
 
@@ -14,7 +16,10 @@ import time
 from pathlib import Path
 
 from appliance.cli.check_auth import add_check_auth_parser
+from appliance.cli.hmailserver import add_hmailserver_source
+from appliance.cli.import_dovecot import add_dovecot_source
 from appliance.manifest import ManifestError, load_manifest
+from appliance.manifest.checks import weak_hash_warnings
 from appliance.manifest.files import file_problems
 from appliance.manifest.schema import schema_json
 from appliance.status import read_status, serving_pid, status_path
@@ -37,7 +42,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         loaded = load_manifest(path)
         # The files it names, on disk: key material others may read is an error; paths that
         # leave the manifest's directory and CA files with no certificate are warnings.
-        found = file_problems(loaded)
+        found = file_problems(loaded) + weak_hash_warnings(loaded)
         if any(not problem.warning for problem in found):
             raise ManifestError(str(path), found)
     except ManifestError as error:
@@ -232,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
     queue.set_defaults(func=cmd_queue)
 
     add_check_auth_parser(commands)
+    importer = commands.add_parser(
+        "import", help="write a manifest (and, from hmailserver, the mail store) from another mail server"
+    )
+    sources = importer.add_subparsers(dest="source", metavar="SOURCE")
+    sources.required = True
+    add_dovecot_source(sources)
+    add_hmailserver_source(sources)
     return parser
 
 

@@ -158,20 +158,24 @@ class FolderIndex:
         listing = scan.listing
         # New messages get the next UIDs in delivery order (RFC 3501 §2.3.1.1: ascending).
         fresh = sorted((key for key in scan.described if key not in records), key=age_order)
+        adopted = scan.uids.adopted if scan.uids is not None else None
         lines = []
         added: list[tuple[str, uidlist.Record]] = []
         for key in fresh:
             internaldate, size = scan.described[key]
-            record = uidlist.Record(self.uidnext, internaldate, size)
-            self.uidnext += 1
+            uid = adopted.get(key) if adopted else None  # the UID Dovecot gave it (uidlist.py)
+            if uid is None:
+                uid = self.uidnext
+                self.uidnext += 1
+            record = uidlist.Record(uid, internaldate, size)
             added.append((key, record))
-            lines.append(f"+{record.uid} {internaldate:.0f} {size} {key}")
+            lines.append(f"+{record.uid} {int(internaldate)} {size} {key}")
         if self.recent_upto != self.recent_written:
             lines.append(f"R{self.recent_upto}")
         if lines:
             self.lines += len(added)
             live = len(listing)
-            if self.lines > 2 * live + 1000:
+            if self.lines > 2 * live + 1000 or adopted:  # adopted: the whole list in one write
                 kept = {key: records[key] for key in listing if key in records}
                 for key, entry in self.entries.items():
                     if key in listing:

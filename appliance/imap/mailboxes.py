@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from appliance.imap.index import FolderIndex, MailboxError
 from appliance.imap.view import FolderView
 from appliance.store.delivery import write_message
+from appliance.store.dovecot import DOVECOT_UIDLIST
 from appliance.store.durable import replace_file
 from appliance.store.folders import (
     create_folders,
@@ -46,7 +47,11 @@ SPECIAL_USE = {
     "Archive": "\\Archive",
 }
 PREPARED_MARKER = "appliance-imap-prepared"
-SUBSCRIPTIONS = "subscriptions"
+SUBSCRIPTIONS = "subscriptions"  # ours: one name a line (Maildir++'s form, Dovecot's version 1)
+# Dovecot 2.x writes its `subscriptions` as "V\t2", an empty line, then names with "\t" between
+# levels. Such a file is read, never written: our changes go to this file beside it.
+OWN_SUBSCRIPTIONS = "appliance-subscriptions"
+_DOVECOT_SUBSCRIPTIONS_HEADER = "V\t"
 DELETED_PREFIX = "~deleted-"  # a folder being deleted is renamed to this first
 MAX_CACHED_FOLDERS = 256  # folder indexes kept in memory while no session has them open
 _T = TypeVar("_T")
@@ -331,13 +336,17 @@ def _prepare(root: Path) -> None:
     remove_leftovers(root, DELETED_PREFIX)
     if (root / PREPARED_MARKER).exists():
         return
+    if (root / DOVECOT_UIDLIST).exists() or _subscriptions_file(root)[1]:
+        # A Maildir Dovecot served keeps the folders and subscriptions its clients know.
+        _write_text(root / PREPARED_MARKER, "")
+        return
     for name in SPECIAL_USE:
         Maildir(root / f".{name}").ensure()
     subscribed = _read_subscriptions(root)
     for name in ["INBOX", *SPECIAL_USE]:
         if name not in subscribed:
             subscribed.append(name)
-    _write_text(root / SUBSCRIPTIONS, "".join(f"{name}\n" for name in subscribed))
+    _write_subscriptions(root, subscribed)
     _write_text(root / PREPARED_MARKER, "")
 
 
@@ -345,12 +354,35 @@ def _folder_names(root: Path) -> tuple[list[str], set[str]]:
     return Maildir(root).folders(), set(_read_subscriptions(root))
 
 
-def _read_subscriptions(root: Path) -> list[str]:
+def _subscriptions_file(root: Path) -> tuple[Path, bool]:
+    """The file that holds the account's subscriptions, and whether it is Dovecot's (read only)."""
+    own = root / OWN_SUBSCRIPTIONS
+    if own.exists():
+        return own, False
+    path = root / SUBSCRIPTIONS
     try:
-        text = (root / SUBSCRIPTIONS).read_text("utf-8", "replace")
+        with open(path, "rb") as handle:
+            start = handle.read(len(_DOVECOT_SUBSCRIPTIONS_HEADER))
+    except FileNotFoundError:
+        return path, False
+    return path, start == _DOVECOT_SUBSCRIPTIONS_HEADER.encode()
+
+
+def _read_subscriptions(root: Path) -> list[str]:
+    path, dovecot = _subscriptions_file(root)
+    try:
+        text = path.read_text("utf-8", "replace")
     except FileNotFoundError:
         return []
-    return [line for line in text.splitlines() if line]
+    lines = text.splitlines()
+    if dovecot:  # "V\t2", "", then the names, levels apart by "\t"
+        return [line.replace("\t", DELIMITER) for line in lines[1:] if line]
+    return [line for line in lines if line]
+
+
+def _write_subscriptions(root: Path, names: list[str]) -> None:
+    path, dovecot = _subscriptions_file(root)
+    _write_text(root / OWN_SUBSCRIPTIONS if dovecot else path, "".join(f"{name}\n" for name in names))
 
 
 def _change_subscription(root: Path, name: str, subscribe: bool) -> None:
@@ -361,7 +393,7 @@ def _change_subscription(root: Path, name: str, subscribe: bool) -> None:
         names.remove(name)
     else:
         return
-    _write_text(root / SUBSCRIPTIONS, "".join(f"{n}\n" for n in names))
+    _write_subscriptions(root, names)
 
 
 def _rename_subscriptions(root: Path, old: str, new: str) -> None:
@@ -370,7 +402,7 @@ def _rename_subscriptions(root: Path, old: str, new: str) -> None:
         new + name[len(old) :] if name == old or name.startswith(old + DELIMITER) else name for name in names
     ]
     if renamed != names:
-        _write_text(root / SUBSCRIPTIONS, "".join(f"{n}\n" for n in renamed))
+        _write_subscriptions(root, renamed)
 
 
 # -- the process-wide registry ---------------------------------------------------------------------

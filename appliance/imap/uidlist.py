@@ -8,8 +8,13 @@ one short line, not a rewrite of the whole list:
 
     appliance-uidlist 1 <uidvalidity>      header, written once
     +<uid> <internaldate> <size> <key>     a UID given to the message with that Maildir key
+                                           (internaldate: whole seconds, cut as IMAP shows it)
     R<uid>                                 every UID up to this one has been \\Recent somewhere
     N<uid>                                 the next UID is at least this (after a compaction)
+
+A folder Dovecot served (a `dovecot-uidlist` and no list of ours) is adopted: Dovecot's
+UIDVALIDITY, next UID and UIDs (store/dovecot.py) become the first lines of our list, so its
+clients keep their caches. Dovecot's file is only read.
 
 A record whose message is gone from disk is dropped when the log is compacted (rewritten with
 only the live records, crash-safely: store/durable.py). A torn last line (a crash while
@@ -28,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.store.dovecot import read_dovecot_uidlist
 from appliance.store.durable import replace_file, write_all
 
 UIDLIST = "appliance-uidlist"
@@ -52,6 +58,9 @@ class UidList:
     recent_upto: int
     records: dict[str, Record]  # Maildir key → its UID record
     lines: int  # records in the file, live or not (for compaction)
+    # Maildir key → UID Dovecot gave it, for a folder adopted from Dovecot (nothing of ours on
+    # disk yet): the index gives these UIDs, then writes the whole list at once.
+    adopted: dict[str, int] | None = None
 
 
 # -- the UID list ---------------------------------------------------------------------------------
@@ -62,6 +71,10 @@ def load_uidlist(folder: Path, uidvalidity: int) -> UidList:
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
+        dovecot = read_dovecot_uidlist(folder)
+        if dovecot is not None:
+            # Dovecot's messages are not \Recent to anyone: Dovecot's clients have seen them.
+            return UidList(dovecot.uidvalidity, dovecot.next_uid, dovecot.next_uid - 1, {}, 0, dovecot.uids)
         data = b""
     lines = data.split(b"\n")
     head = lines[0].decode("ascii", "replace").split(" ")
@@ -125,7 +138,7 @@ def rewrite_uidlist(folder: Path, uidlist: UidList) -> None:
     """The whole list written anew with only its live records (temporary file, fsync, rename)."""
     lines = [f"{_HEADER} {uidlist.uidvalidity}", f"N{uidlist.uidnext}", f"R{uidlist.recent_upto}"]
     ordered = sorted(uidlist.records.items(), key=lambda item: item[1].uid)
-    lines += [f"+{r.uid} {r.internaldate:.0f} {r.size} {key}" for key, r in ordered]
+    lines += [f"+{r.uid} {int(r.internaldate)} {r.size} {key}" for key, r in ordered]
     replace_file(folder / UIDLIST, "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape"))
     uidlist.lines = len(ordered)
 

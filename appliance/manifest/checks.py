@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from appliance.manifest.loader import KeyPath, Problem, render_path, suggest
+from appliance.manifest.hashes import scheme_of
+from appliance.manifest.loader import KeyPath, LoadedManifest, Problem, place_problems, render_path, suggest
 from appliance.manifest.models import ActiveDirectory, Domain, Server, check_domain_name, check_local_part
 
 
@@ -25,6 +26,30 @@ def cross_check(
             _check_references(name, domain, directories, owners, local_domains, problems)
     _check_loops(domains, problems)
     return problems
+
+
+def weak_hash_warnings(loaded: LoadedManifest) -> list[Problem]:
+    """A warning for each password hash in a scheme that is quick to guess offline (MD5-crypt, DES
+    crypt, salted or unsalted single digests): it verifies, but should be replaced (for `validate`)."""
+    problems: list[Problem] = []
+    for name, domain in loaded.manifest.domains.items():
+        for local_part, account in domain.accounts.items():
+            scheme = scheme_of(account.password_hash) if account.password_hash else None
+            if scheme is not None and scheme.weakness is not None:
+                problems.append(
+                    Problem(
+                        ("domains", name, "accounts", local_part, "password_hash"),
+                        f"{scheme.weakness} (set a new password: `appliance hash-password` makes argon2id)",
+                        warning=True,
+                    )
+                )
+    if not problems:
+        return problems
+    try:
+        text = loaded.path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return problems
+    return place_problems(problems, text)
 
 
 def _check_listeners(server: Any, problems: list[Problem]) -> None:

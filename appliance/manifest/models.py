@@ -24,6 +24,7 @@ from pydantic import (
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from appliance.manifest.hashes import HASH_PATTERN
+from appliance.manifest.uidl import DEFAULT_UIDL_FORMAT, check_uidl_format
 from appliance.manifest.units import Duration, Size
 
 # RFC 5322 §3.2.3 atext, minus "+" (the recipient delimiter for plus-addressing).
@@ -185,6 +186,14 @@ class Server(Model):
         "+", description='Plus-addressing: john+news@ reaches john. "" turns it off.'
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    dovecot_pop3_uidl_format: Annotated[str, AfterValidator(check_uidl_format)] = Field(
+        DEFAULT_UIDL_FORMAT,
+        description=(
+            "The pop3_uidl_format Dovecot served POP3 with, for Maildirs taken over from it: their "
+            "messages keep the UIDLs Dovecot gave. %u UID, %v UIDVALIDITY, %f file name, with a "
+            'width and X for hex; Dovecot\'s default "%08Xu%08Xv".'
+        ),
+    )
 
     @field_validator("trusted_networks")
     @classmethod
@@ -255,7 +264,10 @@ class _LDAPConnection(Model):
     )
     allow_plaintext: bool = Field(
         False,
-        description="Allow ldap:// without StartTLS. Only for a directory on this host or a trusted link.",
+        description=(
+            "Allow ldap:// without StartTLS, to any host: passwords then cross the network in clear. "
+            "Only for a directory on this host or a trusted link; nothing checks which it is."
+        ),
     )
     connect_timeout: Duration = Field(3.0, description="Time to open a connection to one server.")
     response_timeout: Duration = Field(5.0, description="Time to wait for one answer.")
@@ -369,6 +381,13 @@ class LDAPDirectory(_LDAPConnection):
     user_filter: str = Field(
         "(uid={user})", description="Search filter for search-then-bind; {user} is escaped per RFC 4515."
     )
+    require_group: str | None = Field(
+        None,
+        description=(
+            "Only direct members of this group may log in (listed in its group_member_attribute; "
+            "members of a group that is a member do not count). Name or DN."
+        ),
+    )
     group_member_attribute: str = Field(
         "member", description="Attribute of require_group that lists members (member or uniqueMember)."
     )
@@ -430,7 +449,13 @@ class Account:
     )
     password_hash: PasswordHash | None = Field(
         None,
-        description="argon2id hash from `appliance hash-password` (bcrypt and SHA-512-crypt also verify).",
+        description=(
+            "argon2id hash from `appliance hash-password`. Carried-over hashes also verify: bcrypt, "
+            "SHA-512/SHA-256/MD5-crypt, argon2i, bare or after Dovecot's {SCHEME} prefix "
+            "({SHA512-CRYPT}, {BLF-CRYPT}, {ARGON2ID}, {CRYPT}, ...), and Dovecot's {SSHA512}, "
+            "{SSHA256}, {SSHA}, {SMD5}, {SHA512}, {SHA256}, {SHA1}, {PLAIN-MD5}; `validate` warns "
+            "about the weak ones. {PLAIN} is refused."
+        ),
     )
     enabled: StrictBool = Field(True, description="A disabled account receives no mail and cannot log in.")
     quota: Size | None = Field(None, description='Mailbox size limit, e.g. "2 GB"; none by default.')

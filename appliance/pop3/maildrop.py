@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from appliance.pop3.wire import encode_whole
+from appliance.store.dovecot import DEFAULT_UIDL_FORMAT, DovecotUidList, read_dovecot_uidlist
 from appliance.store.maildir import read_message_file
 
 if TYPE_CHECKING:
@@ -46,12 +47,16 @@ _held: set[str] = set()
 _held_lock = threading.Lock()
 
 
-def unique_id(key: str) -> str:
-    """The UIDL of a message: its Maildir key, which never changes and is never reused.
+def unique_id(key: str, dovecot: DovecotUidList | None = None, uidl_format: str = DEFAULT_UIDL_FORMAT) -> str:
+    """The UIDL of a message: the one Dovecot served when the maildrop was Dovecot's and knew the
+    message, else its Maildir key, which never changes and is never reused.
 
     A key that RFC 1939 does not allow as a unique-id (over 70 octets, or with octets outside
     0x21..0x7E) is replaced by a digest of itself, which is just as stable.
     """
+    served = dovecot.pop3_uidl(key, uidl_format) if dovecot is not None else None
+    if served is not None and _UID_RE.match(served):
+        return served
     if _UID_RE.match(key):
         return key
     return "h" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:40]
@@ -83,7 +88,7 @@ class Maildrop:
     _release_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def open(cls, maildir: Maildir) -> Maildrop:
+    def open(cls, maildir: Maildir, uidl_format: str = DEFAULT_UIDL_FORMAT) -> Maildrop:
         """Lock the maildrop and list its messages (raises MaildropInUse or OSError)."""
         key = os.path.realpath(maildir.path)
         with _held_lock:
@@ -107,7 +112,10 @@ class Maildrop:
             with _held_lock:
                 _held.discard(key)
             raise
-        uids = [unique_id(message.key) for message in messages]
+        # A maildrop Dovecot served keeps the UIDLs Dovecot gave (store/dovecot.py), so that
+        # clients that leave mail on the server do not fetch it all again.
+        dovecot = read_dovecot_uidlist(Path(maildir.path))
+        uids = [unique_id(message.key, dovecot, uidl_format) for message in messages]
         return cls(maildir, messages, uids, descriptor, key)
 
     # -- the view a session works with -------------------------------------------------------------

@@ -355,7 +355,10 @@ class Session:
     async def _open_maildrop(self, account: AccountEntry) -> Opened:
         maildir = self.services.store.maildir(account)
         try:
-            maildrop = await self.loop.run_in_executor(self.services.executor, Maildrop.open, maildir)
+            uidl_format = self.services.holder.current.dovecot_pop3_uidl_format
+            maildrop = await self.loop.run_in_executor(
+                self.services.executor, Maildrop.open, maildir, uidl_format
+            )
         except MaildropInUse:
             self.write(replies.IN_USE)  # RFC 2449 §8.1.1
             return Opened("in_use", "maildrop_locked")
