@@ -29,14 +29,14 @@ from appliance.context import ListenerSpec, Services, SessionCounter, listener_s
 from appliance.imap.sender import Senders
 from appliance.imap.server import IMAPServer
 from appliance.loglines import EscapingFormatter
-from appliance.manifest import LoadedManifest, ManifestError, Problem, load_manifest, parse_manifest
+from appliance.manifest import LoadedManifest, ManifestError, Problem, parse_manifest
 from appliance.memory import freeze_live_objects, limit_malloc_arenas, release_memory
 from appliance.pop3 import readahead, start_pop3
 from appliance.queue import OutboundQueue
 from appliance.security import AutoBan
 from appliance.smtp import start_smtp
 from appliance.snapshot import Snapshot, SnapshotHolder, build_snapshot
-from appliance.status import process_figures, write_status
+from appliance.status import process_figures, write_serving_copy, write_status
 from appliance.store.mailstore import MailStore
 from appliance.store.reader import ReaderProcess
 from appliance.store.sweep import sweep_tmp
@@ -74,8 +74,9 @@ def _pid(process: object) -> int | None:
 
 
 class Server:
-    def __init__(self, loaded: LoadedManifest, manifest_path: Path) -> None:
+    def __init__(self, loaded: LoadedManifest, manifest_path: Path, raw: bytes = b"") -> None:
         self.manifest_path = manifest_path
+        self._first_raw = raw  # written to state/serving.toml at start, then dropped
         snapshot = build_snapshot(loaded)
         self.holder = SnapshotHolder(snapshot)
         self.data_dir = snapshot.data_dir
@@ -101,11 +102,17 @@ class Server:
         self._rechecks: asyncio.Task[None] | None = None  # sessions that follow the directory
         self.reloads_applied = 0
         self.reloads_rejected = 0
+        # Every reload that ended (applied, unchanged or rejected) and how the last one ended:
+        # `appliance reload` waits for this count to move past the one it saw before its signal.
+        self.reloads_finished = 0
+        self.last_reload_result = ""
 
     # -- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "state").mkdir(exist_ok=True)
+        write_serving_copy(self.data_dir, self._first_raw)
+        self._first_raw = b""
         self.tls.ensure_files()
         self.tls.server_context()  # fail now, not at the first client, when the files are unusable
         autoban = AutoBan(self.holder)
@@ -236,6 +243,7 @@ class Server:
                 if _sha256(raw) == current.revision:
                     self.last_error, self.last_error_at = [], None
                     log.info("reload unchanged trigger=%s revision=%s", trigger, current.revision[:12])
+                    self._reload_finished("unchanged")
                     return False
                 loaded = await loop.run_in_executor(
                     self.loader,
@@ -245,6 +253,7 @@ class Server:
                 git_commit = await loop.run_in_executor(self.loader, git_revision, self.manifest_path)
             except ManifestError as error:
                 self.reloads_rejected += 1
+                self.reloads_finished, self.last_reload_result = self.reloads_finished + 1, "rejected"
                 self.last_error, self.last_error_at = error.lines(), time.time()
                 for line in error.lines():
                     log.error("reload rejected trigger=%s problem=%s", trigger, line)
@@ -266,6 +275,8 @@ class Server:
                     snapshot.data_dir,
                 )
             self.holder.swap(snapshot)
+            logging.getLogger().setLevel(snapshot.manifest.server.log_level.upper())  # applies live
+            await loop.run_in_executor(self.loader, write_serving_copy, self.data_dir, raw)
             if self.services is not None:
                 # Sessions the new manifest no longer allows end now, not at the next interval.
                 self.services.auth.revocations.reloaded(snapshot)
@@ -283,10 +294,14 @@ class Server:
             self.log_loaded(
                 snapshot, f"reloaded trigger={trigger} ms={(time.monotonic() - started) * 1000:.0f}"
             )
-            self.write_status()
+            self._reload_finished("applied")
             if notify:
                 self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
             return True
+
+    def _reload_finished(self, result: str) -> None:
+        self.reloads_finished, self.last_reload_result = self.reloads_finished + 1, result
+        self.write_status()
 
     def log_loaded(self, snapshot: Snapshot, event: str) -> None:
         log.info(
@@ -349,7 +364,12 @@ class Server:
             "delivery_process_pid": _pid(self.services.store.delivery_process if self.services else None),
             "reader_process_pid": _pid(self.services.reader_process if self.services else None),
             "fetch_sender_pids": self.imap.senders.pids if self.imap and self.imap.senders else [],
-            "reloads": {"applied": self.reloads_applied, "rejected": self.reloads_rejected},
+            "reloads": {
+                "applied": self.reloads_applied,
+                "rejected": self.reloads_rejected,
+                "finished": self.reloads_finished,
+                "last_result": self.last_reload_result,
+            },
             "written_at": time.time(),
         }
 
@@ -416,13 +436,18 @@ def configure_logging(level: str) -> None:
 async def run(manifest_path: Path) -> int:
     limit_malloc_arenas()
     try:
-        loaded = load_manifest(manifest_path)
+        raw = manifest_path.read_bytes()
+    except OSError as error:
+        log.error("manifest rejected problem=%s: cannot read the manifest: %s", manifest_path, error.strerror)
+        return 1
+    try:
+        loaded = parse_manifest(raw, str(manifest_path), file=manifest_path)
     except ManifestError as error:
         for line in error.lines():
             log.error("manifest rejected problem=%s", line)
         return 1
     configure_logging(loaded.manifest.server.log_level)
-    server = Server(loaded, manifest_path)
+    server = Server(loaded, manifest_path, raw)
     try:
         await server.start()
     except (OSError, ValueError) as error:
