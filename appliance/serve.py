@@ -28,7 +28,7 @@ from appliance.auth.service import AuthService
 from appliance.context import ListenerSpec, Services, SessionCounter, listener_specs
 from appliance.imap.sender import Senders
 from appliance.imap.server import IMAPServer
-from appliance.loglines import EscapingFormatter
+from appliance.loglines import EscapingFormatter, JournalFormatter, under_journald
 from appliance.manifest import LoadedManifest, ManifestError, Problem, parse_manifest
 from appliance.memory import freeze_live_objects, limit_malloc_arenas, release_memory
 from appliance.pop3 import readahead, start_pop3
@@ -421,7 +421,10 @@ async def _read_settled(path: Path, settle: float = 0.05, limit: float = 2.0) ->
 
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(EscapingFormatter())  # nothing from the wire reaches the log raw
+    # Nothing from the wire reaches the log raw; the journal gets priorities and keeps the time.
+    handler.setFormatter(
+        JournalFormatter() if under_journald(handler.stream.fileno()) else EscapingFormatter()
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

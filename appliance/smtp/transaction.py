@@ -216,8 +216,9 @@ class Intake:
             return False  # another domain's address: no key of ours may vouch for it
         return bool(senders)
 
-    async def _store(self, tx: Transaction, message: bytes, received: str, sign: bool) -> None:
-        """Queue the remote part (held), deliver the local part, then let the queue go on.
+    async def _store(self, tx: Transaction, message: bytes, received: str, sign: bool) -> str | None:
+        """Queue the remote part (held), deliver the local part, then let the queue go on; the
+        queue id, when there was a remote part.
 
         Both or neither: when local delivery fails the queued copy is withdrawn, since the
         client gets a 4xx and will send the whole message again.
@@ -243,6 +244,7 @@ class Intake:
             raise
         if queue_id is not None:
             self.services.queue.release(queue_id)
+        return queue_id
 
     async def deliver(
         self, tx: Transaction, message: bytes, greeting: Greeting, account: AccountEntry | None
@@ -257,7 +259,7 @@ class Intake:
         snapshot = self.services.holder.current
         received = self._received(snapshot, tx, message_id, greeting)
         try:
-            await self._store(tx, message, received, sign)
+            queue_id = await self._store(tx, message, received, sign)
         except QuotaExceeded as full:
             entry = next(e for e in tx.mailboxes.values() if e.mailbox == full.mailbox)
             reply = replies.MAILBOX_FULL.format(address=entry.address)
@@ -273,9 +275,12 @@ class Intake:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 return replies.STORAGE_FULL, False  # RFC 3463 X.3.1: mail system full
             return replies.LOCAL_ERROR, False
+        # The accept line: `queue=` is the id the outbound queue's lines carry to the final
+        # delivered/bounced, so one grep follows the message from here to its end.
         log.info(
-            "delivered id=%s from=%s to=%s size=%d ms=%.1f client=%s listener=%s",
+            "delivered id=%s queue=%s from=%s to=%s size=%d ms=%.1f client=%s listener=%s",
             message_id,
+            queue_id or "-",
             log_field(tx.sender or "<>"),
             log_field(",".join(tx.recipients)),
             len(message),
