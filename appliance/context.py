@@ -7,6 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from appliance.metrics import Metrics
 from appliance.snapshot import SnapshotHolder
 from appliance.store.reader import Readers, ThreadReaders
 from appliance.tls import TLSProvider
@@ -85,11 +86,12 @@ class Services:
     # else `readers`.
     reader_process: Readers | None = None
     autoban: AutoBan | None = None  # refuse clients (and stop asking directories) after failed logins
+    metrics: Metrics = field(default_factory=Metrics)  # counted where things happen (metrics.py)
 
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    name: str  # smtp | submission | submissions | pop3 | pop3s | imap | imaps
+    name: str  # smtp | submission | submissions | pop3 | pop3s | imap | imaps | metrics
     host: str
     port: int
     implicit_tls: bool

@@ -31,6 +31,7 @@ from appliance.imap.server import IMAPServer
 from appliance.loglines import EscapingFormatter, JournalFormatter, under_journald
 from appliance.manifest import LoadedManifest, ManifestError, Problem, parse_manifest
 from appliance.memory import freeze_live_objects, limit_malloc_arenas, release_memory
+from appliance.metrics import Metrics, start_metrics_listener
 from appliance.pop3 import readahead, start_pop3
 from appliance.queue import OutboundQueue
 from appliance.security import AutoBan
@@ -50,6 +51,8 @@ log = logging.getLogger("appliance.serve")
 Factory = Callable[[ListenerSpec], Awaitable[asyncio.Server]]
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+# As the session counter names them: SMTP by listener, POP3 and IMAP by protocol.
+PROTOCOLS = ("smtp", "submission", "submissions", "pop3", "imap")
 
 
 def git_revision(path: Path) -> str | None:
@@ -92,6 +95,7 @@ class Server:
         self.last_error_at: float | None = None
         self.git_commit = git_revision(manifest_path)
         self.notifier = SystemdNotifier()
+        self.metrics = Metrics()
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         # Built by start(), whole, before the first listener opens.
@@ -122,10 +126,10 @@ class Server:
         delivery_process = DeliveryProcess()
         await delivery_process.start()
         store = MailStore(self.data_dir, self.executor, delivery_process)
-        queue = OutboundQueue(self.holder, store, self.executor, self.data_dir)
+        queue = OutboundQueue(self.holder, store, self.executor, self.data_dir, self.metrics)
         services = Services(
             holder=self.holder,
-            auth=AuthService(self.holder, autoban=autoban),
+            auth=AuthService(self.holder, autoban=autoban, metrics=self.metrics),
             store=store,
             tls=self.tls,
             executor=self.executor,
@@ -133,7 +137,9 @@ class Server:
             sessions=SessionCounter(),
             autoban=autoban,
             reader_process=reader_process,
+            metrics=self.metrics,
         )
+        self._register_gauges(services)
         # The FETCH sender processes start when a FETCH first needs one.
         imap = IMAPServer(services, Senders())
         smtp, pop3 = functools.partial(start_smtp, services), functools.partial(start_pop3, services)
@@ -146,12 +152,46 @@ class Server:
             "pop3s": pop3,
             "imap": imap.start,
             "imaps": imap.start,
+            "metrics": lambda spec: start_metrics_listener(self.metrics, spec.host, spec.port),
         }
         await queue.start()
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_tmp(time.time()))
         self._rechecks = asyncio.get_running_loop().create_task(services.auth.revocations.run())
+
+    def _register_gauges(self, services: Services) -> None:
+        """The metrics that are a state, read at each scrape (metrics.py)."""
+        gauge = self.metrics.gauge
+
+        def queue_figure(index: int) -> list[tuple[tuple[str, ...], float]]:
+            return [((), float(services.queue.figures()[index]))]
+
+        gauge(
+            "appliance_sessions", "Open sessions per protocol (SMTP: per listener).", ("protocol",),
+            lambda: [((name,), float(n)) for name, n in {**dict.fromkeys(PROTOCOLS, 0), **services.sessions.counts()}.items()],
+        )  # fmt: skip
+        gauge("appliance_queue_messages", "Messages in the outbound queue.", (), lambda: queue_figure(0))
+        gauge(
+            "appliance_queue_oldest_age_seconds",
+            "Age of the oldest queued message.",
+            (),
+            lambda: queue_figure(1),
+        )
+        gauge(
+            "appliance_revision", "The manifest revision serving (value 1), with when it was loaded.", ("revision",),
+            lambda: [((self.holder.current.revision,), 1.0)],
+        )  # fmt: skip
+        gauge(
+            "appliance_revision_loaded_timestamp_seconds", "When the revision serving was loaded.", (),
+            lambda: [((), self.holder.current.loaded_at)],
+        )  # fmt: skip
+        gauge(
+            "appliance_accounts",
+            "Accounts in the manifest serving.",
+            (),
+            lambda: [((), float(self.holder.current.account_count))],
+        )
 
     async def _sweep_tmp(self, started: float) -> None:
         """Remove what a crash left in the Maildirs' tmp/ (never acknowledged; see store/sweep.py)."""
@@ -253,6 +293,7 @@ class Server:
                 git_commit = await loop.run_in_executor(self.loader, git_revision, self.manifest_path)
             except ManifestError as error:
                 self.reloads_rejected += 1
+                self.metrics.reloads.labels("rejected").inc()
                 self.reloads_finished, self.last_reload_result = self.reloads_finished + 1, "rejected"
                 self.last_error, self.last_error_at = error.lines(), time.time()
                 for line in error.lines():
@@ -300,6 +341,7 @@ class Server:
             return True
 
     def _reload_finished(self, result: str) -> None:
+        self.metrics.reloads.labels(result).inc()
         self.reloads_finished, self.last_reload_result = self.reloads_finished + 1, result
         self.write_status()
 
@@ -353,7 +395,7 @@ class Server:
             "last_reload_error": self.last_error,
             "last_reload_error_at": self.last_error_at,
             "listeners": {
-                name: {"address": spec.address, "tls": "implicit" if spec.implicit_tls else "starttls"}
+                name: {"address": spec.address, "tls": _tls(spec)}
                 for name, (spec, _server) in sorted(self.listeners.items())
             },
             "listener_errors": self.listener_errors,
@@ -391,6 +433,12 @@ class Server:
                 await asyncio.wait_for(self.stopping.wait(), timeout=2.0)
             if not self.stopping.is_set():
                 self.write_status()
+
+
+def _tls(spec: ListenerSpec) -> str:
+    if spec.name == "metrics":
+        return "none"  # plain HTTP
+    return "implicit" if spec.implicit_tls else "starttls"
 
 
 def _sha256(raw: bytes) -> str:

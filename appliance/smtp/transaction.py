@@ -77,6 +77,7 @@ class Intake:
     def reject(self, stage: str, reason: str, reply: str, **fields: str) -> str:
         """Log one refusal (one line, key=value) and return its reply."""
         extra = "".join(f" {key}={log_field(value)}" for key, value in fields.items())
+        self.services.metrics.rejections.labels(stage, reason).inc()
         log.info(
             "rejected stage=%s reason=%s code=%s client=%s listener=%s%s",
             stage,
@@ -288,6 +289,7 @@ class Intake:
             self.peer_ip,
             self.listener.name,
         )
+        self.services.metrics.messages.labels(self.listener.name).inc()
         return replies.DELIVERED.format(id=message_id), True
 
     def _received(self, snapshot: Snapshot, tx: Transaction, message_id: str, greeting: Greeting) -> str:
