@@ -42,7 +42,7 @@ from appliance.store.mailstore import MailStore
 from appliance.store.reader import ReaderProcess
 from appliance.store.sweep import sweep_tmp
 from appliance.store.writer import DeliveryProcess
-from appliance.systemd import SystemdNotifier
+from appliance.systemd import SystemdNotifier, watchdog_interval
 from appliance.tls import TLSProvider
 
 log = logging.getLogger("appliance.serve")
@@ -51,6 +51,7 @@ log = logging.getLogger("appliance.serve")
 Factory = Callable[[ListenerSpec], Awaitable[asyncio.Server]]
 
 SHUTDOWN_GRACE_SECONDS = 10.0
+STALL_SECONDS = 4.0  # the test hook's blocked loop
 # As the session counter names them: SMTP by listener, POP3 and IMAP by protocol.
 PROTOCOLS = ("smtp", "submission", "submissions", "pop3", "imap")
 
@@ -426,6 +427,20 @@ class Server:
     def write_status(self, stopped: bool = False) -> None:
         write_status(self.data_dir, self.status(stopped))
 
+    async def watchdog_loop(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a loop that is stuck sends none, and systemd
+        restarts the unit when WatchdogSec= passes without one."""
+        while not self.stopping.is_set():
+            self.notifier.notify("WATCHDOG=1")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=interval)
+
+    def stall(self) -> None:
+        """A test hook (APPLIANCE_TEST_HOOKS=1, SIGUSR2): block the event loop for STALL_SECONDS,
+        as a bug would, so a test can see the watchdog keep-alives stop."""
+        self.notifier.notify("STATUS=stalling the event loop (test hook)")
+        time.sleep(STALL_SECONDS)
+
     async def status_loop(self) -> None:
         """Keep live counters in the status file fresh (sessions come and go between reloads)."""
         while not self.stopping.is_set():
@@ -525,8 +540,14 @@ async def run(manifest_path: Path) -> int:
     freeze_live_objects()
     server.announce_ready()
     status = loop.create_task(server.status_loop())
+    tasks = [watcher, status]
+    interval = watchdog_interval()
+    if interval is not None:
+        tasks.append(loop.create_task(server.watchdog_loop(interval)))
+    if os.environ.get("APPLIANCE_TEST_HOOKS") == "1":
+        loop.add_signal_handler(signal.SIGUSR2, server.stall)
     await server.stopping.wait()
-    for task in (watcher, status):
+    for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
