@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import subprocess
@@ -215,3 +216,19 @@ def test_plan_compares_a_manifest_with_what_serves_and_marks_live_and_restart(
     (nothing / "appliance.toml").write_text('[server]\nhostname = "mail.example.test"\n')
     missing = cli("plan", str(new), cwd=nothing)
     assert missing.returncode == 3 and "is `appliance serve` running" in missing.stderr
+
+
+def test_the_role_sizes_the_units_open_files_from_the_manifests_connection_limits() -> None:
+    # The role's filter runs on the Ansible controller; it is plain Python, read here as such.
+    path = Path(__file__).resolve().parent.parent / "roles/appliance/filter_plugins/appliance_manifest.py"
+    spec = importlib.util.spec_from_file_location("appliance_manifest", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    facts = module.appliance_manifest_facts
+    every = '[server.listeners]\nsmtp = ":25"\nsubmission = ":587"\npop3s = ":995"\nimaps = ":993"\n'
+    assert facts(every, "/etc/appliance")["open_files"] == 1024 + 2 * 1000 * 3 + 2 * 100  # > 1024
+    limited = every + "[server.limits]\nmax_connections = 50\n[outbound]\nmax_deliveries = 10\n"
+    assert facts(limited, "/etc/appliance")["open_files"] == 1024 + 2 * 50 * 3 + 2 * 10
+    pop3_only = '[server.listeners]\npop3 = ":110"\n'
+    assert facts(pop3_only, "/etc/appliance")["open_files"] == 1024 + 2 * 1000 + 2 * 100
