@@ -140,3 +140,20 @@ def test_a_journal_stream_that_is_not_our_output_is_ignored(
         mine = os.fstat(output.fileno())
         monkeypatch.setenv("JOURNAL_STREAM", f"{mine.st_dev}:{mine.st_ino}")
         assert under_journald(output.fileno())
+
+
+def test_the_line_that_ends_a_session_on_reload_names_that_session(appliance: ApplianceFactory) -> None:
+    server = appliance.start(body(), listeners=("submission",))
+    with smtp.login(server) as client:
+        session = server.wait_for_log(
+            r"auth result=accepted login=john@example\.test .* session=(\w+)"
+        ).group(1)
+        offset = server.log_size()
+        server.write_manifest(
+            body().replace(f'john = {{ password_hash = "{smtp.HASH}" }}', "john = { enabled = false }")
+        )
+        revoked = server.wait_for_log(r"session revoked login=john@example\.test .*", after=offset)
+        assert revoked.group(0).endswith(f"session={session}")
+        with pytest.raises(smtplib.SMTPException):
+            client.noop()
+            client.mail(smtp.JOHN)
