@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.fixtures.pam import PamUsers
 from tests.support import smtp
 from tests.support.lines import client_context
 from tests.support.wait import wait_for
@@ -140,3 +141,26 @@ def test_the_metrics_listener_answers_only_at_metrics(appliance: ApplianceFactor
     ) as response:
         assert response.headers["Content-Type"].startswith("text/plain")
         assert "# TYPE appliance_logins_total counter" in response.read().decode()
+
+
+def test_directory_answers_are_timed_per_directory_and_server(
+    appliance: ApplianceFactory, pam_users: PamUsers
+) -> None:
+    body = f"""
+[directories.WORKGROUP]
+type = "local-system"
+pam_service = "{pam_users.service}"
+
+[domains."example.test".accounts]
+linked = {{ active_directory = {{ domain = "WORKGROUP", user = "{pam_users.good}" }} }}
+"""
+    server = appliance.start(body, listeners=("pop3", "metrics"))
+    pop3_login(server, "linked@example.test", pam_users.password)
+    with pytest.raises(poplib.error_proto):
+        pop3_login(server, "linked@example.test", "Wrong!Passw0rd")
+    samples = scrape(server)
+    assert total(samples, "appliance_directory_request_seconds_count", directory="WORKGROUP") == 2
+    assert total(samples, "appliance_directory_request_seconds_sum", directory="WORKGROUP") > 0
+    buckets = samples["appliance_directory_request_seconds_bucket"]
+    assert max(buckets.values()) == 2  # the +Inf bucket holds both
+    assert total(samples, "appliance_logins_total", protocol="pop3", result="accepted") == 1
