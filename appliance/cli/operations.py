@@ -43,9 +43,11 @@ def add_operations_parsers(commands: Any) -> None:
     reload.set_defaults(func=reload_command)
 
     planner = commands.add_parser(
-        "plan", help="what would change: from what the server serves to NEW, or from OLD to NEW"
+        "plan",
+        help="what would change: from what the server serves to NEW, or from OLD to NEW",
+        usage="appliance plan [-h] [--manifest PATH] [OLD] NEW",
     )
-    planner.add_argument("manifests", nargs="+", metavar="[OLD] NEW")
+    planner.add_argument("manifests", nargs="+", metavar="[OLD] NEW", help="one or two manifests")
     add_manifest_option(planner)  # NEW alone: the server serving this manifest is the one compared
     planner.set_defaults(func=plan_command)
 
