@@ -367,6 +367,9 @@ def test_daemon_runs_as_its_system_user_with_private_files(provisioned: Provisio
     assert (provisioned.prefix / "etc/appliance/tls/key.pem").stat().st_mode & 0o777 == 0o640
     assert provisioned.data_dir.stat().st_mode & 0o777 == 0o750
     assert provisioned.data_dir.stat().st_uid == owner
+    # LimitNOFILE of the unit, also in background mode: the default limits need more than 1,024.
+    limits = Path(f"/proc/{status['pid']}/limits").read_text()
+    assert re.search(rf"^Max open files\s+{1024 + 2 * 1000 * 3 + 2 * 100}\s", limits, re.M), limits
     groups = subprocess.run(["id", "-Gn", USER], capture_output=True, text=True, check=True).stdout.split()
     assert "shadow" not in groups  # no local-system directory in the test manifest
 
