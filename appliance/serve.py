@@ -31,7 +31,7 @@ from appliance.imap.server import IMAPServer
 from appliance.loglines import EscapingFormatter, JournalFormatter, under_journald
 from appliance.manifest import LoadedManifest, ManifestError, Problem, parse_manifest
 from appliance.memory import freeze_live_objects, limit_malloc_arenas, release_memory
-from appliance.metrics import Metrics, start_metrics_listener
+from appliance.metrics import Metrics, Reading, start_metrics_listener
 from appliance.pop3 import readahead, start_pop3
 from appliance.queue import OutboundQueue
 from appliance.security import AutoBan
@@ -162,37 +162,28 @@ class Server:
         self._rechecks = asyncio.get_running_loop().create_task(services.auth.revocations.run())
 
     def _register_gauges(self, services: Services) -> None:
-        """The metrics that are a state, read at each scrape (metrics.py)."""
-        gauge = self.metrics.gauge
+        """The metrics that are a state, read at each scrape (metrics.py): name, help, labels, read."""
+        current = self.holder
 
-        def queue_figure(index: int) -> list[tuple[tuple[str, ...], float]]:
-            return [((), float(services.queue.figures()[index]))]
+        def sessions() -> list[tuple[tuple[str, ...], float]]:
+            counts = {**dict.fromkeys(PROTOCOLS, 0), **services.sessions.counts()}
+            return [((name,), float(count)) for name, count in counts.items()]
 
-        gauge(
-            "appliance_sessions", "Open sessions per protocol (SMTP: per listener).", ("protocol",),
-            lambda: [((name,), float(n)) for name, n in {**dict.fromkeys(PROTOCOLS, 0), **services.sessions.counts()}.items()],
-        )  # fmt: skip
-        gauge("appliance_queue_messages", "Messages in the outbound queue.", (), lambda: queue_figure(0))
-        gauge(
-            "appliance_queue_oldest_age_seconds",
-            "Age of the oldest queued message.",
-            (),
-            lambda: queue_figure(1),
-        )
-        gauge(
-            "appliance_revision", "The manifest revision serving (value 1), with when it was loaded.", ("revision",),
-            lambda: [((self.holder.current.revision,), 1.0)],
-        )  # fmt: skip
-        gauge(
-            "appliance_revision_loaded_timestamp_seconds", "When the revision serving was loaded.", (),
-            lambda: [((), self.holder.current.loaded_at)],
-        )  # fmt: skip
-        gauge(
-            "appliance_accounts",
-            "Accounts in the manifest serving.",
-            (),
-            lambda: [((), float(self.holder.current.account_count))],
-        )
+        table: list[tuple[str, str, tuple[str, ...], Reading]] = [
+            ("appliance_sessions", "Open sessions per protocol (SMTP: per listener).", ("protocol",), sessions),
+            ("appliance_queue_messages", "Messages in the outbound queue.", (),
+             lambda: [((), float(services.queue.figures()[0]))]),
+            ("appliance_queue_oldest_age_seconds", "Age of the oldest message in the outbound queue.", (),
+             lambda: [((), services.queue.figures()[1])]),
+            ("appliance_revision", "The manifest revision serving (always 1).", ("revision",),
+             lambda: [((current.current.revision,), 1.0)]),
+            ("appliance_revision_loaded_timestamp_seconds", "When the revision serving was loaded.", (),
+             lambda: [((), current.current.loaded_at)]),
+            ("appliance_accounts", "Accounts in the manifest serving.", (),
+             lambda: [((), float(current.current.account_count))]),
+        ]  # fmt: skip
+        for name, documentation, labels, read in table:
+            self.metrics.gauge(name, documentation, labels, read)
 
     async def _sweep_tmp(self, started: float) -> None:
         """Remove what a crash left in the Maildirs' tmp/ (never acknowledged; see store/sweep.py)."""
