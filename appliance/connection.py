@@ -17,6 +17,8 @@ import ssl
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
+from appliance.loglines import SESSION, new_session_id
+
 if TYPE_CHECKING:
     from appliance.context import ListenerSpec, Services
 
@@ -42,6 +44,7 @@ async def listen(
     tasks: set[asyncio.Task[None]] = set()
 
     async def serve(connection: Connection) -> None:
+        SESSION.set(new_session_id())  # this task's context: every line it logs names the session
         task = asyncio.current_task()
         if task is not None:
             tasks.add(task)  # a strong reference while the session runs

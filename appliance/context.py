@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from appliance.filter import Scanner
 from appliance.filter.iprev import ReverseResolver
+from appliance.metrics import Metrics
 from appliance.queue.srs import SenderRewriting
 from appliance.snapshot import SnapshotHolder
 from appliance.store.reader import Readers, ThreadReaders
@@ -91,11 +92,12 @@ class Services:
     scanner: Scanner = field(default_factory=Scanner)  # rspamd, for [filter]
     reverse_names: ReverseResolver = field(default_factory=ReverseResolver)  # the client's, for [filter]
     srs: SenderRewriting = field(default_factory=SenderRewriting)  # [outbound] srs_domain
+    metrics: Metrics = field(default_factory=Metrics)  # counted where things happen (metrics.py)
 
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    name: str  # smtp | submission | submissions | pop3 | pop3s | imap | imaps
+    name: str  # smtp | submission | submissions | pop3 | pop3s | imap | imaps | metrics
     host: str
     port: int
     implicit_tls: bool

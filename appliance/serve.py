@@ -28,20 +28,21 @@ from appliance.auth.service import AuthService
 from appliance.context import ListenerSpec, Services, SessionCounter, listener_specs
 from appliance.imap.sender import Senders
 from appliance.imap.server import IMAPServer
-from appliance.loglines import EscapingFormatter
-from appliance.manifest import LoadedManifest, ManifestError, Problem, load_manifest, parse_manifest
+from appliance.loglines import EscapingFormatter, JournalFormatter, under_journald
+from appliance.manifest import LoadedManifest, ManifestError, Problem, parse_manifest
 from appliance.memory import freeze_live_objects, limit_malloc_arenas, release_memory
+from appliance.metrics import Metrics, Reading, start_metrics_listener
 from appliance.pop3 import readahead, start_pop3
 from appliance.queue import OutboundQueue
 from appliance.security import AutoBan
 from appliance.smtp import start_smtp
 from appliance.snapshot import Snapshot, SnapshotHolder, build_snapshot
-from appliance.status import process_figures, write_status
+from appliance.status import process_figures, write_serving_copy, write_status
 from appliance.store.mailstore import MailStore
 from appliance.store.reader import ReaderProcess
 from appliance.store.sweep import sweep_tmp
 from appliance.store.writer import DeliveryProcess
-from appliance.systemd import SystemdNotifier
+from appliance.systemd import SystemdNotifier, watchdog_interval
 from appliance.tls import TLSProvider
 
 log = logging.getLogger("appliance.serve")
@@ -51,6 +52,9 @@ Factory = Callable[[ListenerSpec], Awaitable[asyncio.Server]]
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 SCANNER_CHECK_INTERVAL = 10.0  # seconds without a scan after which status asks rspamd (/ping)
+STALL_SECONDS = 4.0  # the test hook's blocked loop
+# As the session counter names them: SMTP by listener, POP3 and IMAP by protocol.
+PROTOCOLS = ("smtp", "submission", "submissions", "pop3", "imap")
 
 
 def git_revision(path: Path) -> str | None:
@@ -75,8 +79,9 @@ def _pid(process: object) -> int | None:
 
 
 class Server:
-    def __init__(self, loaded: LoadedManifest, manifest_path: Path) -> None:
+    def __init__(self, loaded: LoadedManifest, manifest_path: Path, raw: bytes = b"") -> None:
         self.manifest_path = manifest_path
+        self._first_raw = raw  # written to state/serving.toml at start, then dropped
         snapshot = build_snapshot(loaded)
         self.holder = SnapshotHolder(snapshot)
         self.data_dir = snapshot.data_dir
@@ -92,6 +97,7 @@ class Server:
         self.last_error_at: float | None = None
         self.git_commit = git_revision(manifest_path)
         self.notifier = SystemdNotifier()
+        self.metrics = Metrics()
         self.stopping = asyncio.Event()
         self._reload_lock = asyncio.Lock()
         # Built by start(), whole, before the first listener opens.
@@ -102,11 +108,17 @@ class Server:
         self._rechecks: asyncio.Task[None] | None = None  # sessions that follow the directory
         self.reloads_applied = 0
         self.reloads_rejected = 0
+        # Every reload that ended (applied, unchanged or rejected) and how the last one ended:
+        # `appliance reload` waits for this count to move past the one it saw before its signal.
+        self.reloads_finished = 0
+        self.last_reload_result = ""
 
     # -- start and stop ----------------------------------------------------------------------
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         (self.data_dir / "state").mkdir(exist_ok=True)
+        write_serving_copy(self.data_dir, self._first_raw)
+        self._first_raw = b""
         self.tls.ensure_files()
         self.tls.server_context()  # fail now, not at the first client, when the files are unusable
         autoban = AutoBan(self.holder)
@@ -116,10 +128,10 @@ class Server:
         delivery_process = DeliveryProcess()
         await delivery_process.start()
         store = MailStore(self.data_dir, self.executor, delivery_process)
-        queue = OutboundQueue(self.holder, store, self.executor, self.data_dir)
+        queue = OutboundQueue(self.holder, store, self.executor, self.data_dir, self.metrics)
         services = Services(
             holder=self.holder,
-            auth=AuthService(self.holder, autoban=autoban),
+            auth=AuthService(self.holder, autoban=autoban, metrics=self.metrics),
             store=store,
             tls=self.tls,
             executor=self.executor,
@@ -127,7 +139,9 @@ class Server:
             sessions=SessionCounter(),
             autoban=autoban,
             reader_process=reader_process,
+            metrics=self.metrics,
         )
+        self._register_gauges(services)
         # The FETCH sender processes start when a FETCH first needs one.
         imap = IMAPServer(services, Senders())
         smtp, pop3 = functools.partial(start_smtp, services), functools.partial(start_pop3, services)
@@ -140,12 +154,37 @@ class Server:
             "pop3s": pop3,
             "imap": imap.start,
             "imaps": imap.start,
+            "metrics": lambda spec: start_metrics_listener(self.metrics, spec.host, spec.port),
         }
         await queue.start()
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_tmp(time.time()))
         self._rechecks = asyncio.get_running_loop().create_task(services.auth.revocations.run())
+
+    def _register_gauges(self, services: Services) -> None:
+        """The metrics that are a state, read at each scrape (metrics.py): name, help, labels, read."""
+        current = self.holder
+
+        def sessions() -> list[tuple[tuple[str, ...], float]]:
+            counts = {**dict.fromkeys(PROTOCOLS, 0), **services.sessions.counts()}
+            return [((name,), float(count)) for name, count in counts.items()]
+
+        table: list[tuple[str, str, tuple[str, ...], Reading]] = [
+            ("appliance_sessions", "Open sessions per protocol (SMTP: per listener).", ("protocol",), sessions),
+            ("appliance_queue_messages", "Messages in the outbound queue.", (),
+             lambda: [((), float(services.queue.figures()[0]))]),
+            ("appliance_queue_oldest_age_seconds", "Age of the oldest message in the outbound queue.", (),
+             lambda: [((), services.queue.figures()[1])]),
+            ("appliance_revision", "The manifest revision serving (always 1).", ("revision",),
+             lambda: [((current.current.revision,), 1.0)]),
+            ("appliance_revision_loaded_timestamp_seconds", "When the revision serving was loaded.", (),
+             lambda: [((), current.current.loaded_at)]),
+            ("appliance_accounts", "Accounts in the manifest serving.", (),
+             lambda: [((), float(current.current.account_count))]),
+        ]  # fmt: skip
+        for name, documentation, labels, read in table:
+            self.metrics.gauge(name, documentation, labels, read)
 
     async def _sweep_tmp(self, started: float) -> None:
         """Remove what a crash left in the Maildirs' tmp/ (never acknowledged; see store/sweep.py)."""
@@ -237,6 +276,7 @@ class Server:
                 if _sha256(raw) == current.revision:
                     self.last_error, self.last_error_at = [], None
                     log.info("reload unchanged trigger=%s revision=%s", trigger, current.revision[:12])
+                    self._reload_finished("unchanged")
                     return False
                 loaded = await loop.run_in_executor(
                     self.loader,
@@ -246,6 +286,8 @@ class Server:
                 git_commit = await loop.run_in_executor(self.loader, git_revision, self.manifest_path)
             except ManifestError as error:
                 self.reloads_rejected += 1
+                self.metrics.reloads.labels("rejected").inc()
+                self.reloads_finished, self.last_reload_result = self.reloads_finished + 1, "rejected"
                 self.last_error, self.last_error_at = error.lines(), time.time()
                 for line in error.lines():
                     log.error("reload rejected trigger=%s problem=%s", trigger, line)
@@ -267,6 +309,8 @@ class Server:
                     snapshot.data_dir,
                 )
             self.holder.swap(snapshot)
+            logging.getLogger().setLevel(snapshot.manifest.server.log_level.upper())  # applies live
+            await loop.run_in_executor(self.loader, write_serving_copy, self.data_dir, raw)
             if self.services is not None:
                 # Sessions the new manifest no longer allows end now, not at the next interval.
                 self.services.auth.revocations.reloaded(snapshot)
@@ -284,10 +328,15 @@ class Server:
             self.log_loaded(
                 snapshot, f"reloaded trigger={trigger} ms={(time.monotonic() - started) * 1000:.0f}"
             )
-            self.write_status()
+            self._reload_finished("applied")
             if notify:
                 self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
             return True
+
+    def _reload_finished(self, result: str) -> None:
+        self.metrics.reloads.labels(result).inc()
+        self.reloads_finished, self.last_reload_result = self.reloads_finished + 1, result
+        self.write_status()
 
     def log_loaded(self, snapshot: Snapshot, event: str) -> None:
         log.info(
@@ -339,7 +388,7 @@ class Server:
             "last_reload_error": self.last_error,
             "last_reload_error_at": self.last_error_at,
             "listeners": {
-                name: {"address": spec.address, "tls": "implicit" if spec.implicit_tls else "starttls"}
+                name: {"address": spec.address, "tls": _tls(spec)}
                 for name, (spec, _server) in sorted(self.listeners.items())
             },
             "listener_errors": self.listener_errors,
@@ -350,7 +399,12 @@ class Server:
             "delivery_process_pid": _pid(self.services.store.delivery_process if self.services else None),
             "reader_process_pid": _pid(self.services.reader_process if self.services else None),
             "fetch_sender_pids": self.imap.senders.pids if self.imap and self.imap.senders else [],
-            "reloads": {"applied": self.reloads_applied, "rejected": self.reloads_rejected},
+            "reloads": {
+                "applied": self.reloads_applied,
+                "rejected": self.reloads_rejected,
+                "finished": self.reloads_finished,
+                "last_result": self.last_reload_result,
+            },
             "scanner": self.services.scanner.status(snapshot.filter)
             if self.services and snapshot.filter
             else None,
@@ -367,6 +421,20 @@ class Server:
 
     def write_status(self, stopped: bool = False) -> None:
         write_status(self.data_dir, self.status(stopped))
+
+    async def watchdog_loop(self, interval: float) -> None:
+        """WATCHDOG=1 from the event loop itself: a loop that is stuck sends none, and systemd
+        restarts the unit when WatchdogSec= passes without one."""
+        while not self.stopping.is_set():
+            self.notifier.notify("WATCHDOG=1")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=interval)
+
+    def stall(self) -> None:
+        """A test hook (APPLIANCE_TEST_HOOKS=1, SIGUSR2): block the event loop for STALL_SECONDS,
+        as a bug would, so a test can see the watchdog keep-alives stop."""
+        self.notifier.notify("STATUS=stalling the event loop (test hook)")
+        time.sleep(STALL_SECONDS)
 
     async def status_loop(self) -> None:
         """Keep live counters in the status file fresh (sessions come and go between reloads)."""
@@ -386,6 +454,12 @@ class Server:
         last = max(health.last_ok_at or 0.0, health.last_failure_at or 0.0)
         if time.time() - last >= SCANNER_CHECK_INTERVAL:
             await self.services.scanner.ping(settings)
+
+
+def _tls(spec: ListenerSpec) -> str:
+    if spec.name == "metrics":
+        return "none"  # plain HTTP
+    return "implicit" if spec.implicit_tls else "starttls"
 
 
 def _sha256(raw: bytes) -> str:
@@ -416,7 +490,10 @@ async def _read_settled(path: Path, settle: float = 0.05, limit: float = 2.0) ->
 
 def configure_logging(level: str) -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(EscapingFormatter())  # nothing from the wire reaches the log raw
+    # Nothing from the wire reaches the log raw; the journal gets priorities and keeps the time.
+    handler.setFormatter(
+        JournalFormatter() if under_journald(handler.stream.fileno()) else EscapingFormatter()
+    )
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -431,13 +508,18 @@ def configure_logging(level: str) -> None:
 async def run(manifest_path: Path) -> int:
     limit_malloc_arenas()
     try:
-        loaded = load_manifest(manifest_path)
+        raw = manifest_path.read_bytes()
+    except OSError as error:
+        log.error("manifest rejected problem=%s: cannot read the manifest: %s", manifest_path, error.strerror)
+        return 1
+    try:
+        loaded = parse_manifest(raw, str(manifest_path), file=manifest_path)
     except ManifestError as error:
         for line in error.lines():
             log.error("manifest rejected problem=%s", line)
         return 1
     configure_logging(loaded.manifest.server.log_level)
-    server = Server(loaded, manifest_path)
+    server = Server(loaded, manifest_path, raw)
     try:
         await server.start()
     except (OSError, ValueError) as error:
@@ -464,8 +546,14 @@ async def run(manifest_path: Path) -> int:
     freeze_live_objects()
     server.announce_ready()
     status = loop.create_task(server.status_loop())
+    tasks = [watcher, status]
+    interval = watchdog_interval()
+    if interval is not None:
+        tasks.append(loop.create_task(server.watchdog_loop(interval)))
+    if os.environ.get("APPLIANCE_TEST_HOOKS") == "1":
+        loop.add_signal_handler(signal.SIGUSR2, server.stall)
     await server.stopping.wait()
-    for task in (watcher, status):
+    for task in tasks:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task

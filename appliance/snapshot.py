@@ -160,25 +160,47 @@ class Snapshot:
             return domain in self._domains
         return False
 
-    def resolve_recipient(self, address: str) -> Resolution | None:
-        """Local mailboxes and remote forwards for RCPT TO <address>; None when it is unknown here."""
+    def domain_enabled(self, domain: str) -> bool | None:
+        """Whether a local domain is enabled; None when `domain` is not local."""
+        entry = self._domains.get(domain.lower().rstrip("."))
+        return None if entry is None else entry.enabled
+
+    def alias_targets(self, address: str) -> tuple[str, ...] | None:
+        """The full target addresses of the alias `address`; None when it is no alias."""
+        return self._aliases.get(address.lower())
+
+    def matched_address(self, address: str) -> tuple[str, str] | None:
+        """The account or alias address mail to `address` is for, and how it was found: "address",
+        "recipient-delimiter" (plus-addressing) or "catch-all"; None when nothing here matches.
+        Enabled flags are not looked at (`resolve_recipient` does that)."""
         local, at, domain = address.lower().rpartition("@")
         if not at or not local:
             return None
         entry = self._domains.get(domain)
-        if entry is None or not entry.enabled:
+        if entry is None:
             return None
         full = f"{local}@{domain}"
-        if full not in self._accounts and full not in self._aliases:
-            delimiter = self.manifest.server.recipient_delimiter
-            if delimiter and delimiter in local:
-                base = local.split(delimiter, 1)[0]
-                if base:
-                    full = f"{base}@{domain}"
-        if full not in self._accounts and full not in self._aliases:
-            if entry.catch_all is None:
-                return None
-            full = entry.catch_all
+        if full in self._accounts or full in self._aliases:
+            return full, "address"
+        delimiter = self.manifest.server.recipient_delimiter
+        if delimiter and delimiter in local:
+            base = local.split(delimiter, 1)[0]
+            if base and (f"{base}@{domain}" in self._accounts or f"{base}@{domain}" in self._aliases):
+                return f"{base}@{domain}", "recipient-delimiter"
+        if entry.catch_all is None:
+            return None
+        return entry.catch_all, "catch-all"
+
+    def resolve_recipient(self, address: str) -> Resolution | None:
+        """Local mailboxes and remote forwards for RCPT TO <address>; None when it is unknown here."""
+        _, _, domain = address.lower().rpartition("@")
+        entry = self._domains.get(domain)
+        if entry is None or not entry.enabled:
+            return None
+        matched = self.matched_address(address)
+        if matched is None:
+            return None
+        full = matched[0]
         mailboxes: dict[str, AccountEntry] = {}
         forwards: dict[str, None] = {}
         self._expand(full, mailboxes, forwards, depth=0)

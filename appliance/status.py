@@ -3,6 +3,9 @@
 `serve` rewrites it whole (a temporary file renamed over the old one, so a reader never sees half
 of it) when it starts, at each reload and every two seconds for the live counters.
 `appliance status` prints it, and `appliance queue flush` finds the server's pid in it.
+
+Next to it, `serving.toml` is a copy of the manifest revision the server serves, byte for byte:
+`appliance plan NEW` compares a new manifest with it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,22 @@ def write_status(data_dir: Path, status: Mapping[str, Any]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.parent / f".status.json.{os.getpid()}"
     temporary.write_text(json.dumps(status, indent=2) + "\n")
+    os.replace(temporary, target)
+
+
+def serving_copy_path(data_dir: Path) -> Path:
+    return data_dir / "state" / "serving.toml"
+
+
+def write_serving_copy(data_dir: Path, raw: bytes) -> None:
+    """Keep `raw` (the manifest now serving) as serving.toml, readable by its owner only: it
+    holds password hashes like the manifest itself."""
+    target = serving_copy_path(data_dir)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.parent / f".serving.toml.{os.getpid()}"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(raw)
     os.replace(temporary, target)
 
 

@@ -1,5 +1,6 @@
 """Telling systemd how the server is: READY=1, RELOADING=1, STOPPING=1 and STATUS= lines for
-units of Type=notify or Type=notify-reload (the role picks one)."""
+units of Type=notify or Type=notify-reload (the role picks one), and WATCHDOG=1 keep-alives when
+the unit sets WatchdogSec= (sd_watchdog_enabled(3): $WATCHDOG_USEC, for $WATCHDOG_PID)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,19 @@ import os
 import socket
 
 log = logging.getLogger("appliance.serve")
+
+
+def watchdog_interval() -> float | None:
+    """Seconds between WATCHDOG=1 keep-alives (half the unit's WatchdogSec=, as sd_watchdog_enabled(3)
+    advises), or None when systemd watches no process, or another one."""
+    try:
+        usec = int(os.environ.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    pid = os.environ.get("WATCHDOG_PID")
+    if usec <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return usec / 2_000_000
 
 
 class SystemdNotifier:

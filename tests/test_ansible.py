@@ -317,6 +317,10 @@ def test_installed_systemd_unit_is_sandboxed_and_passes_systemd_analyze_verify(
     unit = provisioned.unit.read_text()
     for line in (
         "ExecReload=/bin/kill -HUP $MAINPID",
+        "WatchdogSec=30s",
+        # The test environment's manifest leaves the limits at their defaults: SMTP, POP3 and
+        # IMAP listeners of 1,000 connections each, 100 outbound deliveries.
+        f"LimitNOFILE={1024 + 2 * 1000 * 3 + 2 * 100}",
         "ProtectSystem=strict",
         f"ReadWritePaths={provisioned.data_dir}",
         "NoNewPrivileges=yes",
@@ -363,8 +367,28 @@ def test_daemon_runs_as_its_system_user_with_private_files(provisioned: Provisio
     assert (provisioned.prefix / "etc/appliance/tls/key.pem").stat().st_mode & 0o777 == 0o640
     assert provisioned.data_dir.stat().st_mode & 0o777 == 0o750
     assert provisioned.data_dir.stat().st_uid == owner
+    # LimitNOFILE of the unit, also in background mode: the default limits need more than 1,024.
+    limits = Path(f"/proc/{status['pid']}/limits").read_text()
+    assert re.search(rf"^Max open files\s+{1024 + 2 * 1000 * 3 + 2 * 100}\s", limits, re.M), limits
     groups = subprocess.run(["id", "-Gn", USER], capture_output=True, text=True, check=True).stdout.split()
     assert "shadow" not in groups  # no local-system directory in the test manifest
+
+
+@pytest.mark.needs_root
+def test_the_cli_is_linked_into_path_and_finds_the_manifest_by_itself(provisioned: ProvisionedHost) -> None:
+    link = provisioned.prefix / "usr/local/bin/appliance"  # /usr/local/bin/appliance on a real host
+    assert link.is_symlink() and link.resolve() == provisioned.cli.resolve()
+    result = subprocess.run(
+        [str(link), "status", "--format", "json"],
+        env={**os.environ, "APPLIANCE_MANIFEST": str(provisioned.manifest)},
+        cwd=provisioned.prefix,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["running"] is True
 
 
 # -- logging in as AD-linked accounts with their AD passwords ------------------------------------
@@ -455,7 +479,7 @@ def test_new_account_in_the_inventory_is_applied_by_a_reload_without_restart(
     changed = run.changed_tasks()
     assert "samba_ad_dc : Create the users that are missing (passwords are set only here)" in changed
     assert "appliance : Deploy the manifest once `appliance validate` accepts it" in changed
-    assert "appliance : Send SIGHUP to the running appliance" in changed
+    assert "appliance : Reload the running appliance and wait until it serves the new manifest" in changed
     assert not any("Start the appliance" in name or "Stop the" in name for name in changed), changed
     status = provisioned.status()
     assert status["pid"] == pid

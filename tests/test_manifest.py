@@ -179,14 +179,14 @@ def test_plan_shows_one_line_per_change(tmp_path: Path) -> None:
     result = run_cli("plan", str(old), str(new))
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        '~ server: hostname "mail.example.test" → "mx.example.test"',
-        "+ domain example.org",
-        "- account anna@example.test",
+        '~ server: hostname "mail.example.test" → "mx.example.test"  [live]',
+        "+ domain example.org  [live]",
+        "- account anna@example.test  [live]",
         '~ account john@example.test: active_directory.domain (unset) → "WORKGROUP"; '
-        'active_directory.user (unset) → "john"',
-        "+ account lisa@example.test",
-        "- alias sales@example.test",
-        "Plan: 2 to add, 2 to change, 2 to remove.",
+        'active_directory.user (unset) → "john"  [live]',
+        "+ account lisa@example.test  [live]",
+        "- alias sales@example.test  [live]",
+        "Plan: 2 to add, 2 to change, 2 to remove; all apply live.",
     ]
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.fixtures.appliance import ApplianceFactory, free_port
 from tests.support.wait import wait_for
@@ -157,3 +160,41 @@ def test_the_example_manifest_serves_as_an_ordinary_user_layout(tmp_path: Path) 
     assert ports and all(1024 < port < 65536 for port in ports)  # unprivileged
     assert run_cli("validate", str(root / "appliance.toml")).returncode == 0
     assert os.access(root / "scripts" / "run-example.sh", os.R_OK)
+
+
+def test_the_watchdog_is_fed_from_the_event_loop_and_starves_when_it_blocks(
+    appliance: ApplianceFactory, tmp_path: Path
+) -> None:
+    socket_path = tmp_path / "notify.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(socket_path))
+    interval = 1.0  # WatchdogSec=2s: a keep-alive every second
+
+    def next_message(timeout: float) -> str:
+        listener.settimeout(timeout)
+        return listener.recv(4096).decode()
+
+    try:
+        env = {
+            "NOTIFY_SOCKET": str(socket_path),
+            "WATCHDOG_USEC": str(int(2 * interval * 1_000_000)),
+            "APPLIANCE_TEST_HOOKS": "1",
+        }
+        server = appliance.start(BODY, listeners=("pop3",), env=env)
+        keepalives = 0
+        for _ in range(20):  # bounded: READY=1 and a few keep-alives
+            if next_message(15) == "WATCHDOG=1":
+                keepalives += 1
+            if keepalives == 2:
+                break
+        assert keepalives == 2
+        server.process.send_signal(signal.SIGUSR2)  # the hook blocks the loop for 4 s
+        for _ in range(20):
+            if next_message(15).startswith("STATUS=stalling"):
+                break
+        with pytest.raises(TimeoutError):  # a whole interval and more with the loop blocked: none
+            for _ in range(10):
+                assert next_message(1.5 * interval) != "WATCHDOG=1"
+        assert next_message(15) == "WATCHDOG=1"  # the loop runs again, and feeds it again
+    finally:
+        listener.close()

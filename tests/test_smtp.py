@@ -113,7 +113,9 @@ def test_upper_case_and_trailing_dot_local_domains_deliver_locally(server: Runni
 def test_the_log_has_one_key_value_line_per_event_and_never_the_password(server: RunningAppliance) -> None:
     with login(server) as client:
         client.sendmail(JOHN, [MARY], message("logged"))
-    server.wait_for_log(r"delivered id=\S+ from=john@example.test to=mary@example.test size=\d+ ms=[\d.]+")
+    server.wait_for_log(
+        r"delivered id=\S+ queue=- from=john@example.test to=mary@example.test size=\d+ ms=[\d.]+"
+    )
     log = server.log()
     assert re.search(r"connect client=127\.0\.0\.1 listener=submission", log)
     assert re.search(

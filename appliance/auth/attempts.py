@@ -252,6 +252,12 @@ class Attempts:
             word, fields = opened.result, opened.fields
             if not opened.ok:
                 cause = opened.cause
+        metrics = self._auth.metrics
+        if metrics is not None:
+            metrics.logins.labels(self.protocol, word, cause).inc()
+            if result.directory:
+                server = result.server or "-"
+                metrics.directory_seconds.labels(result.directory, server).observe(result.milliseconds / 1000)
         level = logging.WARNING if word == Outcome.UNAVAILABLE.value else logging.INFO
         if not log.isEnabledFor(level):
             return

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from appliance.auth.service_account import ServicePasswordError
+from appliance.loglines import SESSION
 from appliance.manifest.models import ActiveDirectory
 
 if TYPE_CHECKING:
@@ -50,6 +51,9 @@ class LoggedIn:
     password_set: int | None = None  # AD pwdLastSet at login
     password_hash: str | None = None  # a local account's hash at login
     revoked: str | None = field(default=None)  # why, once revoked
+    # The connection's id (loglines.SESSION), registered from its task: the line that ends the
+    # session is written by the recheck task or a reload, and names it too.
+    session: str = field(default_factory=SESSION.get)
 
 
 def _link(entry: AccountEntry) -> tuple[str | None, str | None]:
@@ -99,13 +103,17 @@ class Revocations:
             return
         session.revoked = reason
         self._sessions.discard(session)
-        log.info(
-            "session revoked login=%s protocol=%s client=%s reason=%s",
-            session.address,
-            session.protocol,
-            session.client,
-            reason,
-        )
+        token = SESSION.set(session.session)
+        try:
+            log.info(
+                "session revoked login=%s protocol=%s client=%s reason=%s",
+                session.address,
+                session.protocol,
+                session.client,
+                reason,
+            )
+        finally:
+            SESSION.reset(token)
         try:
             session.revoke(reason)
         except Exception:

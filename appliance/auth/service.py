@@ -50,6 +50,7 @@ from appliance.auth.verdict import Outcome, Reason, Verdict, accepted, rejected,
 from appliance.manifest.models import ActiveDirectory, LDAPDirectory, LocalSystem
 
 if TYPE_CHECKING:
+    from appliance.metrics import Metrics
     from appliance.security import AutoBan
     from appliance.snapshot import AccountEntry, DirectoryModel, Snapshot, SnapshotHolder
 
@@ -109,9 +110,15 @@ def log_field(value: str) -> str:
 
 class AuthService:
     def __init__(
-        self, holder: SnapshotHolder, *, max_workers: int = 8, autoban: AutoBan | None = None
+        self,
+        holder: SnapshotHolder,
+        *,
+        max_workers: int = 8,
+        autoban: AutoBan | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._holder = holder
+        self.metrics = metrics  # logins and directory latency, counted by the login path (attempts.py)
         self._autoban = autoban
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="auth")
         self._clients: dict[str, tuple[DirectoryModel, Path, DirectoryClient]] = {}

@@ -1,9 +1,10 @@
 """The `appliance` command: validate, schema, hash-password, plan, serve, status, check-auth, queue,
-import.
+lookup, reload, import.
 
 The top layer: it may import every other. `check-auth` is in check_auth.py, `queue` in queue.py,
-`import dovecot` in import_dovecot.py, `import hmailserver` in hmailserver.py;
-the server itself is `appliance.serve`, imported only by `appliance serve`.
+`lookup`, `reload` and `plan` in operations.py, the manifest's discovery in locate.py,
+`import dovecot` in import_dovecot.py, `import hmailserver` in hmailserver.py; the server itself
+is `appliance.serve`, imported only by `appliance serve`.
 """
 
 from __future__ import annotations
@@ -13,27 +14,18 @@ import getpass
 import json
 import sys
 import time
-from pathlib import Path
+from importlib.metadata import PackageNotFoundError, version
 
 from appliance.cli.check_auth import add_check_auth_parser
 from appliance.cli.hmailserver import add_hmailserver_source
 from appliance.cli.import_dovecot import add_dovecot_source
+from appliance.cli.locate import add_manifest_option, data_dir_of, find_manifest
+from appliance.cli.operations import add_operations_parsers
 from appliance.manifest import ManifestError, load_manifest
 from appliance.manifest.checks import weak_hash_warnings
 from appliance.manifest.files import file_problems
 from appliance.manifest.schema import schema_json
 from appliance.status import read_status, serving_pid, status_path
-
-DEFAULT_MANIFEST = "appliance.toml"
-
-
-def _add_manifest_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--manifest",
-        default=DEFAULT_MANIFEST,
-        metavar="PATH",
-        help=f"the manifest to use (default: ./{DEFAULT_MANIFEST})",
-    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -109,41 +101,22 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_plan(args: argparse.Namespace) -> int:
-    from appliance.manifest.diff import plan
-
-    try:
-        old = load_manifest(args.old)
-        new = load_manifest(args.new)
-    except ManifestError as error:
-        for line in error.lines():
-            print(line, file=sys.stderr)
-        return 1
-    changes = plan(old.manifest, new.manifest)
-    for change in changes:
-        print(change.format())
-    counts = {action: sum(1 for c in changes if c.action == action) for action in "+~-"}
-    if not changes:
-        print("No changes.")
-    else:
-        print(f"Plan: {counts['+']} to add, {counts['~']} to change, {counts['-']} to remove.")
-    return 0
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from appliance.serve import main as serve_main
 
-    return serve_main(Path(args.manifest))
+    return serve_main(args.manifest)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        loaded = load_manifest(args.manifest)
-        data_dir = (loaded.base_dir / loaded.manifest.server.data_dir).resolve()
-    except ManifestError:
-        # The file on disk may be broken while the server keeps serving the last good one:
-        # find the data directory from the raw text if we can, else the default.
-        data_dir = Path(args.manifest).absolute().parent / "var"
+    # The file on disk may be broken while the server keeps serving the last good one: its data
+    # directory is then read leniently from the text.
+    data_dir, problems = data_dir_of(args.manifest)
+    if problems:
+        print(
+            f"{args.manifest}: the manifest on disk is broken ({len(problems)} problems, see "
+            f"`appliance validate`); data_dir {data_dir} read from its text",
+            file=sys.stderr,
+        )
     status_file = status_path(data_dir)
     try:
         status = read_status(data_dir)
@@ -154,7 +127,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 3
     alive = serving_pid(status) is not None
     if args.format == "json":
-        print(json.dumps({**status, "running": alive}, indent=2))
+        print(json.dumps({**status, "running": alive, "manifest_problems": problems}, indent=2))
         return 0 if alive else 3
     loaded_at = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(status.get("loaded_at", 0)))
     print(f"state:      {'serving' if alive else 'not running'} (pid {status.get('pid')})")
@@ -194,12 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="appliance", description="A mail server configured from one manifest, appliance.toml."
     )
+    parser.add_argument("--version", action="version", version=f"appliance {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
     validate = commands.add_parser("validate", help="check a manifest; exit 0 valid, 1 invalid, 2 usage")
     validate.add_argument("path", nargs="?", help="the manifest (default: --manifest, ./appliance.toml)")
-    _add_manifest_option(validate)
+    add_manifest_option(validate)
     validate.add_argument("--format", choices=("text", "json"), default="text")
     validate.add_argument("-q", "--quiet", action="store_true", help="print nothing when valid")
     validate.set_defaults(func=cmd_validate)
@@ -213,17 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     hasher.add_argument("--stdin", action="store_true", help="read from standard input even on a terminal")
     hasher.set_defaults(func=cmd_hash_password)
 
-    planner = commands.add_parser("plan", help="show what would change from manifest OLD to NEW")
-    planner.add_argument("old")
-    planner.add_argument("new")
-    planner.set_defaults(func=cmd_plan)
-
     serve = commands.add_parser("serve", help="run every listener of the manifest, reloading it live")
-    _add_manifest_option(serve)
+    add_manifest_option(serve)
     serve.set_defaults(func=cmd_serve)
 
     status = commands.add_parser("status", help="what the running server serves, from its status file")
-    _add_manifest_option(status)
+    add_manifest_option(status)
     status.add_argument("--format", choices=("text", "json"), default="text")
     status.set_defaults(func=cmd_status)
 
@@ -232,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     queue.add_argument("action", nargs="?", choices=("list", "flush", "delete"), default="list")
     queue.add_argument("ids", nargs="*", metavar="ID", help="queue ids, for delete")
-    _add_manifest_option(queue)
+    add_manifest_option(queue)
     queue.add_argument("--format", choices=("text", "json"), default="text")
     queue.set_defaults(func=cmd_queue)
 
@@ -244,12 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
     sources.required = True
     add_dovecot_source(sources)
     add_hmailserver_source(sources)
+    add_operations_parsers(commands)
     return parser
+
+
+def _version() -> str:
+    try:
+        return version("appliance")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "manifest"):
+        args.manifest = find_manifest(args.manifest)
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ import sys
 from typing import Any
 
 from appliance.auth.service import AuthResult, AuthService, Outcome
+from appliance.cli.locate import add_manifest_option
 from appliance.manifest import ManifestError, load_manifest
 from appliance.snapshot import SnapshotHolder, build_snapshot
 
@@ -28,12 +29,7 @@ def add_check_auth_parser(subparsers: Any) -> argparse.ArgumentParser:
         help="check a login (password on stdin); exit 0 accepted, 1 rejected, 2 unavailable",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
     )
-    parser.add_argument(
-        "--manifest",
-        default="appliance.toml",
-        metavar="PATH",
-        help="the manifest (default: ./appliance.toml)",
-    )
+    add_manifest_option(parser)
     parser.add_argument("address", help="the login: one of the account's mail addresses")
     parser.add_argument("--protocol", default="check-auth", help=argparse.SUPPRESS)
     parser.set_defaults(func=check_auth_command)

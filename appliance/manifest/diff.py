@@ -1,4 +1,9 @@
-"""What changes between two manifests, one line per thing, like `terraform plan`."""
+"""What changes between two manifests, one line per thing, like `terraform plan`.
+
+Everything a reload changes applies live (listeners open and close, certificates are re-read,
+sessions the new manifest no longer allows end) except the keys in RESTART_KEYS, which the running
+server reads once, at start.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +37,16 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: value}
 
 
-def _fields(old: Any, new: Any) -> str:
+# Server keys (flattened, as in the plan's lines) that only a restart applies.
+RESTART_KEYS = frozenset({"data_dir"})
+
+
+def needs_restart(change: Change) -> bool:
+    """True when the running server applies `change` only when it restarts."""
+    return change.kind == "server" and change.detail.split(" ", 1)[0] in RESTART_KEYS
+
+
+def _changed(old: Any, new: Any) -> list[str]:
     before, after = _flatten(old), _flatten(new)
     parts = []
     for key in sorted(set(before) | set(after)):
@@ -42,7 +56,11 @@ def _fields(old: Any, new: Any) -> str:
                 parts.append(f"{key} changed")  # hashes are long and say nothing to a reviewer
             else:
                 parts.append(f"{key} {_show(a)} → {_show(b)}")
-    return "; ".join(parts)
+    return parts
+
+
+def _fields(old: Any, new: Any) -> str:
+    return "; ".join(_changed(old, new))
 
 
 def _show(value: Any) -> str:
@@ -77,8 +95,8 @@ def _compare(kind: str, old: dict[str, Any], new: dict[str, Any], changes: list[
 def plan(old: Manifest, new: Manifest) -> list[Change]:
     changes: list[Change] = []
     old_server, new_server = _dump(old.server), _dump(new.server)
-    if old_server != new_server:
-        changes.append(Change("~", "server", "", _fields(old_server, new_server)))
+    # One line per server key: some apply live, some only at a restart.
+    changes.extend(Change("~", "server", "", part) for part in _changed(old_server, new_server))
     _compare(
         "directory",
         {k: _dump(v) for k, v in old.directories.items()},

@@ -150,6 +150,11 @@ class Listeners(Model):
     pop3s: HostPort | None = Field(None, description="POP3 over implicit TLS (995).")
     imap: HostPort | None = Field(None, description="IMAP with STARTTLS (143).")
     imaps: HostPort | None = Field(None, description="IMAP over implicit TLS (993).")
+    metrics: HostPort | None = Field(
+        None,
+        description='OpenMetrics for Prometheus over HTTP at /metrics, e.g. "127.0.0.1:9154"; '
+        "no authentication, so loopback or a management network only.",
+    )
 
 
 class Limits(Model):

@@ -34,6 +34,7 @@ from appliance.queue.spool import DeliveryState, Envelope, RecipientState, Spool
 
 if TYPE_CHECKING:
     from appliance.manifest.models import Outbound
+    from appliance.metrics import Metrics
     from appliance.snapshot import Snapshot, SnapshotHolder
     from appliance.store.mailstore import MailStore
 
@@ -59,8 +60,10 @@ class OutboundQueue:
         store: MailStore,
         executor: concurrent.futures.Executor,
         data_dir: Path,
+        metrics: Metrics | None = None,
     ) -> None:
         self.holder = holder
+        self.metrics = metrics
         self.store = store
         self.executor = executor
         self.spool = Spool(data_dir / "queue")
@@ -115,6 +118,12 @@ class OutboundQueue:
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
         log.info("queue stopped messages=%d", len(self._items))
+
+    def figures(self) -> tuple[int, float]:
+        """Messages waiting and the age in seconds of the oldest (0 when none), for the metrics."""
+        if not self._items:
+            return 0, 0.0
+        return len(self._items), max(0.0, time.time() - min(i.envelope.arrived for i in self._items.values()))
 
     # -- intake --------------------------------------------------------------------------------
     async def enqueue(
@@ -319,6 +328,8 @@ class OutboundQueue:
                 )
                 recipient.status = "4.4.7"  # RFC 3463: delivery time expired
                 failed.append(_failure(address, recipient))
+                if self.metrics is not None:
+                    self.metrics.outbound.labels("expired").inc()
                 log.info(
                     "delivery id=%s to=%s result=expired attempts=%d age=%.0f",
                     envelope.id,
@@ -513,6 +524,8 @@ class OutboundQueue:
                 _field(repr(error)),
             )
             return
+        if self.metrics is not None:
+            self.metrics.bounces.inc()
         log.info(
             "bounce sent id=%s to=%s action=%s recipients=%s delivery=%s",
             envelope.id,
@@ -523,6 +536,8 @@ class OutboundQueue:
         )
 
     def _log_outcome(self, envelope: Envelope, outcome: Outcome, attempt: int, now: float) -> None:
+        if self.metrics is not None:
+            self.metrics.outbound.labels(outcome.result).inc()
         log.info(
             "delivery id=%s to=%s result=%s status=%s remote=%s attempt=%d delay=%.1f diagnostic=%s",
             envelope.id,

@@ -81,6 +81,7 @@ class Intake:
     def reject(self, stage: str, reason: str, reply: str, **fields: str) -> str:
         """Log one refusal (one line, key=value) and return its reply."""
         extra = "".join(f" {key}={log_field(value)}" for key, value in fields.items())
+        self.services.metrics.rejections.labels(stage, reason).inc()
         log.info(
             "rejected stage=%s reason=%s code=%s client=%s listener=%s%s",
             stage,
@@ -254,8 +255,9 @@ class Intake:
 
     async def _store(
         self, tx: Transaction, message: bytes, received: str, sign: bool, junk: bool, queue_sender: str
-    ) -> None:
-        """Queue the remote part (held), deliver the local part, then let the queue go on.
+    ) -> str | None:
+        """Queue the remote part (held), deliver the local part, then let the queue go on; the
+        queue id, when there was a remote part.
 
         Both or neither: when local delivery fails the queued copy is withdrawn, since the
         client gets a 4xx and will send the whole message again.
@@ -285,6 +287,7 @@ class Intake:
             raise
         if queue_id is not None:
             self.services.queue.release(queue_id)
+        return queue_id
 
     async def deliver(
         self, tx: Transaction, message: bytes, greeting: Greeting, account: AccountEntry | None
@@ -307,7 +310,7 @@ class Intake:
         snapshot = self.services.holder.current
         received = self._received(snapshot, tx, message_id, greeting)
         try:
-            await self._store(tx, message, received, sign, junk, self._queue_sender(tx, submitted))
+            queue_id = await self._store(tx, message, received, sign, junk, self._queue_sender(tx, submitted))
         except QuotaExceeded as full:
             entry = next(e for e in tx.mailboxes.values() if e.mailbox == full.mailbox)
             reply = replies.MAILBOX_FULL.format(address=entry.address)
@@ -323,9 +326,12 @@ class Intake:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 return replies.STORAGE_FULL, False  # RFC 3463 X.3.1: mail system full
             return replies.LOCAL_ERROR, False
+        # The accept line: `queue=` is the id the outbound queue's lines carry to the final
+        # delivered/bounced, so one grep follows the message from here to its end.
         log.info(
-            "delivered id=%s from=%s to=%s size=%d ms=%.1f client=%s listener=%s%s",
+            "delivered id=%s queue=%s from=%s to=%s size=%d ms=%.1f client=%s listener=%s%s",
             message_id,
+            queue_id or "-",
             log_field(tx.sender or "<>"),
             log_field(",".join(tx.recipients)),
             len(message),
@@ -334,6 +340,7 @@ class Intake:
             self.listener.name,
             f" folder={JUNK_FOLDER}" if junk else "",
         )
+        self.services.metrics.messages.labels(self.listener.name).inc()
         return replies.DELIVERED.format(id=message_id), True
 
     def _received(self, snapshot: Snapshot, tx: Transaction, message_id: str, greeting: Greeting) -> str:

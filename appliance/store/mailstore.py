@@ -166,6 +166,11 @@ def trace_headers(return_path: str, received: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
+def mailbox_size(root: Path) -> int:
+    """Bytes stored in the Maildir at `root`, all folders (what the quota counts)."""
+    return _count_usage(root)
+
+
 def _count_usage(root: Path) -> int:
     """Bytes in the Maildir and its folders, from S= fields (a stat for files without one)."""
     total = 0
