@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from appliance.queue import OutboundQueue
     from appliance.security import AutoBan
     from appliance.store.mailstore import MailStore
+    from appliance.store.responses import ResponseRecord
 
 
 class SessionCounter:
@@ -85,6 +86,7 @@ class Services:
     # else `readers`.
     reader_process: Readers | None = None
     autoban: AutoBan | None = None  # refuse clients (and stop asking directories) after failed logins
+    responses: ResponseRecord | None = None  # vacation replies sent, per account and sender
 
 
 @dataclass(frozen=True)

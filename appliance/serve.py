@@ -30,6 +30,7 @@ from appliance.imap.sender import Senders
 from appliance.imap.server import IMAPServer
 from appliance.loglines import EscapingFormatter
 from appliance.manifest import LoadedManifest, ManifestError, Problem, load_manifest, parse_manifest
+from appliance.manifest.scripts import scripts_digest
 from appliance.memory import freeze_live_objects, limit_malloc_arenas, release_memory
 from appliance.pop3 import readahead, start_pop3
 from appliance.queue import OutboundQueue
@@ -39,6 +40,7 @@ from appliance.snapshot import Snapshot, SnapshotHolder, build_snapshot
 from appliance.status import process_figures, write_status
 from appliance.store.mailstore import MailStore
 from appliance.store.reader import ReaderProcess
+from appliance.store.responses import ResponseRecord
 from appliance.store.sweep import sweep_tmp
 from appliance.store.writer import DeliveryProcess
 from appliance.systemd import SystemdNotifier
@@ -126,6 +128,7 @@ class Server:
             sessions=SessionCounter(),
             autoban=autoban,
             reader_process=reader_process,
+            responses=ResponseRecord(self.data_dir),
         )
         # The FETCH sender processes start when a FETCH first needs one.
         imap = IMAPServer(services, Senders())
@@ -233,7 +236,9 @@ class Server:
                         str(self.manifest_path),
                         [Problem((), "cannot read the manifest (missing or unreadable)")],
                     )
-                if _sha256(raw) == current.revision:
+                scripts = current.sieve
+                scripts_same = scripts is None or scripts_digest(scripts) == scripts.digest
+                if _sha256(raw) == current.revision and scripts_same:
                     self.last_error, self.last_error_at = [], None
                     log.info("reload unchanged trigger=%s revision=%s", trigger, current.revision[:12])
                     return False

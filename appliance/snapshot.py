@@ -15,7 +15,9 @@ from pathlib import Path
 
 from appliance.manifest import LoadedManifest
 from appliance.manifest.models import Account, ActiveDirectory, LDAPDirectory, LocalSystem, Manifest
+from appliance.manifest.scripts import ResolveInclude, Scripts
 from appliance.memory import gc_paused
+from appliance.sieve import Script
 
 DirectoryModel = ActiveDirectory | LDAPDirectory | LocalSystem
 
@@ -95,6 +97,8 @@ class Snapshot:
     allow_plaintext_auth: bool
     # Local domains, enabled or not, manifest order.
     domain_names: tuple[str, ...]
+    # The Sieve scripts the manifest names, compiled (manifest/scripts.py).
+    sieve: Scripts | None = field(default=None, repr=False)
 
     # -- lookups -------------------------------------------------------------------------------
     @property
@@ -111,6 +115,22 @@ class Snapshot:
     def account_by_address(self, address: str) -> AccountEntry | None:
         """The account that logs in with `address` (any of its addresses; no plus-addressing)."""
         return self._accounts.get(address.lower())
+
+    def sieve_scripts(self, entry: AccountEntry) -> tuple[tuple[Script, ...], ResolveInclude | None]:
+        """The scripts delivery runs for the account, in order (domain sieve_before, the account's,
+        domain sieve_after), and how their `include`s resolve (beside the account's own script)."""
+        scripts = self.sieve
+        domain = self.manifest.domains.get(entry.domain)
+        if scripts is None or domain is None:
+            return (), None
+        written = [domain.sieve_before, entry.account.sieve, domain.sieve_after]
+        found = tuple(script for script in map(scripts.get, written) if script is not None)
+        home = next((w for w in (entry.account.sieve, domain.sieve_before, domain.sieve_after) if w), None)
+        return found, (scripts.resolver(home) if found and home else None)
+
+    @property
+    def recipient_delimiter(self) -> str:
+        return self.manifest.server.recipient_delimiter
 
     def directory(self, name: str) -> DirectoryModel | None:
         return self.manifest.directories.get(name)
@@ -287,6 +307,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         max_connections_per_client=server.limits.max_connections_per_client,
         allow_plaintext_auth=server.allow_plaintext_auth,
         domain_names=tuple(domains),
+        sieve=loaded.scripts,
     )
 
 

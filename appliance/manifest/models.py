@@ -449,6 +449,11 @@ class Account:
         description="May send with any sender address in the local domains (e.g. a helpdesk tool).",
     )
     display_name: str | None = None
+    sieve: str | None = Field(
+        default=None,
+        description="Sieve script (RFC 5228) run at delivery, relative to the manifest "
+        '(e.g. "sieve/john.sieve"). Pinned: the user cannot replace it over ManageSieve.',
+    )
 
 
 class DKIM(Model):
@@ -471,6 +476,15 @@ class Domain(Model):
     accounts: dict[str, Account] = Field(default_factory=dict)
     aliases: dict[str, list[AddressOrLocalPart]] = Field(default_factory=dict)
     dkim: DKIM | None = Field(None, description="Sign outgoing mail from this domain with DKIM.")
+    sieve_before: str | None = Field(
+        None,
+        description="Sieve script run at delivery for every account of the domain before the account's own "
+        "(relative to the manifest); its stop ends the run.",
+    )
+    sieve_after: str | None = Field(
+        None,
+        description="Sieve script run after the account's own, unless a script stopped.",
+    )
 
 
 # --- [outbound] -----------------------------------------------------------------------------

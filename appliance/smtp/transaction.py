@@ -16,6 +16,7 @@ address); the session holds the state (its `Transaction`, the account logged in)
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import errno
 import itertools
@@ -27,8 +28,9 @@ from typing import TYPE_CHECKING
 
 from appliance.auth.service import log_field
 from appliance.queue.signing import from_addresses
-from appliance.smtp import replies
+from appliance.smtp import filtering, replies
 from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
+from appliance.smtp.filtering import Plan
 from appliance.smtp.outbound import hand_to_queue, queue_available
 from appliance.store.mailstore import QuotaExceeded
 
@@ -216,11 +218,14 @@ class Intake:
             return False  # another domain's address: no key of ours may vouch for it
         return bool(senders)
 
-    async def _store(self, tx: Transaction, message: bytes, received: str, sign: bool) -> None:
+    async def _store(
+        self, tx: Transaction, message: bytes, received: str, sign: bool, plan: Plan | None = None
+    ) -> None:
         """Queue the remote part (held), deliver the local part, then let the queue go on.
 
         Both or neither: when local delivery fails the queued copy is withdrawn, since the
-        client gets a 4xx and will send the whole message again.
+        client gets a 4xx and will send the whole message again. With a Sieve `plan`, the local
+        copies go where the scripts said (filtering.py).
         """
         queue_id: str | None = None
         if tx.remote:
@@ -233,7 +238,12 @@ class Intake:
                 sign=sign,
             )
         try:
-            if tx.mailboxes:
+            if plan is not None:
+                if plan.placements:
+                    await self.services.store.deliver_placed(
+                        message, plan.placements, return_path=tx.sender, received=received
+                    )
+            elif tx.mailboxes:
                 await self.services.store.deliver(
                     message, list(tx.mailboxes.values()), return_path=tx.sender, received=received
                 )
@@ -256,8 +266,14 @@ class Intake:
         message_id = f"{_ID_PREFIX}{next(_message_ids):06X}"
         snapshot = self.services.holder.current
         received = self._received(snapshot, tx, message_id, greeting)
+        plan = await self._filter(snapshot, tx, message)
+        if plan is not None and plan.rejected and not plan.placements and not tx.remote:
+            # RFC 5429 §2.1.1: every recipient's script rejects: refuse the message at DATA.
+            reason = replies.printable(plan.rejected[0][1])
+            reply = replies.SIEVE_REJECTED.format(reason=reason)
+            return self.reject("data", "sieve_reject", reply, sender=tx.sender), False
         try:
-            await self._store(tx, message, received, sign)
+            await self._store(tx, message, received, sign, plan)
         except QuotaExceeded as full:
             entry = next(e for e in tx.mailboxes.values() if e.mailbox == full.mailbox)
             reply = replies.MAILBOX_FULL.format(address=entry.address)
@@ -273,6 +289,19 @@ class Intake:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 return replies.STORAGE_FULL, False  # RFC 3463 X.3.1: mail system full
             return replies.LOCAL_ERROR, False
+        if plan is not None:
+            try:
+                await filtering.carry_out(
+                    plan,
+                    queue=self.services.queue,
+                    responses=self.services.responses,
+                    snapshot=snapshot,
+                    message=message,
+                    sender=tx.sender,
+                    queue_id=message_id,
+                )
+            except OSError as error:  # the message is delivered: the 250 stands
+                log.error("sieve actions failed id=%s error=%s", message_id, log_field(str(error)))
         log.info(
             "delivered id=%s from=%s to=%s size=%d ms=%.1f client=%s listener=%s",
             message_id,
@@ -284,6 +313,16 @@ class Intake:
             self.listener.name,
         )
         return replies.DELIVERED.format(id=message_id), True
+
+    async def _filter(self, snapshot: Snapshot, tx: Transaction, message: bytes) -> Plan | None:
+        """The Sieve plan for the local mailboxes, or None when no script applies to any."""
+        mailboxes = list(tx.mailboxes.values())
+        if not any(snapshot.sieve_scripts(entry)[0] for entry in mailboxes):
+            return None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self.services.executor, filtering.decide, snapshot, mailboxes, message, tx.sender, tx.recipients
+        )
 
     def _received(self, snapshot: Snapshot, tx: Transaction, message_id: str, greeting: Greeting) -> str:
         """The Received field's value: RFC 5321 §4.4, protocol names from RFC 3848 / RFC 6531."""
