@@ -15,9 +15,10 @@ from pathlib import Path
 
 from appliance.manifest import LoadedManifest
 from appliance.manifest.models import Account, ActiveDirectory, LDAPDirectory, LocalSystem, Manifest
-from appliance.manifest.scripts import ResolveInclude, Scripts
+from appliance.manifest.scripts import Scripts
 from appliance.memory import gc_paused
 from appliance.sieve import Script
+from appliance.sieve.interpreter import Resolver
 
 DirectoryModel = ActiveDirectory | LDAPDirectory | LocalSystem
 
@@ -116,17 +117,16 @@ class Snapshot:
         """The account that logs in with `address` (any of its addresses; no plus-addressing)."""
         return self._accounts.get(address.lower())
 
-    def sieve_scripts(self, entry: AccountEntry) -> tuple[tuple[Script, ...], ResolveInclude | None]:
+    def sieve_scripts(self, entry: AccountEntry) -> tuple[tuple[Script, ...], Resolver | None]:
         """The scripts delivery runs for the account, in order (domain sieve_before, the account's,
-        domain sieve_after), and how their `include`s resolve (beside the account's own script)."""
+        domain sieve_after), and how their `include`s resolve."""
         scripts = self.sieve
         domain = self.manifest.domains.get(entry.domain)
         if scripts is None or domain is None:
             return (), None
         written = [domain.sieve_before, entry.account.sieve, domain.sieve_after]
         found = tuple(script for script in map(scripts.get, written) if script is not None)
-        home = next((w for w in (entry.account.sieve, domain.sieve_before, domain.sieve_after) if w), None)
-        return found, (scripts.resolver(home) if found and home else None)
+        return found, (scripts.include if found else None)
 
     @property
     def recipient_delimiter(self) -> str:

@@ -3,10 +3,14 @@ rest): the null sender, `ereject` (not in Debian 12's Pigeonhole), and where err
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from appliance.sieve import Envelope, SieveError, compile_script, run
+from appliance.manifest import ManifestError, load_manifest
+from appliance.sieve import Envelope, SieveError, Store, compile_script, run
 from appliance.sieve.vacation import refusal, reply
+from appliance.snapshot import build_snapshot
 
 MESSAGE = (
     b"From: Alice <alice@remote.test>\r\nTo: john@example.test\r\nSubject: Hello\r\n"
@@ -79,3 +83,40 @@ def test_a_runtime_error_falls_back_to_the_implicit_keep() -> None:
     script = compile_script('require "include";\ninclude "missing";\ndiscard;\n')
     outcome = run([script], MESSAGE, Envelope("alice@remote.test", "john@example.test"))
     assert outcome.error is not None and [store.mailbox for store in outcome.stores] == ["INBOX"]
+
+
+def test_manifest_scripts_include_personal_beside_them_and_global_from_sieve_global(tmp_path: Path) -> None:
+    (tmp_path / "domain").mkdir()
+    (tmp_path / "users").mkdir()
+    (tmp_path / "sieve" / "global").mkdir(parents=True)
+    (tmp_path / "domain" / "before.sieve").write_text('require "include";\ninclude :personal "tag";\n')
+    (tmp_path / "domain" / "tag.sieve").write_text(
+        'require ["fileinto", "copy"];\nfileinto :copy "Tagged";\n'
+    )
+    (tmp_path / "users" / "john.sieve").write_text('require "include";\ninclude :global "file";\n')
+    (tmp_path / "sieve" / "global" / "file.sieve").write_text('require "fileinto";\nfileinto "Filed";\n')
+    manifest = tmp_path / "appliance.toml"
+    manifest.write_text(
+        '[server]\nhostname = "mail.example.test"\n[domains."example.test"]\n'
+        'sieve_before = "domain/before.sieve"\n[domains."example.test".accounts]\n'
+        'john = { sieve = "users/john.sieve" }\n'
+    )
+    snapshot = build_snapshot(load_manifest(manifest))
+    entry = snapshot.account_by_address("john@example.test")
+    assert entry is not None
+    scripts, resolver = snapshot.sieve_scripts(entry)
+    outcome = run(scripts, MESSAGE, Envelope("alice@remote.test", entry.address), resolver=resolver)
+    assert outcome.stores == [Store("Tagged", ()), Store("Filed", ())]
+
+
+def test_a_script_that_does_not_compile_makes_the_manifest_unusable(tmp_path: Path) -> None:
+    (tmp_path / "john.sieve").write_text('require "fileinto";\n\nfileinto;\n')
+    manifest = tmp_path / "appliance.toml"
+    manifest.write_text(
+        '[server]\nhostname = "mail.example.test"\n[domains."example.test".accounts]\n'
+        'john = { sieve = "john.sieve" }\n'
+    )
+    with pytest.raises(ManifestError) as raised:
+        load_manifest(manifest)
+    [line] = raised.value.lines()
+    assert line.startswith(f'{manifest}:4:18: domains."example.test".accounts.john.sieve: john.sieve:3:1: ')

@@ -39,7 +39,7 @@ def _parameters(text: str) -> dict[str, str]:
     return out
 
 
-def _resolver(where: str, name: str) -> Script | None:
+def _resolver(where: str, name: str, including: Script) -> Script | None:
     path = CORPUS / ("global" if where == ":global" else "personal") / f"{name}.sieve"
     return compile_script(path.read_text()) if path.is_file() else None
 

@@ -36,17 +36,12 @@ class Scripts:
     def get(self, written: str | None) -> Script | None:
         return None if written is None else self.compiled.get(resolve(self.base_dir, written))
 
-    def resolver(self, written: str) -> ResolveInclude:
-        return ResolveInclude(self, resolve(self.base_dir, written).parent)
-
-
-@dataclass(frozen=True)
-class ResolveInclude:
-    scripts: Scripts
-    directory: Path  # where :personal scripts are
-
-    def __call__(self, where: str, name: str) -> Script | None:
-        return self.scripts.compiled.get(_include_path(self.scripts.base_dir, self.directory, where, name))
+    def include(self, where: str, name: str, including: Script) -> Script | None:
+        """The script an `include` names (interpreter.Resolver): `:personal` beside `including`."""
+        directory = next((path.parent for path, script in self.compiled.items() if script is including), None)
+        if directory is None:
+            return None
+        return self.compiled.get(_include_path(self.base_dir, directory, where, name))
 
 
 def resolve(base_dir: Path, written: str) -> Path:

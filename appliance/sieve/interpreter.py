@@ -24,8 +24,9 @@ MAX_REDIRECTS = 4
 MAX_STEPS = 100_000
 DAY = 86_400
 
-# Finds an included script: (":personal" or ":global", name) -> the compiled script, or None.
-Resolver = Callable[[str, str], Script | None]
+# Finds an included script: (":personal" or ":global", name, the including script) -> the
+# compiled script, or None.
+Resolver = Callable[[str, str, Script], Script | None]
 
 
 @dataclass(frozen=True)
@@ -319,7 +320,7 @@ def _include(run: _Run, node: Node) -> None:
         return
     if len(run.frames) > MAX_INCLUDE_DEPTH:
         raise SieveRuntimeError("include nested too deep")
-    script = run.resolver(where, name) if run.resolver is not None else None
+    script = run.resolver(where, name, run.frame.script) if run.resolver is not None else None
     if script is None:
         if ":optional" in node.tags:
             return
