@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from appliance.security import AutoBan
     from appliance.store.mailstore import MailStore
     from appliance.store.responses import ResponseRecord
+    from appliance.store.userscripts import UserScripts
 
 
 class SessionCounter:
@@ -87,11 +88,12 @@ class Services:
     reader_process: Readers | None = None
     autoban: AutoBan | None = None  # refuse clients (and stop asking directories) after failed logins
     responses: ResponseRecord | None = None  # vacation replies sent, per account and sender
+    userscripts: UserScripts | None = None  # users' own Sieve scripts (ManageSieve)
 
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    name: str  # smtp | submission | submissions | pop3 | pop3s | imap | imaps
+    name: str  # smtp | submission | submissions | pop3 | pop3s | imap | imaps | managesieve
     host: str
     port: int
     implicit_tls: bool

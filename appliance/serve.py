@@ -29,6 +29,7 @@ from appliance.context import ListenerSpec, Services, SessionCounter, listener_s
 from appliance.imap.sender import Senders
 from appliance.imap.server import IMAPServer
 from appliance.loglines import EscapingFormatter
+from appliance.managesieve import start_managesieve
 from appliance.manifest import LoadedManifest, ManifestError, Problem, load_manifest, parse_manifest
 from appliance.manifest.scripts import scripts_digest
 from appliance.memory import freeze_live_objects, limit_malloc_arenas, release_memory
@@ -42,6 +43,7 @@ from appliance.store.mailstore import MailStore
 from appliance.store.reader import ReaderProcess
 from appliance.store.responses import ResponseRecord
 from appliance.store.sweep import sweep_tmp
+from appliance.store.userscripts import UserScripts
 from appliance.store.writer import DeliveryProcess
 from appliance.systemd import SystemdNotifier
 from appliance.tls import TLSProvider
@@ -129,6 +131,7 @@ class Server:
             autoban=autoban,
             reader_process=reader_process,
             responses=ResponseRecord(self.data_dir),
+            userscripts=UserScripts(self.data_dir),
         )
         # The FETCH sender processes start when a FETCH first needs one.
         imap = IMAPServer(services, Senders())
@@ -142,8 +145,11 @@ class Server:
             "pop3s": pop3,
             "imap": imap.start,
             "imaps": imap.start,
+            "managesieve": functools.partial(start_managesieve, services),
         }
         await queue.start()
+        if services.userscripts is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, services.userscripts.load)
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_tmp(time.time()))

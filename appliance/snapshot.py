@@ -117,16 +117,25 @@ class Snapshot:
         """The account that logs in with `address` (any of its addresses; no plus-addressing)."""
         return self._accounts.get(address.lower())
 
-    def sieve_scripts(self, entry: AccountEntry) -> tuple[tuple[Script, ...], Resolver | None]:
+    def sieve_scripts(
+        self, entry: AccountEntry, personal: Script | None = None
+    ) -> tuple[tuple[Script, ...], Resolver | None]:
         """The scripts delivery runs for the account, in order (domain sieve_before, the account's,
-        domain sieve_after), and how their `include`s resolve."""
+        domain sieve_after), and how their `include`s resolve. `personal` (the user's active
+        ManageSieve script) takes the account's place unless the manifest pins one."""
         scripts = self.sieve
         domain = self.manifest.domains.get(entry.domain)
         if scripts is None or domain is None:
-            return (), None
-        written = [domain.sieve_before, entry.account.sieve, domain.sieve_after]
-        found = tuple(script for script in map(scripts.get, written) if script is not None)
+            return ((personal,) if personal is not None else ()), None
+        own = scripts.get(entry.account.sieve) if entry.account.sieve else personal
+        found = tuple(
+            s for s in (scripts.get(domain.sieve_before), own, scripts.get(domain.sieve_after)) if s
+        )
         return found, (scripts.include if found else None)
+
+    def sieve_pinned(self, entry: AccountEntry) -> bool:
+        """The manifest names the account's script: users may not change it (ManageSieve)."""
+        return entry.account.sieve is not None
 
     @property
     def recipient_delimiter(self) -> str:

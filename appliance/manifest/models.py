@@ -149,6 +149,9 @@ class Listeners(Model):
     pop3s: HostPort | None = Field(None, description="POP3 over implicit TLS (995).")
     imap: HostPort | None = Field(None, description="IMAP with STARTTLS (143).")
     imaps: HostPort | None = Field(None, description="IMAP over implicit TLS (993).")
+    managesieve: HostPort | None = Field(
+        None, description="ManageSieve (RFC 5804) with STARTTLS (4190): users manage their Sieve scripts."
+    )
 
 
 class Limits(Model):

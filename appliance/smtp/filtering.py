@@ -23,6 +23,7 @@ from appliance.sieve.vacation import refusal, reply
 from appliance.snapshot import AccountEntry, Snapshot
 from appliance.store.folders import folder_directory_fits
 from appliance.store.mailstore import Placement
+from appliance.store.userscripts import UserScripts
 
 log = logging.getLogger("appliance.sieve")
 
@@ -73,14 +74,34 @@ def _recipient(entry: AccountEntry, recipients: Sequence[str], delimiter: str) -
 
 
 def _decide_one(
-    snapshot: Snapshot, entry: AccountEntry, message: bytes, sender: str, recipients: Sequence[str]
+    snapshot: Snapshot,
+    entry: AccountEntry,
+    message: bytes,
+    sender: str,
+    recipients: Sequence[str],
+    userscripts: UserScripts | None,
 ) -> tuple[Outcome | None, Envelope]:
-    scripts, resolver = snapshot.sieve_scripts(entry)
+    personal = None
+    if (
+        userscripts is not None
+        and not snapshot.sieve_pinned(entry)
+        and userscripts.may_have_active(entry.address)
+    ):
+        personal = userscripts.compiled_active(entry.address)
+    scripts, resolver = snapshot.sieve_scripts(entry, personal)
     delimiter = snapshot.recipient_delimiter
     envelope = Envelope(sender, _recipient(entry, recipients, delimiter), entry.address, entry.addresses)
     if not scripts:
         return None, envelope
     return run(scripts, message, envelope, delimiter=delimiter or "+", resolver=resolver), envelope
+
+
+def applies(snapshot: Snapshot, entry: AccountEntry, userscripts: UserScripts | None) -> bool:
+    """Whether a script may run for the account (no disk access)."""
+    if snapshot.sieve_scripts(entry)[0]:
+        return True
+    pinned = snapshot.sieve_pinned(entry)
+    return userscripts is not None and not pinned and userscripts.may_have_active(entry.address)
 
 
 def decide(
@@ -89,11 +110,12 @@ def decide(
     message: bytes,
     sender: str,
     recipients: Sequence[str],
+    userscripts: UserScripts | None = None,
 ) -> Plan:
     """What the scripts say for every local mailbox (blocking: run it in an executor)."""
     plan = Plan()
     for entry in mailboxes:
-        outcome, envelope = _decide_one(snapshot, entry, message, sender, recipients)
+        outcome, envelope = _decide_one(snapshot, entry, message, sender, recipients, userscripts)
         if outcome is None:
             plan.placements.append(Placement(entry))
             continue

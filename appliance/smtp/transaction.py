@@ -317,12 +317,12 @@ class Intake:
     async def _filter(self, snapshot: Snapshot, tx: Transaction, message: bytes) -> Plan | None:
         """The Sieve plan for the local mailboxes, or None when no script applies to any."""
         mailboxes = list(tx.mailboxes.values())
-        if not any(snapshot.sieve_scripts(entry)[0] for entry in mailboxes):
+        userscripts = self.services.userscripts
+        if not any(filtering.applies(snapshot, entry, userscripts) for entry in mailboxes):
             return None
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self.services.executor, filtering.decide, snapshot, mailboxes, message, tx.sender, tx.recipients
-        )
+        arguments = (snapshot, mailboxes, message, tx.sender, tx.recipients, userscripts)
+        return await loop.run_in_executor(self.services.executor, filtering.decide, *arguments)
 
     def _received(self, snapshot: Snapshot, tx: Transaction, message_id: str, greeting: Greeting) -> str:
         """The Received field's value: RFC 5321 §4.4, protocol names from RFC 3848 / RFC 6531."""
