@@ -48,9 +48,11 @@ def deliver_invoice(server: RunningAppliance, to: str) -> None:
         client.sendmail("billing@remote.test", [to], message("billing@remote.test", to, "invoice 42"))
 
 
-def sieve_connect(server: RunningAppliance, user: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+def sieve_connect(
+    server: RunningAppliance, user: str, *arguments: str, password: str = PASSWORD
+) -> subprocess.CompletedProcess[str]:
     read, write = os.pipe()
-    os.write(write, (PASSWORD + "\n").encode())
+    os.write(write, (password + "\n").encode())
     os.close(write)
     try:
         return subprocess.run(
