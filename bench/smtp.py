@@ -29,7 +29,11 @@ Runs alternate between the servers. Medians of
 time. Needs root (Postfix starts as root and drops to its users) and the packages in
 .ci/apt/smtp.txt.
 
-    .venv/bin/python bench/smtp.py [--messages 20000] [--sessions 20] [--size 4096] [--runs 3]
+With `--sieve` a second appliance runs beside the first, each account with a typical 20-rule
+Sieve script (`TWENTY_RULES`, none of which matches, so all are evaluated): the cost of running
+the script at delivery, as a ratio against the appliance without one.
+
+    .venv/bin/python bench/smtp.py [--messages 20000] [--sessions 20] [--size 4096] [--runs 3] [--sieve]
 """
 
 from __future__ import annotations
@@ -104,11 +108,42 @@ def wait_for_banner(port: int, what: str, process: subprocess.Popen[bytes] | Non
     raise SystemExit(f"{what} not answering on port {port} within {START_TIMEOUT}s")
 
 
-def start_appliance(work: Path, sessions: int) -> RunningServer:
-    directory = work / "appliance"
+# A typical rule set of 20 rules (folders by sender, list, subject; flags; a size rule; a
+# vacation-free out-of-hours tag): none matches smtp-source's mail, so every rule is evaluated and
+# the message ends in INBOX by the implicit keep, where the run counts it.
+TWENTY_RULES = (
+    'require ["fileinto", "imap4flags", "envelope", "body", "relational", "comparator-i;ascii-numeric",'
+    ' "variables", "subaddress", "date"];\n'
+    + "".join(
+        f'if header :contains "subject" "[project-{n}]" {{ fileinto "Projects.p{n}"; stop; }}\n'
+        for n in range(6)
+    )
+    + "".join(
+        f'if address :domain :is "from" "partner{n}.example" {{ fileinto "Partners"; stop; }}\n'
+        for n in range(4)
+    )
+    + 'if exists "list-id" { fileinto "Lists"; stop; }\n'
+    + 'if header :value "ge" :comparator "i;ascii-numeric" "x-spam-score" "5" { fileinto "Junk"; stop; }\n'
+    + 'if envelope :detail "to" "news" { fileinto "News"; stop; }\n'
+    + 'if size :over 10M { addflag "$Big"; }\n'
+    + 'if body :contains "unsubscribe here" { fileinto "Bulk"; stop; }\n'
+    + 'if header :matches "subject" "Re: *invoice*" { fileinto "Invoices"; stop; }\n'
+    + 'if anyof (header :contains "x-mailer" "MassMailer", header :is "precedence" "bulk") { discard; stop; }\n'
+    + 'if address :localpart :is "to" "billing" { fileinto "Billing"; stop; }\n'
+    + 'if date :value "lt" :originalzone "date" "year" "2000" { fileinto "Old"; stop; }\n'
+    + 'if header :matches "from" "*@*.invalid" { set "who" "${1}"; fileinto "Invalid"; stop; }\n'
+)
+
+
+def start_appliance(work: Path, sessions: int, *, sieve: bool = False) -> RunningServer:
+    name = "appliance+sieve" if sieve else "appliance"
+    directory = work / name
     directory.mkdir(parents=True)
     port = free_port()
-    accounts = "\n".join(f"user{n:02d} = {{}}" for n in range(1, USERS + 1))
+    if sieve:
+        (directory / "rules.sieve").write_text(TWENTY_RULES)
+    entry = '{ sieve = "rules.sieve" }' if sieve else "{}"
+    accounts = "\n".join(f"user{n:02d} = {entry}" for n in range(1, USERS + 1))
     manifest = directory / "appliance.toml"
     manifest.write_text(
         f'[server]\nhostname = "mail.{DOMAIN}"\ndata_dir = "var"\n'
@@ -117,7 +152,7 @@ def start_appliance(work: Path, sessions: int) -> RunningServer:
         f"[server.limits]\nmax_connections_per_client = {sessions * 10}\n"
         f'[domains."{DOMAIN}".accounts]\n{accounts}\n'
     )
-    log = open(work / "appliance-serve.log", "wb")  # noqa: SIM115 - kept open for the child's life
+    log = open(work / f"{name}-serve.log", "wb")  # noqa: SIM115 - kept open for the child's life
     process = subprocess.Popen(
         [sys.executable, "-m", "appliance", "serve", "--manifest", str(manifest)],
         cwd=directory,
@@ -126,7 +161,7 @@ def start_appliance(work: Path, sessions: int) -> RunningServer:
         stdin=subprocess.DEVNULL,
     )
     wait_for_banner(port, "appliance serve", process)
-    return RunningServer("appliance", port, directory / "var" / "mail" / DOMAIN, process)
+    return RunningServer(name, port, directory / "var" / "mail" / DOMAIN, process)
 
 
 def start_postfix(work: Path) -> RunningServer:
@@ -277,6 +312,11 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--modes", default="conn,-d", help='"conn", "-d" or both, comma-separated')
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--sieve",
+        action="store_true",
+        help="also run the appliance with a 20-rule Sieve script per account (ratio against no script)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: Postfix starts as root and drops to its own users")
@@ -288,6 +328,8 @@ def main() -> int:
     modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     try:
         servers.append(start_appliance(work, args.sessions))
+        if args.sieve:
+            servers.append(start_appliance(work, args.sessions, sieve=True))
         servers.append(start_postfix(work))
         print(
             f"{args.messages:,} messages of {args.size:,} bytes, {args.sessions} sessions, "
@@ -322,6 +364,11 @@ def main() -> int:
                 )
             ratio = medians["appliance"] / medians["postfix"]
             print(f"{mode:>4} | {'ratio':>9} | {ratio:>15.2f} | appliance / postfix, end-to-end medians")
+            if "appliance+sieve" in medians:
+                ratio = medians["appliance+sieve"] / medians["appliance"]
+                print(
+                    f"{mode:>4} | {'ratio':>9} | {ratio:>15.2f} | 20-rule Sieve / no script, end-to-end medians"
+                )
         return 0
     finally:
         for server in servers:

@@ -31,32 +31,42 @@ class MessageView:
     def __init__(self, data: bytes) -> None:
         self.data = data
         self.size = len(data)
+        self._decoded: dict[str, list[str]] = {}
+        self._addresses: dict[tuple[str, ...], list[str]] = {}
 
     @cached_property
     def parsed(self) -> Message:
         return BytesParser(policy=email.policy.compat32).parsebytes(self.data)
 
     @cached_property
-    def _raw_headers(self) -> list[tuple[str, str]]:
-        return [(name, str(value)) for name, value in self.parsed.items()]
+    def _raw_headers(self) -> dict[str, list[str]]:
+        # Parsed once per message; a 20-rule script asks for the same few headers many times.
+        headers: dict[str, list[str]] = {}
+        for name, value in self.parsed.items():
+            headers.setdefault(name.lower(), []).append(str(value))
+        return headers
 
     def raw_header(self, name: str) -> list[str]:
-        wanted = name.lower()
-        return [value for key, value in self._raw_headers if key.lower() == wanted]
+        return list(self._raw_headers.get(name.lower(), ()))
 
     def header(self, name: str) -> list[str]:
         """Every value of a header, unfolded and decoded, in message order."""
-        return [_decode(value) for value in self.raw_header(name)]
+        key = name.lower()
+        found = self._decoded.get(key)
+        if found is None:
+            found = self._decoded[key] = [_decode(value) for value in self._raw_headers.get(key, ())]
+        return list(found)
 
     def exists(self, name: str) -> bool:
-        return bool(self.raw_header(name))
+        return name.lower() in self._raw_headers
 
     def addresses(self, values: list[str]) -> list[str]:
-        out: list[str] = []
-        for _, address in getaddresses([_unfold(v) for v in values]):
-            if address:
-                out.append(address)
-        return out
+        key = tuple(values)
+        found = self._addresses.get(key)
+        if found is None:
+            found = [address for _, address in getaddresses([_unfold(v) for v in values]) if address]
+            self._addresses[key] = found
+        return list(found)
 
     def body(self, transform: str, content_types: tuple[str, ...]) -> list[str]:
         """The body texts the body test compares: one per matching part (RFC 5173)."""
