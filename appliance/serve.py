@@ -310,15 +310,21 @@ class Server:
         )
 
     async def watch(self) -> None:
-        """Reload when the manifest file changes: in place, by rename, or by a symlink swap."""
+        """Reload when the manifest file changes: in place, by rename, or by a symlink swap; and
+        when a Sieve script changes in a directory that held the manifest's scripts at start."""
         path = self.manifest_path.absolute()
         watched = {path.parent}
         if path.is_symlink():
             watched.add(path.resolve().parent)
+        scripts = self.holder.current.sieve
+        script_directories = {p.parent for p in scripts.compiled} if scripts is not None else set()
+        watched |= {d for d in script_directories if d.is_dir()}
 
         def relevant(change: watchfiles.Change, changed: str) -> bool:
             changed_path = Path(changed)
             if changed_path.name == path.name and changed_path.parent == path.parent:
+                return True
+            if changed_path.suffix == ".sieve" and changed_path.parent in script_directories:
                 return True
             try:
                 return changed_path == path.resolve()

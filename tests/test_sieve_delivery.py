@@ -206,11 +206,10 @@ def test_a_broken_script_fails_validate_at_its_line_and_a_reload_keeps_the_old(
         message("alice@remote.test", "john@example.test", "report"),
     )
     assert len(files(maildir(server, "Reports"))) == 1  # the old script still files
-    # A script change alone (the manifest untouched) is picked up by the next reload.
-    script.write_text('require ["fileinto", "mailbox"];\nfileinto :create "Everything";\n')
+    # A script change alone (the manifest untouched) is picked up: the file is watched.
     offset = server.log_size()
-    server.reload()
-    server.wait_for_log(r"manifest reloaded", after=offset)
+    script.write_text('require ["fileinto", "mailbox"];\nfileinto :create "Everything";\n')
+    server.wait_for_log(r"manifest reloaded trigger=file-change", after=offset)
     send(
         server,
         "alice@remote.test",
