@@ -219,3 +219,21 @@ def test_a_broken_script_fails_validate_at_its_line_and_a_reload_keeps_the_old(
     wait_for(
         lambda: len(files(maildir(server))) == 0 and (maildir(server, "Everything")).is_dir(), 10, "filed"
     )
+
+
+def test_a_vacation_reply_to_a_local_sender_lands_in_its_mailbox(
+    appliance: ApplianceFactory, relay: Peer
+) -> None:
+    server = start(appliance, relay, VACATION)
+    send(
+        server,
+        "anna@example.test",
+        ["john@example.test"],
+        message("anna@example.test", "john@example.test", "hi"),
+    )
+    anna = server.data_dir / "mail" / "example.test" / "anna" / "new"
+    wait_for(lambda: anna.is_dir() and len(list(anna.iterdir())) == 1, 10, "the reply in anna's INBOX")
+    [path] = list(anna.iterdir())
+    reply = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert reply["Subject"] == "Out of office" and reply["Auto-Submitted"].startswith("auto-replied")
+    assert relay.received == []

@@ -22,7 +22,7 @@ from appliance.sieve import Envelope, Outcome, Vacation, run
 from appliance.sieve.vacation import refusal, reply
 from appliance.snapshot import AccountEntry, Snapshot
 from appliance.store.folders import folder_directory_fits
-from appliance.store.mailstore import Placement
+from appliance.store.mailstore import MailStore, Placement
 from appliance.store.userscripts import UserScripts
 
 log = logging.getLogger("appliance.sieve")
@@ -146,22 +146,47 @@ async def carry_out(
     plan: Plan,
     *,
     queue: object,
+    store: MailStore,
     responses: object,
     snapshot: Snapshot,
     message: bytes,
     sender: str,
     queue_id: str,
 ) -> None:
-    """Queue the redirects, reject notices and vacation replies a delivered message led to."""
-    if queue is None:
-        if plan.redirects or plan.vacations or plan.rejected:
-            log.warning("sieve actions dropped id=%s: no outbound queue", queue_id)
-        return
-    enqueue = queue.enqueue  # type: ignore[attr-defined]
-    received = f"by {snapshot.hostname} (appliance sieve); {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}"
+    """Send the redirects, reject notices and vacation replies a delivered message led to:
+    through the outbound queue, or straight into the mailboxes of local addresses."""
+    now = time.strftime("%a, %d %b %Y %H:%M:%S +0000", time.gmtime())
+    received = f"by {snapshot.hostname} (appliance sieve); {now}"
+
+    async def send(data: bytes, envelope_sender: str, recipient: str) -> bool:
+        resolution = snapshot.resolve_recipient(recipient)
+        if resolution is not None:
+            if resolution.mailboxes:
+                mailboxes = list(resolution.mailboxes)
+                await store.deliver(data, mailboxes, return_path=envelope_sender, received=received)
+            remote = list(resolution.forwards)
+        elif snapshot.is_local_domain(recipient.rpartition("@")[2]):
+            log.info(
+                "sieve message dropped id=%s to=%s: no such local address", queue_id, log_field(recipient)
+            )
+            return False
+        else:
+            remote = [recipient]
+        if remote:
+            if queue is None:
+                log.warning(
+                    "sieve message dropped id=%s to=%s: no outbound queue", queue_id, log_field(recipient)
+                )
+                return False
+            enqueue = queue.enqueue  # type: ignore[attr-defined]
+            await enqueue(
+                data, sender=envelope_sender, recipients=remote, received=received, hold=False, sign=False
+            )
+        return True
+
     for entry, address in plan.redirects:
-        await enqueue(message, sender=sender, recipients=[address], received=received, hold=False, sign=False)
-        log.info("sieve redirect id=%s account=%s to=%s", queue_id, entry.address, log_field(address))
+        if await send(message, sender, address):
+            log.info("sieve redirect id=%s account=%s to=%s", queue_id, entry.address, log_field(address))
     if plan.rejected and sender:
         failures = [Failure(entry.address, "5.7.1", reason, None, False) for entry, reason in plan.rejected]
         notice = report(
@@ -173,7 +198,7 @@ async def carry_out(
             failures=failures,
             action="failed",
         )
-        await enqueue(notice, sender="", recipients=[sender], received=received, hold=False, sign=False)
+        await send(notice, "", sender)
     loop = asyncio.get_running_loop()
     for entry, vacation, envelope in plan.vacations:
         why_not = refusal(vacation, message, envelope)
@@ -190,5 +215,5 @@ async def carry_out(
             continue
         answer = reply(vacation, message, envelope, snapshot.hostname).as_bytes()
         # RFC 3834 §3.3: the reply's envelope sender is null, so nothing answers it back.
-        await enqueue(answer, sender="", recipients=[sender], received=received, hold=False, sign=False)
-        log.info("vacation sent id=%s account=%s to=%s", queue_id, entry.address, log_field(sender))
+        if await send(answer, "", sender):
+            log.info("vacation sent id=%s account=%s to=%s", queue_id, entry.address, log_field(sender))

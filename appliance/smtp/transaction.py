@@ -294,6 +294,7 @@ class Intake:
                 await filtering.carry_out(
                     plan,
                     queue=self.services.queue,
+                    store=self.services.store,
                     responses=self.services.responses,
                     snapshot=snapshot,
                     message=message,
