@@ -31,7 +31,10 @@ time. Needs root (Postfix starts as root and drops to its users) and the package
 
 With `--sieve` a second appliance runs beside the first, each account with a typical 20-rule
 Sieve script (`TWENTY_RULES`, none of which matches, so all are evaluated): the cost of running
-the script at delivery, as a ratio against the appliance without one.
+the script at delivery, as a ratio against the appliance without one. A second Postfix runs too,
+delivering through Dovecot's LDA (dovecot-lda, a pipe(8) transport, one process per message)
+with Pigeonhole running the same script: the reference for Sieve at delivery (packages in
+.ci/apt/imap.txt and .ci/apt/sieve.txt).
 
     .venv/bin/python bench/smtp.py [--messages 20000] [--sessions 20] [--size 4096] [--runs 3] [--sieve]
 """
@@ -164,8 +167,39 @@ def start_appliance(work: Path, sessions: int, *, sieve: bool = False) -> Runnin
     return RunningServer(name, port, directory / "var" / "mail" / DOMAIN, process)
 
 
-def start_postfix(work: Path) -> RunningServer:
-    root = work / "postfix"
+DOVECOT_LDA = "/usr/lib/dovecot/dovecot-lda"
+
+
+def _pigeonhole(root: Path, vmail: Path) -> list[str]:
+    """Dovecot's LDA with Pigeonhole running TWENTY_RULES for every recipient: its configuration
+    under `root`, and the master.cf line of the pipe(8) transport that runs it (one recipient per
+    delivery, as user mail). No userdb lookup: the Maildir is given with -o."""
+    sieve = root / "sieve"
+    run = root / "dovecot-run"
+    for directory in (sieve, run):
+        directory.mkdir(parents=True)
+        os.chown(directory, MAIL_UID, MAIL_GID)
+    (sieve / "rules.sieve").write_text(TWENTY_RULES)
+    log = root / "dovecot.log"
+    log.touch()
+    os.chown(log, MAIL_UID, MAIL_GID)
+    conf = root / "dovecot.conf"
+    conf.write_text(
+        f"protocols =\nbase_dir = {run}\nlog_path = {log}\nssl = no\nstats_writer_socket_path =\n"
+        f"mail_location = maildir:~\nfirst_valid_uid = {MAIL_UID}\nfirst_valid_gid = {MAIL_GID}\n"
+        "protocol lda {\n  mail_plugins = sieve\n}\n"
+        f"plugin {{\n  sieve = file:{sieve};active={sieve / 'rules.sieve'}\n}}\n"
+    )
+    conf.chmod(0o644)
+    argv = f"{DOVECOT_LDA} -c {conf} -f ${{sender}} -o mail_location=maildir:{vmail}/${{nexthop}}/${{user}}"
+    return [
+        f"dovecot   unix  -       n       n       -       -       pipe flags=DRhu user=mail:mail argv={argv}"
+    ]
+
+
+def start_postfix(work: Path, *, pigeonhole: bool = False) -> RunningServer:
+    name = "postfix+pigeonhole" if pigeonhole else "postfix"
+    root = work / name
     etc, spool, data, vmail = root / "etc", root / "spool", root / "data", root / "vmail"
     for directory in (etc, spool, data, vmail):
         directory.mkdir(parents=True)
@@ -209,6 +243,7 @@ virtual_minimum_uid = {MAIL_UID}
 maillog_file_prefixes = {root}
 maillog_file = {root}/maillog
 """
+        + ("virtual_transport = dovecot\ndovecot_destination_recipient_limit = 1\n" if pigeonhole else "")
     )
     master = [
         f"127.0.0.1:{port} inet n - n - - smtpd",
@@ -237,15 +272,15 @@ maillog_file = {root}/maillog
         "scache    unix  -       -       n       -       1       scache",
         "postlog   unix-dgram n  -       n       -       1       postlogd",
     ]
+    if pigeonhole:
+        master += _pigeonhole(root, vmail)
     (etc / "master.cf").write_text("\n".join(master) + "\n")
     for command in (["postfix", "-c", str(etc), "check"], ["postfix", "-c", str(etc), "start"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         if result.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed: {result.stdout}{result.stderr}")
     wait_for_banner(port, "postfix")
-    return RunningServer(
-        "postfix", port, vmail / DOMAIN, None, stop_command=["postfix", "-c", str(etc), "stop"]
-    )
+    return RunningServer(name, port, vmail / DOMAIN, None, stop_command=["postfix", "-c", str(etc), "stop"])
 
 
 def _postfix_ids() -> tuple[int, int]:
@@ -331,6 +366,8 @@ def main() -> int:
         if args.sieve:
             servers.append(start_appliance(work, args.sessions, sieve=True))
         servers.append(start_postfix(work))
+        if args.sieve and Path(DOVECOT_LDA).exists():
+            servers.append(start_postfix(work, pigeonhole=True))
         print(
             f"{args.messages:,} messages of {args.size:,} bytes, {args.sessions} sessions, "
             f"{args.runs} runs per server and mode; work directory {work}"
@@ -368,6 +405,12 @@ def main() -> int:
                 ratio = medians["appliance+sieve"] / medians["appliance"]
                 print(
                     f"{mode:>4} | {'ratio':>9} | {ratio:>15.2f} | 20-rule Sieve / no script, end-to-end medians"
+                )
+            if "postfix+pigeonhole" in medians:
+                ratio = medians["appliance+sieve"] / medians["postfix+pigeonhole"]
+                print(
+                    f"{mode:>4} | {'ratio':>9} | {ratio:>15.2f} | "
+                    "appliance+sieve / Postfix+Dovecot LDA+Pigeonhole, end-to-end medians"
                 )
         return 0
     finally:
