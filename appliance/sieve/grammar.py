@@ -336,8 +336,3 @@ def _check_values(
                 raise SieveError(item.line, item.column, f"unknown envelope part {part!r}")
     if item.name == "vacation" and ":days" in tags and int(tags[":days"]) < 0:  # type: ignore[call-overload]
         raise SieveError(item.line, item.column, ":days must not be negative")
-
-
-def compile_file_text(text: str) -> Script:
-    """compile_script for a file's text, with CRLF line ends taken as LF."""
-    return compile_script(text.replace("\r\n", "\n"))

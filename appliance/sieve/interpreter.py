@@ -262,7 +262,7 @@ def _reject(run: _Run, node: Node) -> None:
 
 def _vacation(run: _Run, node: Node) -> None:
     if run.outcome.vacation is not None:
-        # RFC 5230 §4.6? One vacation per run: a second one is an error.
+        # One vacation action per run: a second one is an error (as Pigeonhole has it).
         raise SieveRuntimeError("more than one vacation action")
     tags = node.tags
     days = int(tags[":days"]) if ":days" in tags else 7  # type: ignore[call-overload]

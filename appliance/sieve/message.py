@@ -11,7 +11,7 @@ import datetime
 import email.policy
 from dataclasses import dataclass, field
 from email.header import decode_header, make_header
-from email.message import EmailMessage, Message
+from email.message import Message
 from email.parser import BytesParser
 from email.utils import getaddresses, parsedate_to_datetime
 from functools import cached_property
@@ -91,7 +91,7 @@ class MessageView:
     def date(self, name: str, index: int | None, last: bool) -> datetime.datetime | None:
         values = self.header(name)
         if index is not None:
-            values = _pick(values, index, last)
+            values = pick(values, index, last)
         if not values:
             return None
         try:
@@ -125,15 +125,11 @@ def _part_text(part: Message) -> str:
         return payload.decode("utf-8", "replace")
 
 
-def _pick(values: list[str], index: int, last: bool) -> list[str]:
+def pick(values: list[str], index: int, last: bool) -> list[str]:
     # RFC 5260 §6: :index N counts header fields from the top, or from the bottom with :last.
     if index < 1 or index > len(values):
         return []
     return [values[-index] if last else values[index - 1]]
-
-
-def pick(values: list[str], index: int, last: bool) -> list[str]:
-    return _pick(values, index, last)
 
 
 def _unfold(value: str) -> str:
@@ -148,9 +144,3 @@ def _decode(value: str) -> str:
         return str(make_header(decode_header(value))).strip()
     except (ValueError, LookupError):
         return value.strip()
-
-
-def as_email(data: bytes) -> EmailMessage:
-    message = BytesParser(policy=email.policy.default).parsebytes(data)
-    assert isinstance(message, EmailMessage)
-    return message
