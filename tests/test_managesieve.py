@@ -14,6 +14,7 @@ from sievelib.managesieve import Client
 
 from appliance.auth.passwords import hash_password
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.lines import LineClient
 from tests.support.queue import message
 
 PASSWORD = "Manage!Sieve0"
@@ -144,3 +145,32 @@ def test_logins_need_starttls_and_a_wrong_password_is_refused(
     wrong = Client("127.0.0.1", server.ports["managesieve"])
     assert not wrong.connect("anna@example.test", "not-the-password", starttls=True, authmech="PLAIN")
     server.wait_for_log(r"auth result=rejected login=anna@example.test protocol=managesieve")
+
+
+def until_ok(client: LineClient) -> list[bytes]:
+    lines = []
+    for _ in range(50):
+        line = client.line()
+        lines.append(line)
+        if line.startswith((b"OK", b"NO", b"BYE")):
+            return lines
+    raise AssertionError(f"no OK/NO/BYE in {lines!r}")
+
+
+def test_bad_input_gets_no_and_the_session_goes_on_an_oversized_literal_ends_it(
+    server: RunningAppliance,
+) -> None:
+    client = LineClient(server.ports["managesieve"])
+    greeting = until_ok(client)
+    assert b'"STARTTLS"' in greeting and b'"SASL" ""' in greeting  # no SASL before TLS
+    client.send("FROBNICATE\r\n")
+    assert until_ok(client)[-1].startswith(b"NO")
+    client.send('PUTSCRIPT "x" {5+}\r\nkeep;\r\n')
+    assert until_ok(client)[-1].startswith(b"NO")  # not logged in
+    client.send('AUTHENTICATE "PLAIN" "AGFubmEAeA=="\r\n')
+    assert until_ok(client)[-1].startswith(b"NO (ENCRYPT-NEEDED)")
+    client.send('NOOP "a \\"quoted\\" tag"\r\n')
+    assert until_ok(client)[-1] == b'OK (TAG "a \\"quoted\\" tag") "Done"'
+    client.send("CHECKSCRIPT {99999999+}\r\n")
+    assert until_ok(client)[-1].startswith(b"BYE (QUOTA/MAXSIZE)")
+    assert client.closed()

@@ -20,7 +20,15 @@ from appliance.auth.attempts import Attempts, Opened, Refusal, admission
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
 from appliance.connection import TLS_HANDSHAKE_TIMEOUT, ConnectionClosed, LineTooLong
-from appliance.managesieve.wire import MAX_LINE, Argument, CommandError, read_command, response, string
+from appliance.managesieve.wire import (
+    MAX_LINE,
+    Argument,
+    CommandError,
+    LiteralTooLarge,
+    read_command,
+    response,
+    string,
+)
 from appliance.sieve import SieveError, compile_script
 from appliance.sieve.grammar import EXTENSIONS
 from appliance.store.userscripts import MAX_SCRIPT_BYTES, ScriptStoreError, UserScripts
@@ -130,6 +138,11 @@ class Session:
                 except CommandError as error:
                     self.write(response("NO", str(error)))
                     continue
+                except LiteralTooLarge:
+                    # The client sends the octets whatever we say ({n+}, RFC 5804 §4): end here.
+                    self.write(response("BYE", "Literal too large", code="QUOTA/MAXSIZE"))
+                    reason = "literal_too_large"
+                    break
                 await self.dispatch(name, arguments)
                 await self.connection.drain()
         except TimeoutError:

@@ -22,6 +22,10 @@ class CommandError(Exception):
     """The command cannot be understood (answered NO, the session goes on)."""
 
 
+class LiteralTooLarge(Exception):
+    """A literal over MAX_LITERAL was announced: its octets are not read, the session ends."""
+
+
 Argument = str | bytes | int  # a string argument is str when it came quoted, bytes as a literal
 
 
@@ -39,7 +43,7 @@ async def read_command(
             break
         size = int(found.group(1))
         if size > MAX_LITERAL:
-            raise CommandError("Literal too large")
+            raise LiteralTooLarge()
         pieces.append(line[: found.start()])
         pieces.append((await read_exactly(size),))
         line = await readline()
