@@ -23,7 +23,15 @@ GOOD = 'require ["fileinto", "mailbox"];\nif header :contains "subject" "invoice
 BROKEN = (
     'require ["fileinto"];\nif header :contains "subject" "invoice" {\n    fileinto :create "Invoices";\n}\n'
 )
+# The domain's script runs before the user's: its stop ends the run.
+BEFORE = (
+    'require ["fileinto", "mailbox"];\n'
+    'if header :contains "subject" "[spam]" {\n    fileinto :create "Junk";\n    stop;\n}\n'
+)
 BODY = """
+[domains."example.test"]
+sieve_before = "before.sieve"
+
 [domains."example.test".accounts]
 anna = {{ password_hash = "{hash}" }}
 john = {{ password_hash = "{hash}", sieve = "john.sieve" }}
@@ -35,6 +43,7 @@ def server(appliance: ApplianceFactory) -> RunningAppliance:
     directory = appliance.base / "appliance"
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "john.sieve").write_text("keep;\n")
+    (directory / "before.sieve").write_text(BEFORE)
     return appliance.start(BODY.format(hash=HASH), listeners=("smtp", "managesieve"))
 
 
@@ -44,9 +53,9 @@ def folder_messages(server: RunningAppliance, account: str, folder: str) -> list
     return sorted(os.listdir(new)) if new.is_dir() else []
 
 
-def deliver_invoice(server: RunningAppliance, to: str) -> None:
+def deliver_invoice(server: RunningAppliance, to: str, subject: str = "invoice 42") -> None:
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=15) as client:
-        client.sendmail("billing@remote.test", [to], message("billing@remote.test", to, "invoice 42"))
+        client.sendmail("billing@remote.test", [to], message("billing@remote.test", to, subject))
 
 
 def sieve_connect(
@@ -121,6 +130,9 @@ def test_sievelib_client_manages_scripts_and_a_pinned_account_is_read_only(
     finally:
         client.logout()
     deliver_invoice(server, "anna@example.test")
+    assert len(folder_messages(server, "anna@example.test", "Invoices")) == 1
+    deliver_invoice(server, "anna@example.test", "[spam] invoice 43")  # the domain's script first
+    assert len(folder_messages(server, "anna@example.test", "Junk")) == 1
     assert len(folder_messages(server, "anna@example.test", "Invoices")) == 1
 
     pinned = Client("127.0.0.1", server.ports["managesieve"])
