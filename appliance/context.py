@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from appliance.queue import OutboundQueue
     from appliance.security import AutoBan
     from appliance.store.mailstore import MailStore
+    from appliance.store.responses import ResponseRecord
+    from appliance.store.userscripts import UserScripts
 
 
 class SessionCounter:
@@ -93,11 +95,13 @@ class Services:
     reverse_names: ReverseResolver = field(default_factory=ReverseResolver)  # the client's, for [filter]
     srs: SenderRewriting = field(default_factory=SenderRewriting)  # [outbound] srs_domain
     metrics: Metrics = field(default_factory=Metrics)  # counted where things happen (metrics.py)
+    responses: ResponseRecord | None = None  # vacation replies sent, per account and sender
+    userscripts: UserScripts | None = None  # users' own Sieve scripts (ManageSieve)
 
 
 @dataclass(frozen=True)
 class ListenerSpec:
-    name: str  # smtp | submission | submissions | pop3 | pop3s | imap | imaps | metrics
+    name: str  # smtp | submission | submissions | pop3 | pop3s | imap | imaps | managesieve | metrics
     host: str
     port: int
     implicit_tls: bool

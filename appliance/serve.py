@@ -29,7 +29,9 @@ from appliance.context import ListenerSpec, Services, SessionCounter, listener_s
 from appliance.imap.sender import Senders
 from appliance.imap.server import IMAPServer
 from appliance.loglines import EscapingFormatter, JournalFormatter, under_journald
+from appliance.managesieve import start_managesieve
 from appliance.manifest import LoadedManifest, ManifestError, Problem, parse_manifest
+from appliance.manifest.scripts import scripts_digest
 from appliance.memory import freeze_live_objects, limit_malloc_arenas, release_memory
 from appliance.metrics import Metrics, Reading, start_metrics_listener
 from appliance.pop3 import readahead, start_pop3
@@ -40,7 +42,9 @@ from appliance.snapshot import Snapshot, SnapshotHolder, build_snapshot
 from appliance.status import process_figures, write_serving_copy, write_status
 from appliance.store.mailstore import MailStore
 from appliance.store.reader import ReaderProcess
+from appliance.store.responses import ResponseRecord
 from appliance.store.sweep import sweep_tmp
+from appliance.store.userscripts import UserScripts
 from appliance.store.writer import DeliveryProcess
 from appliance.systemd import SystemdNotifier, watchdog_interval
 from appliance.tls import TLSProvider
@@ -140,6 +144,8 @@ class Server:
             autoban=autoban,
             reader_process=reader_process,
             metrics=self.metrics,
+            responses=ResponseRecord(self.data_dir),
+            userscripts=UserScripts(self.data_dir),
         )
         self._register_gauges(services)
         # The FETCH sender processes start when a FETCH first needs one.
@@ -155,8 +161,11 @@ class Server:
             "imap": imap.start,
             "imaps": imap.start,
             "metrics": lambda spec: start_metrics_listener(self.metrics, spec.host, spec.port),
+            "managesieve": functools.partial(start_managesieve, services),
         }
         await queue.start()
+        if services.userscripts is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, services.userscripts.load)
         await self.apply_listeners(self.holder.current)
         self.log_loaded(self.holder.current, "started")
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_tmp(time.time()))
@@ -273,7 +282,9 @@ class Server:
                         str(self.manifest_path),
                         [Problem((), "cannot read the manifest (missing or unreadable)")],
                     )
-                if _sha256(raw) == current.revision:
+                scripts = current.sieve
+                scripts_same = scripts is None or scripts_digest(scripts) == scripts.digest
+                if _sha256(raw) == current.revision and scripts_same:
                     self.last_error, self.last_error_at = [], None
                     log.info("reload unchanged trigger=%s revision=%s", trigger, current.revision[:12])
                     self._reload_finished("unchanged")
@@ -349,15 +360,21 @@ class Server:
         )
 
     async def watch(self) -> None:
-        """Reload when the manifest file changes: in place, by rename, or by a symlink swap."""
+        """Reload when the manifest file changes: in place, by rename, or by a symlink swap; and
+        when a Sieve script changes in a directory that held the manifest's scripts at start."""
         path = self.manifest_path.absolute()
         watched = {path.parent}
         if path.is_symlink():
             watched.add(path.resolve().parent)
+        scripts = self.holder.current.sieve
+        script_directories = {p.parent for p in scripts.compiled} if scripts is not None else set()
+        watched |= {d for d in script_directories if d.is_dir()}
 
         def relevant(change: watchfiles.Change, changed: str) -> bool:
             changed_path = Path(changed)
             if changed_path.name == path.name and changed_path.parent == path.parent:
+                return True
+            if changed_path.suffix == ".sieve" and changed_path.parent in script_directories:
                 return True
             try:
                 return changed_path == path.resolve()

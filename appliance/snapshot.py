@@ -15,7 +15,10 @@ from pathlib import Path
 
 from appliance.manifest import LoadedManifest
 from appliance.manifest.models import Account, ActiveDirectory, LDAPDirectory, LocalSystem, Manifest
+from appliance.manifest.scripts import Scripts
 from appliance.memory import gc_paused
+from appliance.sieve import Script
+from appliance.sieve.interpreter import Resolver
 
 DirectoryModel = ActiveDirectory | LDAPDirectory | LocalSystem
 
@@ -114,6 +117,8 @@ class Snapshot:
     # SRS ([outbound] srs_domain, srs_secret_file): None when not declared.
     srs_domain: str | None
     srs_secret_file: Path | None
+    # The Sieve scripts the manifest names, compiled (manifest/scripts.py).
+    sieve: Scripts | None = field(default=None, repr=False)
 
     # -- lookups -------------------------------------------------------------------------------
     @property
@@ -130,6 +135,30 @@ class Snapshot:
     def account_by_address(self, address: str) -> AccountEntry | None:
         """The account that logs in with `address` (any of its addresses; no plus-addressing)."""
         return self._accounts.get(address.lower())
+
+    def sieve_scripts(
+        self, entry: AccountEntry, personal: Script | None = None
+    ) -> tuple[tuple[Script, ...], Resolver | None]:
+        """The scripts delivery runs for the account, in order (domain sieve_before, the account's,
+        domain sieve_after), and how their `include`s resolve. `personal` (the user's active
+        ManageSieve script) takes the account's place unless the manifest pins one."""
+        scripts = self.sieve
+        domain = self.manifest.domains.get(entry.domain)
+        if scripts is None or domain is None:
+            return ((personal,) if personal is not None else ()), None
+        own = scripts.get(entry.account.sieve) if entry.account.sieve else personal
+        found = tuple(
+            s for s in (scripts.get(domain.sieve_before), own, scripts.get(domain.sieve_after)) if s
+        )
+        return found, (scripts.include if found else None)
+
+    def sieve_pinned(self, entry: AccountEntry) -> bool:
+        """The manifest names the account's script: users may not change it (ManageSieve)."""
+        return entry.account.sieve is not None
+
+    @property
+    def recipient_delimiter(self) -> str:
+        return self.manifest.server.recipient_delimiter
 
     def directory(self, name: str) -> DirectoryModel | None:
         return self.manifest.directories.get(name)
@@ -340,6 +369,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         srs_secret_file=(
             loaded.base_dir / manifest.outbound.srs_secret_file if manifest.outbound.srs_secret_file else None
         ),
+        sieve=loaded.scripts,
     )
 
 

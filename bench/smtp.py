@@ -34,7 +34,14 @@ Runs alternate between the servers. Medians of
 time. Needs root (Postfix starts as root and drops to its users) and the packages in
 .ci/apt/smtp.txt.
 
-    .venv/bin/python bench/smtp.py [--messages 20000] [--sessions 20] [--size 4096] [--runs 3]
+With `--sieve` a second appliance runs beside the first, each account with a typical 20-rule
+Sieve script (`TWENTY_RULES`, none of which matches, so all are evaluated): the cost of running
+the script at delivery, as a ratio against the appliance without one. A second Postfix runs too,
+delivering through Dovecot's LDA (dovecot-lda, a pipe(8) transport, one process per message)
+with Pigeonhole running the same script: the reference for Sieve at delivery (packages in
+.ci/apt/imap.txt and .ci/apt/sieve.txt).
+
+    .venv/bin/python bench/smtp.py [--messages 20000] [--sessions 20] [--size 4096] [--runs 3] [--sieve]
 """
 
 from __future__ import annotations
@@ -111,13 +118,44 @@ def wait_for_banner(port: int, what: str, process: subprocess.Popen[bytes] | Non
     raise SystemExit(f"{what} not answering on port {port} within {START_TIMEOUT}s")
 
 
+# A typical rule set of 20 rules (folders by sender, list, subject; flags; a size rule; a
+# vacation-free out-of-hours tag): none matches smtp-source's mail, so every rule is evaluated and
+# the message ends in INBOX by the implicit keep, where the run counts it.
+TWENTY_RULES = (
+    'require ["fileinto", "imap4flags", "envelope", "body", "relational", "comparator-i;ascii-numeric",'
+    ' "variables", "subaddress", "date"];\n'
+    + "".join(
+        f'if header :contains "subject" "[project-{n}]" {{ fileinto "Projects.p{n}"; stop; }}\n'
+        for n in range(6)
+    )
+    + "".join(
+        f'if address :domain :is "from" "partner{n}.example" {{ fileinto "Partners"; stop; }}\n'
+        for n in range(4)
+    )
+    + 'if exists "list-id" { fileinto "Lists"; stop; }\n'
+    + 'if header :value "ge" :comparator "i;ascii-numeric" "x-spam-score" "5" { fileinto "Junk"; stop; }\n'
+    + 'if envelope :detail "to" "news" { fileinto "News"; stop; }\n'
+    + 'if size :over 10M { addflag "$Big"; }\n'
+    + 'if body :contains "unsubscribe here" { fileinto "Bulk"; stop; }\n'
+    + 'if header :matches "subject" "Re: *invoice*" { fileinto "Invoices"; stop; }\n'
+    + 'if anyof (header :contains "x-mailer" "MassMailer", header :is "precedence" "bulk") { discard; stop; }\n'
+    + 'if address :localpart :is "to" "billing" { fileinto "Billing"; stop; }\n'
+    + 'if date :value "lt" :originalzone "date" "year" "2000" { fileinto "Old"; stop; }\n'
+    + 'if header :matches "from" "*@*.invalid" { set "who" "${1}"; fileinto "Invalid"; stop; }\n'
+)
+
+
 def start_appliance(
-    work: Path, sessions: int, name: str = "appliance", rspamd: Rspamd | None = None
+    work: Path, sessions: int, *, sieve: bool = False, name: str = "", rspamd: Rspamd | None = None
 ) -> RunningServer:
+    name = name or ("appliance+sieve" if sieve else "appliance")
     directory = work / name
     directory.mkdir(parents=True)
     port = free_port()
-    accounts = "\n".join(f"user{n:02d} = {{}}" for n in range(1, USERS + 1))
+    if sieve:
+        (directory / "rules.sieve").write_text(TWENTY_RULES)
+    entry = '{ sieve = "rules.sieve" }' if sieve else "{}"
+    accounts = "\n".join(f"user{n:02d} = {entry}" for n in range(1, USERS + 1))
     manifest = directory / "appliance.toml"
     scanner = (
         f'[filter]\nrspamd = "{rspamd.address}"\ntimeout = "60s"\nresolver = "{rspamd.dns.address}"\n'
@@ -144,7 +182,40 @@ def start_appliance(
     return RunningServer(name, port, directory / "var" / "mail" / DOMAIN, process)
 
 
-def start_postfix(work: Path, name: str = "postfix", rspamd: Rspamd | None = None) -> RunningServer:
+DOVECOT_LDA = "/usr/lib/dovecot/dovecot-lda"
+
+
+def _pigeonhole(root: Path, vmail: Path) -> list[str]:
+    """Dovecot's LDA with Pigeonhole running TWENTY_RULES for every recipient: its configuration
+    under `root`, and the master.cf line of the pipe(8) transport that runs it (one recipient per
+    delivery, as user mail). No userdb lookup: the Maildir is given with -o."""
+    sieve = root / "sieve"
+    run = root / "dovecot-run"
+    for directory in (sieve, run):
+        directory.mkdir(parents=True)
+        os.chown(directory, MAIL_UID, MAIL_GID)
+    (sieve / "rules.sieve").write_text(TWENTY_RULES)
+    log = root / "dovecot.log"
+    log.touch()
+    os.chown(log, MAIL_UID, MAIL_GID)
+    conf = root / "dovecot.conf"
+    conf.write_text(
+        f"protocols =\nbase_dir = {run}\nlog_path = {log}\nssl = no\nstats_writer_socket_path =\n"
+        f"mail_location = maildir:~\nfirst_valid_uid = {MAIL_UID}\nfirst_valid_gid = {MAIL_GID}\n"
+        "protocol lda {\n  mail_plugins = sieve\n}\n"
+        f"plugin {{\n  sieve = file:{sieve};active={sieve / 'rules.sieve'}\n}}\n"
+    )
+    conf.chmod(0o644)
+    argv = f"{DOVECOT_LDA} -c {conf} -f ${{sender}} -o mail_location=maildir:{vmail}/${{nexthop}}/${{user}}"
+    return [
+        f"dovecot   unix  -       n       n       -       -       pipe flags=DRhu user=mail:mail argv={argv}"
+    ]
+
+
+def start_postfix(
+    work: Path, *, pigeonhole: bool = False, name: str = "", rspamd: Rspamd | None = None
+) -> RunningServer:
+    name = name or ("postfix+pigeonhole" if pigeonhole else "postfix")
     root = work / name
     etc, spool, data, vmail = root / "etc", root / "spool", root / "data", root / "vmail"
     for directory in (etc, spool, data, vmail):
@@ -189,6 +260,7 @@ virtual_minimum_uid = {MAIL_UID}
 maillog_file_prefixes = {root}
 maillog_file = {root}/maillog
 """
+        + ("virtual_transport = dovecot\ndovecot_destination_recipient_limit = 1\n" if pigeonhole else "")
         + (
             # rspamd's proxy worker as a milter (rspamd's documented Postfix set-up).
             f"smtpd_milters = inet:127.0.0.1:{rspamd.milter_port}\n"
@@ -224,6 +296,8 @@ maillog_file = {root}/maillog
         "scache    unix  -       -       n       -       1       scache",
         "postlog   unix-dgram n  -       n       -       1       postlogd",
     ]
+    if pigeonhole:
+        master += _pigeonhole(root, vmail)
     (etc / "master.cf").write_text("\n".join(master) + "\n")
     for command in (["postfix", "-c", str(etc), "check"], ["postfix", "-c", str(etc), "start"]):
         result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
@@ -302,6 +376,11 @@ def main() -> int:
         action="store_true",
         help="also the appliance with [filter] and Postfix with rspamd's milter, one rspamd for both",
     )
+    parser.add_argument(
+        "--sieve",
+        action="store_true",
+        help="also run the appliance with a 20-rule Sieve script per account (ratio against no script)",
+    )
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root: Postfix starts as root and drops to its own users")
@@ -310,18 +389,22 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="bench-smtp-"))
     work.chmod(0o755)  # Postfix's daemons (user postfix) and virtual (uid mail) must get through
     servers: list[RunningServer] = []
-    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     dns: DNSServer | None = None
     rspamd: Rspamd | None = None
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
     try:
         servers.append(start_appliance(work, args.sessions))
+        if args.sieve:
+            servers.append(start_appliance(work, args.sessions, sieve=True))
         servers.append(start_postfix(work))
+        if args.sieve and Path(DOVECOT_LDA).exists():
+            servers.append(start_postfix(work, pigeonhole=True))
         if args.filter:
             dns = DNSServer()
             rspamd = Rspamd(work / "rspamd", dns, milter=True)
             rspamd.start()
-            servers.append(start_appliance(work, args.sessions, "filtered", rspamd))
-            servers.append(start_postfix(work, "pf+milter", rspamd))
+            servers.append(start_appliance(work, args.sessions, name="filtered", rspamd=rspamd))
+            servers.append(start_postfix(work, name="pf+milter", rspamd=rspamd))
         print(
             f"{args.messages:,} messages of {args.size:,} bytes, {args.sessions} sessions, "
             f"{args.runs} runs per server and mode; work directory {work}"
@@ -353,10 +436,22 @@ def main() -> int:
                 print(
                     f"{mode:>4} | {server.name:>9} | {accept:>15,.0f} | {listed:>26} | {end_to_end:>19,.0f}"
                 )
-            for a, b in [("appliance", "postfix"), ("filtered", "appliance"), ("filtered", "pf+milter")]:
+            pairs = [("appliance", "postfix"), ("filtered", "appliance"), ("filtered", "pf+milter")]
+            for a, b in pairs:
                 if a in medians and b in medians:
                     ratio = medians[a] / medians[b]
                     print(f"{mode:>4} | {'ratio':>9} | {ratio:>15.2f} | {a} / {b}, end-to-end medians")
+            if "appliance+sieve" in medians:
+                ratio = medians["appliance+sieve"] / medians["appliance"]
+                print(
+                    f"{mode:>4} | {'ratio':>9} | {ratio:>15.2f} | 20-rule Sieve / no script, end-to-end medians"
+                )
+            if "postfix+pigeonhole" in medians:
+                ratio = medians["appliance+sieve"] / medians["postfix+pigeonhole"]
+                print(
+                    f"{mode:>4} | {'ratio':>9} | {ratio:>15.2f} | "
+                    "appliance+sieve / Postfix+Dovecot LDA+Pigeonhole, end-to-end medians"
+                )
         return 0
     finally:
         for server in servers:

@@ -33,6 +33,7 @@ from appliance.manifest.models import (
     Security,
     Server,
 )
+from appliance.manifest.scripts import Scripts, compile_scripts
 from appliance.memory import gc_paused
 
 KeyPath = tuple[str | int, ...]
@@ -84,6 +85,7 @@ class LoadedManifest:
     path: Path  # the file as given (symlinks not resolved)
     base_dir: Path  # relative paths in the manifest are relative to this directory
     sha256: str
+    scripts: Scripts | None = None  # the Sieve scripts it names, compiled
 
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -133,7 +135,12 @@ def parse_manifest(raw: bytes, name: str, *, file: Path | None = None) -> Loaded
     if problems or manifest is None:
         locations = Locations(text)
         raise ManifestError(name, [_place(p, locations) for p in problems])
-    return LoadedManifest(manifest=manifest, path=file, base_dir=file.absolute().parent, sha256=digest)
+    base_dir = file.absolute().parent
+    scripts, script_problems = compile_scripts(manifest, base_dir)
+    if script_problems:
+        locations = Locations(text)
+        raise ManifestError(name, [_place(Problem(p.path, p.message), locations) for p in script_problems])
+    return LoadedManifest(manifest=manifest, path=file, base_dir=base_dir, sha256=digest, scripts=scripts)
 
 
 def _parse_toml(text: str, name: str) -> dict[str, Any]:

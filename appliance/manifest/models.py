@@ -155,6 +155,9 @@ class Listeners(Model):
         description='OpenMetrics for Prometheus over HTTP at /metrics, e.g. "127.0.0.1:9154"; '
         "no authentication, so loopback or a management network only.",
     )
+    managesieve: HostPort | None = Field(
+        None, description="ManageSieve (RFC 5804) with STARTTLS (4190): users manage their Sieve scripts."
+    )
 
 
 class Limits(Model):
@@ -479,6 +482,11 @@ class Account:
         description="May send with any sender address in the local domains (e.g. a helpdesk tool).",
     )
     display_name: str | None = None
+    sieve: str | None = Field(
+        default=None,
+        description="Sieve script (RFC 5228) run at delivery, relative to the manifest "
+        '(e.g. "sieve/john.sieve"). Pinned: the user cannot replace it over ManageSieve.',
+    )
 
 
 class DKIM(Model):
@@ -503,6 +511,15 @@ class Domain(Model):
     dkim: DKIM | None = Field(None, description="Sign outgoing mail from this domain with DKIM.")
     filter: StrictBool = Field(
         True, description="Scan inbound mail for this domain with [filter] (when declared); false skips it."
+    )
+    sieve_before: str | None = Field(
+        None,
+        description="Sieve script run at delivery for every account of the domain before the account's own "
+        "(relative to the manifest); its stop ends the run.",
+    )
+    sieve_after: str | None = Field(
+        None,
+        description="Sieve script run after the account's own, unless a script stopped.",
     )
 
 

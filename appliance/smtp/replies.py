@@ -94,6 +94,7 @@ SENDER_NOT_OWNED = "553 5.7.1 <{address}>: Sender address not owned by the authe
 FROM_NOT_OWNED = "550 5.7.1 <{address}>: From address not owned by the authenticated user"
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 MAILBOX_FULL = "452 4.2.2 <{address}>: Mailbox full"
+SIEVE_REJECTED = "550 5.7.1 {reason}"  # RFC 5429 §2.1.1: the recipient's Sieve script refused it
 MESSAGE_TOO_BIG = "552 5.3.4 Message size exceeds fixed limit"
 LOCAL_ERROR = "451 4.3.0 Local error in processing, try again later"
 STORAGE_FULL = "452 4.3.1 Insufficient system storage, try again later"

@@ -16,6 +16,7 @@ address); the session holds the state (its `Transaction`, the account logged in)
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import errno
 import itertools
@@ -28,8 +29,9 @@ from typing import TYPE_CHECKING
 from appliance.auth.service import log_field
 from appliance.queue.signing import from_addresses
 from appliance.queue.srs import is_srs
-from appliance.smtp import hygiene, replies
+from appliance.smtp import filtering, hygiene, replies
 from appliance.smtp.addresses import AddressError, Mailbox, parse_mailbox, parse_parameters, split_path
+from appliance.smtp.filtering import Plan
 from appliance.smtp.outbound import hand_to_queue, queue_available
 from appliance.store.mailstore import QuotaExceeded
 
@@ -254,13 +256,21 @@ class Intake:
         return bool(senders)
 
     async def _store(
-        self, tx: Transaction, message: bytes, received: str, sign: bool, junk: bool, queue_sender: str
+        self,
+        tx: Transaction,
+        message: bytes,
+        received: str,
+        sign: bool,
+        junk: bool,
+        queue_sender: str,
+        plan: Plan | None = None,
     ) -> str | None:
         """Queue the remote part (held), deliver the local part, then let the queue go on; the
         queue id, when there was a remote part.
 
         Both or neither: when local delivery fails the queued copy is withdrawn, since the
-        client gets a 4xx and will send the whole message again.
+        client gets a 4xx and will send the whole message again. With a Sieve `plan`, the local
+        copies go where the scripts said (filtering.py).
         """
         queue_id: str | None = None
         if tx.remote:
@@ -273,7 +283,12 @@ class Intake:
                 sign=sign,
             )
         try:
-            if tx.mailboxes:
+            if plan is not None:
+                if plan.placements:
+                    await self.services.store.deliver_placed(
+                        message, plan.placements, return_path=tx.sender, received=received
+                    )
+            elif tx.mailboxes:
                 await self.services.store.deliver(
                     message,
                     list(tx.mailboxes.values()),
@@ -309,8 +324,16 @@ class Intake:
             message, junk = scanned.message, scanned.junk
         snapshot = self.services.holder.current
         received = self._received(snapshot, tx, message_id, greeting)
+        plan = await self._filter(snapshot, tx, message)
+        if plan is not None and plan.rejected and not plan.placements and not tx.remote:
+            # RFC 5429 §2.1.1: every recipient's script rejects: refuse the message at DATA.
+            reason = replies.printable(plan.rejected[0][1])
+            reply = replies.SIEVE_REJECTED.format(reason=reason)
+            return self.reject("data", "sieve_reject", reply, sender=tx.sender), False
         try:
-            queue_id = await self._store(tx, message, received, sign, junk, self._queue_sender(tx, submitted))
+            queue_id = await self._store(
+                tx, message, received, sign, junk, self._queue_sender(tx, submitted), plan
+            )
         except QuotaExceeded as full:
             entry = next(e for e in tx.mailboxes.values() if e.mailbox == full.mailbox)
             reply = replies.MAILBOX_FULL.format(address=entry.address)
@@ -326,6 +349,20 @@ class Intake:
             if error.errno in (errno.ENOSPC, errno.EDQUOT):
                 return replies.STORAGE_FULL, False  # RFC 3463 X.3.1: mail system full
             return replies.LOCAL_ERROR, False
+        if plan is not None:
+            try:
+                await filtering.carry_out(
+                    plan,
+                    queue=self.services.queue,
+                    store=self.services.store,
+                    responses=self.services.responses,
+                    snapshot=snapshot,
+                    message=message,
+                    sender=tx.sender,
+                    queue_id=message_id,
+                )
+            except OSError as error:  # the message is delivered: the 250 stands
+                log.error("sieve actions failed id=%s error=%s", message_id, log_field(str(error)))
         # The accept line: `queue=` is the id the outbound queue's lines carry to the final
         # delivered/bounced, so one grep follows the message from here to its end.
         log.info(
@@ -342,6 +379,16 @@ class Intake:
         )
         self.services.metrics.messages.labels(self.listener.name).inc()
         return replies.DELIVERED.format(id=message_id), True
+
+    async def _filter(self, snapshot: Snapshot, tx: Transaction, message: bytes) -> Plan | None:
+        """The Sieve plan for the local mailboxes, or None when no script applies to any."""
+        mailboxes = list(tx.mailboxes.values())
+        userscripts = self.services.userscripts
+        if not any(filtering.applies(snapshot, entry, userscripts) for entry in mailboxes):
+            return None
+        loop = asyncio.get_running_loop()
+        arguments = (snapshot, mailboxes, message, tx.sender, tx.recipients, userscripts)
+        return await loop.run_in_executor(self.services.executor, filtering.decide, *arguments)
 
     def _received(self, snapshot: Snapshot, tx: Transaction, message_id: str, greeting: Greeting) -> str:
         """The Received field's value: RFC 5321 §4.4, protocol names from RFC 3848 / RFC 6531."""

@@ -16,10 +16,11 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
-from appliance.store.delivery import DeliveryError, MaildirWriter
+from appliance.store.delivery import DeliveryError, MaildirWriter, write_message
 from appliance.store.maildir import Maildir, Usage, disk_size, to_lf
 
 if TYPE_CHECKING:
@@ -139,6 +140,66 @@ class MailStore:
         for listener in self.listeners:
             listener(paths)
 
+    async def deliver_placed(
+        self, message: bytes, placements: Sequence[Placement], *, return_path: str, received: str
+    ) -> list[Path]:
+        """`deliver`, with copies filed in folders and with flags (Sieve fileinto, imap4flags).
+
+        A copy without folder or flags takes the usual path (new/ of the account's Maildir); the
+        others are written to new/ of the folder, or to cur/ with their flag letters (Maildir
+        info, as the IMAP server reads them). All or none: when anything fails, the copies
+        already written are removed. Returns the Maildirs written to.
+        """
+        plain = [p.account for p in placements if p.folder is None and not p.letters]
+        placed = [p for p in placements if p.folder is not None or p.letters]
+        if not placed:
+            await self.deliver(message, plain, return_path=return_path, received=received)
+            return [self.path(account) for account in plain]
+        data = trace_headers(return_path, received) + to_lf(message)
+        copies: dict[str, int] = {}
+        for placement in placements:
+            copies[placement.account.mailbox] = copies.get(placement.account.mailbox, 0) + len(data)
+        for placement in placements:
+            if await self.over_quota(placement.account, copies[placement.account.mailbox]):
+                raise QuotaExceeded(placement.account.mailbox)
+        loop = asyncio.get_running_loop()
+        written = await loop.run_in_executor(self.executor, self._write_placed, data, placed)
+        try:
+            if plain:
+                await self.deliver(message, plain, return_path=return_path, received=received)
+        except BaseException:
+            await loop.run_in_executor(self.executor, _remove_files, written)
+            raise
+        for placement in placed:
+            self.charge(placement.account, len(data))
+        folders = [path.parent.parent for path in written]
+        for listener in self.listeners:
+            listener(folders)
+        return [self.path(account) for account in plain] + folders
+
+    def _write_placed(self, data: bytes, placed: Sequence[Placement]) -> list[Path]:
+        written: list[Path] = []
+        try:
+            for placement in placed:
+                root = self.path(placement.account)
+                if placement.folder is not None:
+                    folder = root / f".{placement.folder}"
+                    # RFC 5228 §4.1: fileinto a folder that does not exist fails, and the message is
+                    # kept in INBOX instead (RFC 5490 §3.2: unless :create).
+                    if placement.create or folder.is_dir():
+                        root = folder
+                    else:
+                        log.info("fileinto missing folder=%s: kept in INBOX", placement.folder)
+                sub: Literal["new", "cur"] = "cur" if placement.letters else "new"
+                name = write_message(
+                    root, self.writer.unique_name(), data, sub=sub, letters=placement.letters or None
+                )
+                written.append(root / sub / name)
+        except BaseException:
+            _remove_files(written)
+            raise
+        return written
+
     def charge(self, account: AccountEntry, delta: int) -> None:
         """Bytes added to (or, negative, removed from) the account's mailbox outside `deliver`."""
         with self._usage_lock:
@@ -157,6 +218,25 @@ class MailStore:
 def _in_folder(paths: list[Path], folder: str) -> list[Path]:
     """Each Maildir's folder `folder` where it exists (a Maildir++ `.folder` with `cur/`)."""
     return [path / f".{folder}" if (path / f".{folder}" / "cur").is_dir() else path for path in paths]
+
+
+def _remove_files(paths: list[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one copy of a delivered message goes: the account, a folder (None: INBOX; the
+    Maildir++ name, "." between levels) and its Maildir flag letters ("" for none)."""
+
+    account: AccountEntry
+    folder: str | None = None
+    letters: str = ""
+    create: bool = False
 
 
 def trace_headers(return_path: str, received: str) -> bytes:

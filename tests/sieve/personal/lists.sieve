@@ -1,0 +1,5 @@
+require ["fileinto", "imap4flags"];
+if exists "list-id" {
+    addflag "$List";
+    fileinto "Lists";
+}

@@ -1,0 +1,5 @@
+# message: multipart.eml
+require ["body", "fileinto"];
+if body :content "text/html" :contains "<b>" {
+    fileinto "Html";
+}

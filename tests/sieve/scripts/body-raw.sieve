@@ -1,0 +1,5 @@
+# message: multipart.eml
+require ["body", "fileinto"];
+if body :raw :contains "<b>soup</b>" {
+    fileinto "Raw";
+}

@@ -1,0 +1,5 @@
+# message: bulk.eml
+if header :contains "subject" "offers" {
+    discard;
+    stop;
+}

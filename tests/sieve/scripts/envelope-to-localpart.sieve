@@ -1,0 +1,4 @@
+require ["envelope", "fileinto"];
+if envelope :localpart :is "to" "john" {
+    fileinto "ToJohn";
+}

@@ -1,0 +1,3 @@
+if header :bogus "subject" "x" {
+    keep;
+}

@@ -1,0 +1,4 @@
+require "fileinto";
+if exists ["X-Spam-Score", "Message-ID"] {
+    fileinto "Junk";
+}

@@ -1,0 +1,3 @@
+require ["fileinto", "imap4flags"];
+addflag "$Ignored";
+fileinto :flags ["\\Answered", "$Label1"] "Flagged";

@@ -1,0 +1,4 @@
+require "fileinto";
+if header :matches "subject" "Proj*Rep?rt*" {
+    fileinto "Matched";
+}

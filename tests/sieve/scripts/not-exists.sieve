@@ -1,0 +1,5 @@
+# message: list.eml
+require "fileinto";
+if not exists "List-Id" {
+    fileinto "Direct";
+}

@@ -1,0 +1,4 @@
+require ["fileinto", "relational"];
+if header :value "lt" "subject" "Q" {
+    fileinto "BeforeQ";
+}

@@ -1,0 +1,4 @@
+require "fileinto";
+if size :under 1K {
+    fileinto "Small";
+}

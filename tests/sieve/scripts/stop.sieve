@@ -1,0 +1,5 @@
+require "fileinto";
+if true {
+    stop;
+}
+fileinto "Never";

@@ -1,0 +1,5 @@
+# message: multipart.eml
+require ["subaddress", "fileinto"];
+if address :user :is "to" "john" {
+    fileinto "John";
+}

@@ -1,0 +1,4 @@
+# message: auto.eml
+# sender: carol@remote.test
+require "vacation";
+vacation "I am away.";

@@ -1,0 +1,4 @@
+# message: bcc.eml
+# sender: dave@remote.test
+require "vacation";
+vacation "I am away.";

@@ -1,0 +1,3 @@
+# sender: MAILER-DAEMON@remote.test
+require "vacation";
+vacation "I am away.";

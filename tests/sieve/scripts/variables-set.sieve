@@ -1,0 +1,3 @@
+require ["fileinto", "variables"];
+set "folder" "Lists";
+fileinto "${folder}";
