@@ -46,6 +46,15 @@ class Resolution:
 
 
 @dataclass(frozen=True)
+class KerberosRealm:
+    """A directory that accepts Kerberos tickets (SASL GSSAPI): its realm and its keytab."""
+
+    realm: str
+    directory: str
+    keytab: Path
+
+
+@dataclass(frozen=True)
 class _Domain:
     name: str
     enabled: bool
@@ -67,6 +76,8 @@ class Snapshot:
     _aliases: dict[str, tuple[str, ...]] = field(repr=False)  # full alias address → full targets
     _alias_members: dict[str, frozenset[str]] = field(repr=False)  # account address → aliases it is in
     _trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(repr=False)
+    # (directory, AD user case-folded) → accounts linked to that user, manifest order
+    _linked: dict[tuple[str, str], tuple[AccountEntry, ...]] = field(repr=False)
 
     # -- settings the protocols read ------------------------------------------------------------
     # The one place that knows where a setting sits in the manifest models. The protocols (smtp/,
@@ -95,6 +106,8 @@ class Snapshot:
     allow_plaintext_auth: bool
     # Local domains, enabled or not, manifest order.
     domain_names: tuple[str, ...]
+    # SASL GSSAPI: the active-directory directories with a keytab, manifest order.
+    kerberos: tuple[KerberosRealm, ...]
 
     # -- lookups -------------------------------------------------------------------------------
     @property
@@ -111,6 +124,14 @@ class Snapshot:
     def account_by_address(self, address: str) -> AccountEntry | None:
         """The account that logs in with `address` (any of its addresses; no plus-addressing)."""
         return self._accounts.get(address.lower())
+
+    def accounts_linked_to(self, directory: str, user: str) -> tuple[AccountEntry, ...]:
+        """The accounts whose `active_directory` link names `user` (any case) of `directory`."""
+        return self._linked.get((directory, user.casefold()), ())
+
+    def kerberos_realm(self, realm: str) -> KerberosRealm | None:
+        """The directory whose users authenticate with tickets of `realm` (exact, upper case)."""
+        return next((entry for entry in self.kerberos if entry.realm == realm), None)
 
     def directory(self, name: str) -> DirectoryModel | None:
         return self.manifest.directories.get(name)
@@ -260,6 +281,19 @@ def _build(loaded: LoadedManifest) -> Snapshot:
                 entry, account=dataclasses.replace(entry.account, forward_to=qualified)
             )
             accounts[address] = entry
+    linked: dict[tuple[str, str], tuple[AccountEntry, ...]] = {}
+    for address, entry in accounts.items():
+        link = entry.account.active_directory
+        if link is not None and address == entry.address:  # once per account, by its primary
+            key = (link.domain, link.user.casefold())
+            linked[key] = (*linked.get(key, ()), entry)
+    kerberos = tuple(
+        KerberosRealm(
+            directory.kerberos_realm or name.upper(), name, loaded.base_dir / directory.kerberos_keytab
+        )
+        for name, directory in manifest.directories.items()
+        if isinstance(directory, ActiveDirectory) and directory.kerberos_keytab
+    )
     members: dict[str, set[str]] = {}
     for alias in aliases:
         for account_address in _alias_accounts(alias, aliases, accounts):
@@ -277,6 +311,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         _aliases=aliases,
         _alias_members={k: frozenset(v) for k, v in members.items()},
         _trusted=tuple(ipaddress.ip_network(n, strict=False) for n in server.trusted_networks),
+        _linked=linked,
         max_line_length=server.limits.max_line_length,
         command_timeout=float(server.limits.command_timeout),
         data_timeout=float(server.limits.data_timeout),
@@ -287,6 +322,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         max_connections_per_client=server.limits.max_connections_per_client,
         allow_plaintext_auth=server.allow_plaintext_auth,
         domain_names=tuple(domains),
+        kerberos=kerberos,
     )
 
 

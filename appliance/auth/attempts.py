@@ -28,6 +28,8 @@ The log line, on logger "appliance.auth", never with the password:
   tls=yes client=192.0.2.7 cause=bad_credentials directory=- server=local-hash ms=31.2`
 `result` is accepted, rejected or unavailable (the directory could not answer), or what the
 protocol says after a good password (POP3: in_use); `authzid=` is added when one was given.
+A GSSAPI login (auth/kerberos.py) logs the Kerberos principal as `login=` and, once accepted,
+the account it opened as `account=`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from appliance.auth.sasl import Credentials
+from appliance.auth import kerberos, sasl
+from appliance.auth.sasl import Credentials, Principal
 from appliance.auth.service import AuthResult, log_field
 from appliance.auth.verdict import Outcome, Reason
 
@@ -199,9 +202,25 @@ class Attempts:
             self._auth.revocations.unregister(self._registration)
             self._registration = None
 
+    def offered(self, mechanisms: tuple[str, ...]) -> tuple[str, ...]:
+        """The protocol's password mechanisms, and GSSAPI when a directory has a keytab (the
+        protocol asks only where its TLS rules allow AUTH)."""
+        return (*mechanisms, sasl.GSSAPI.name) if self._holder.current.kerberos else mechanisms
+
+    def mechanism(self, name: str, offered: tuple[str, ...]) -> sasl.Mechanism | None:
+        """A fresh mechanism object for `name` when it is `offered` (GSSAPI answering for this
+        protocol's service principals), else None."""
+        return sasl.mechanism(name, offered, kerberos.acceptors(self._holder.current, self.protocol))
+
+    async def exchange(
+        self, mechanism: sasl.Mechanism, initial: str | None, ask: Callable[[str], Awaitable[str]]
+    ) -> Credentials | Principal:
+        """sasl.exchange, with GSS-API steps run off the event loop by the auth service."""
+        return await sasl.exchange(mechanism, initial, ask, self._auth.run_blocking)
+
     async def login(
         self,
-        credentials: Credentials,
+        credentials: Credentials | Principal,
         mechanism: str,
         *,
         tls: bool,
@@ -210,7 +229,9 @@ class Attempts:
         """Check `credentials` (from SASL `mechanism`, or "USER"/"LOGIN" for the protocols' own
         commands); call `open_account` after a good password. One log line, whatever happens."""
         started = time.monotonic()
-        if may_act_as(self._holder.current, credentials.authcid, credentials.authzid):
+        if isinstance(credentials, Principal):
+            result = await self._auth.check_principal(credentials, client=self.client)
+        elif may_act_as(self._holder.current, credentials.authcid, credentials.authzid):
             result = await self._auth.check(credentials.authcid, credentials.password, client=self.client)
         else:
             # Refused before any directory is asked (its lockout counter does not move), with
@@ -241,7 +262,7 @@ class Attempts:
 
     def _log(
         self,
-        credentials: Credentials,
+        credentials: Credentials | Principal,
         mechanism: str,
         tls: bool,
         result: AuthResult,
@@ -257,12 +278,18 @@ class Attempts:
             return
         if credentials.authzid:
             fields = f" authzid={log_field(credentials.authzid)}{fields}"
+        if isinstance(credentials, Principal):
+            login = credentials.name or "-"
+            if result.account is not None:  # GSSAPI: the principal, and the account it opened
+                fields = f" account={log_field(result.account.address)}{fields}"
+        else:
+            login = credentials.authcid
         log.log(
             level,
             "auth result=%s login=%s protocol=%s listener=%s mechanism=%s tls=%s client=%s cause=%s "
             "directory=%s server=%s ms=%.1f%s",
             word,
-            log_field(credentials.authcid),
+            log_field(login),
             self.protocol,
             self.listener,
             mechanism,

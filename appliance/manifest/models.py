@@ -330,6 +330,19 @@ class ActiveDirectory(_LDAPConnection):
     base_dn: str | None = Field(
         None, description="Where to look users up for require_group; default: from the DNS name."
     )
+    kerberos_keytab: str | None = Field(
+        None,
+        description=(
+            "Keytab with the keys of imap/<hostname>, pop/<hostname> and smtp/<hostname> "
+            "(samba-tool domain exportkeytab, ktpass): enables SASL GSSAPI (Kerberos single sign-on) "
+            "for the users of this directory. Key material: mode 0600, the daemon's user."
+        ),
+    )
+    kerberos_realm: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$",
+        description="The Kerberos realm of this domain's users (default: the directory's key upper-cased).",
+    )
 
     @field_validator("resolver")
     @classmethod
