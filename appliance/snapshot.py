@@ -55,6 +55,19 @@ class KerberosRealm:
 
 
 @dataclass(frozen=True)
+class TrustedLoginRule:
+    """[trusted_logins.NAME]: the service account `name` may act as users of `domains` from
+    `networks` (appliance.auth.trusted)."""
+
+    name: str
+    domains: frozenset[str]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    def allows_client(self, ip: str) -> bool:
+        return address_in_networks(ip, self.networks)
+
+
+@dataclass(frozen=True)
 class _Domain:
     name: str
     enabled: bool
@@ -76,6 +89,8 @@ class Snapshot:
     _aliases: dict[str, tuple[str, ...]] = field(repr=False)  # full alias address → full targets
     _alias_members: dict[str, frozenset[str]] = field(repr=False)  # account address → aliases it is in
     _trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(repr=False)
+    # the service account's primary address → its [trusted_logins] rule
+    _trusted_logins: dict[str, TrustedLoginRule] = field(repr=False)
     # (directory, AD user case-folded) → accounts linked to that user, manifest order
     _linked: dict[tuple[str, str], tuple[AccountEntry, ...]] = field(repr=False)
 
@@ -128,6 +143,10 @@ class Snapshot:
     def accounts_linked_to(self, directory: str, user: str) -> tuple[AccountEntry, ...]:
         """The accounts whose `active_directory` link names `user` (any case) of `directory`."""
         return self._linked.get((directory, user.casefold()), ())
+
+    def trusted_login(self, service: AccountEntry) -> TrustedLoginRule | None:
+        """The rule that lets `service` log in as other users, if any."""
+        return self._trusted_logins.get(service.address)
 
     def kerberos_realm(self, realm: str) -> KerberosRealm | None:
         """The directory whose users authenticate with tickets of `realm` (exact, upper case)."""
@@ -294,6 +313,15 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         for name, directory in manifest.directories.items()
         if isinstance(directory, ActiveDirectory) and directory.kerberos_keytab
     )
+    trusted_logins: dict[str, TrustedLoginRule] = {}
+    for name, rule in manifest.trusted_logins.items():
+        service = accounts.get(rule.service.lower())
+        if service is not None:
+            trusted_logins[service.address] = TrustedLoginRule(
+                name,
+                frozenset(d.lower() for d in rule.domains),
+                tuple(ipaddress.ip_network(n, strict=False) for n in rule.networks),
+            )
     members: dict[str, set[str]] = {}
     for alias in aliases:
         for account_address in _alias_accounts(alias, aliases, accounts):
@@ -312,6 +340,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         _alias_members={k: frozenset(v) for k, v in members.items()},
         _trusted=tuple(ipaddress.ip_network(n, strict=False) for n in server.trusted_networks),
         _linked=linked,
+        _trusted_logins=trusted_logins,
         max_line_length=server.limits.max_line_length,
         command_timeout=float(server.limits.command_timeout),
         data_timeout=float(server.limits.data_timeout),

@@ -31,6 +31,7 @@ from appliance.manifest.models import (
     Outbound,
     Security,
     Server,
+    TrustedLogin,
 )
 from appliance.memory import gc_paused
 
@@ -190,7 +191,7 @@ def _place(problem: Problem, locations: Locations) -> Problem:
 
 # --- validation -------------------------------------------------------------------------------
 
-_TOP_LEVEL = ("server", "security", "directories", "domains", "outbound")
+_TOP_LEVEL = ("server", "security", "directories", "domains", "outbound", "trusted_logins")
 _DIRECTORY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Directory)
 
 
@@ -249,7 +250,11 @@ def validate_data(data: Mapping[str, Any]) -> tuple[Manifest | None, list[Proble
     for name, table in _table(data, "domains", problems).items():
         domains[name] = _validate_domain(table, ("domains", name), problems)
 
-    problems.extend(cross_check(server, directories, domains, data))
+    trusted_logins: dict[str, TrustedLogin | None] = {}
+    for name, table in _table(data, "trusted_logins", problems).items():
+        trusted_logins[name] = _validate(TrustedLogin, table, ("trusted_logins", name), problems)
+
+    problems.extend(cross_check(server, directories, domains, data, trusted_logins))
     if problems or server is None or security is None or outbound is None:
         return None, problems
     manifest = Manifest.model_construct(
@@ -258,6 +263,7 @@ def validate_data(data: Mapping[str, Any]) -> tuple[Manifest | None, list[Proble
         directories=directories,
         domains={name.lower(): domain for name, domain in domains.items() if domain is not None},
         outbound=outbound,
+        trusted_logins={name: rule for name, rule in trusted_logins.items() if rule is not None},
     )
     return manifest, problems
 

@@ -549,6 +549,35 @@ class Outbound(Model):
         return self
 
 
+# --- [trusted_logins] ------------------------------------------------------------------------
+
+
+class TrustedLogin(Model):
+    """A service, such as webmail that authenticated the user itself (Kerberos in the web server),
+    allowed to log in to IMAP and SMTP submission *as* users: SASL PLAIN with the user's address
+    as authzid and its own account as authcid (RFC 4616)."""
+
+    service: str = Field(
+        min_length=3,
+        description=(
+            'The account the service logs in with, e.g. "webmail@example.test": an account of the '
+            "manifest, with a password_hash or an AD link."
+        ),
+    )
+    domains: list[DomainName] = Field(
+        min_length=1, description="It may act as any enabled account of these local domains."
+    )
+    networks: list[str] = Field(
+        min_length=1,
+        description='Only from these client networks (e.g. ["192.0.2.10/32"], the webmail host).',
+    )
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
+
+
 class Manifest(Model):
     """The whole appliance.toml."""
 
@@ -557,3 +586,7 @@ class Manifest(Model):
     directories: dict[str, Directory] = Field(default_factory=dict)
     domains: dict[str, Domain] = Field(default_factory=dict)
     outbound: Outbound = Field(default_factory=lambda: Outbound())
+    trusted_logins: dict[str, TrustedLogin] = Field(
+        default_factory=dict,
+        description="Services (webmail) that may log in as the users of listed domains, from listed networks.",
+    )
