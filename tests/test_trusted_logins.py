@@ -136,3 +136,17 @@ def test_validate_reports_a_service_that_is_no_account_and_a_domain_that_is_not_
         result.stderr
     )
     assert 'trusted_logins.roundcube.domains[1]: "elsewhere.test" is not a local domain' in result.stderr
+
+
+def test_plan_shows_a_trusted_login_added_and_changed(tmp_path: Path) -> None:
+    old, new, newer = tmp_path / "old.toml", tmp_path / "new.toml", tmp_path / "newer.toml"
+    server = '[server]\nhostname = "mail.example.test"\n'
+    old.write_text(server + body().split("[trusted_logins.roundcube]")[0])
+    new.write_text(server + body())
+    newer.write_text(server + body('["127.0.0.1/32", "192.0.2.10/32"]'))
+    assert run_cli("plan", str(old), str(new)).stdout.splitlines()[0] == "+ trusted_login roundcube"
+    assert (
+        run_cli("plan", str(new), str(newer))
+        .stdout.splitlines()[0]
+        .startswith("~ trusted_login roundcube: networks")
+    )
