@@ -265,7 +265,7 @@ def test_no_ticket_means_no_login(
     assert "auth result=accepted" not in server.log()
 
 
-def test_a_token_that_is_not_a_valid_ticket_or_is_replayed_is_refused(
+def test_a_token_that_is_not_a_valid_ticket_or_is_replayed_or_a_layer_not_offered_is_refused(
     appliance: ApplianceFactory, samba: SambaDomain, kerberos: Kerberos, tmp_path: Path
 ) -> None:
     user = new_user(samba)
@@ -283,6 +283,9 @@ def test_a_token_that_is_not_a_valid_ticket_or_is_replayed_is_refused(
     replay = base64.b64encode(sasl.tokens[0]).decode()
     assert b"NO [AUTHENTICATIONFAILED]" in client.command(f"AUTHENTICATE GSSAPI {replay}")[1]
     server.wait_for_log(r"cause=kerberos_failed gss=\S*.*replay", timeout=10)
+    # RFC 4752 §3.1: a security layer the server did not offer (privacy) ends the exchange.
+    with pytest.raises(imaplib.IMAP4.error, match="Malformed SASL GSSAPI response"):
+        imap_login(server, SASLClient(ccache, "imap", layer=4))
 
 
 # -- where it is offered --------------------------------------------------------------------------
