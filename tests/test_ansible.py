@@ -447,7 +447,10 @@ def test_the_roles_make_the_spns_and_keytab_and_a_gssapi_imap_login_works(
     assert done.returncode == 0, done.stderr
     with imaplib.IMAP4("127.0.0.1", provisioned.ports["imap"], timeout=30) as client:
         client.starttls(ssl_context=provisioned.tls())
-        client.authenticate("GSSAPI", SASLClient(ccache, "imap").respond)
+        try:
+            client.authenticate("GSSAPI", SASLClient(ccache, "imap").respond)
+        except imaplib.IMAP4.error as error:
+            raise AssertionError(f"{error}; the daemon's log:\n{provisioned.log()[-3000:]}") from None
         assert client.select("INBOX")[0] == "OK"
     accepted = re.compile(r"auth result=accepted login=gt@CLOUDTECH\.LOCAL protocol=imap .*mechanism=GSSAPI")
     wait_for(

@@ -67,12 +67,17 @@ def start(
     listeners: tuple[str, ...] = ("imaps", "pop3", "submission"),
     server_extra: str = "",
     name: str = "appliance",
+    env: dict[str, str] | None = None,
 ) -> RunningAppliance:
     ca = tmp_path / name / "tls" / "cloudtech-ca.pem"
     ca.parent.mkdir(parents=True, exist_ok=True)
     ca.write_bytes(samba.ca_file.read_bytes())
     return appliance.start(
-        manifest(samba, kerberos, accounts), listeners=listeners, server_extra=server_extra, name=name
+        manifest(samba, kerberos, accounts),
+        listeners=listeners,
+        server_extra=server_extra,
+        name=name,
+        env=env,
     )
 
 
@@ -110,7 +115,9 @@ def test_imaplib_logs_in_with_a_kerberos_ticket_to_the_account_linked_to_its_ad_
     appliance: ApplianceFactory, samba: SambaDomain, kerberos: Kerberos, tmp_path: Path
 ) -> None:
     user = new_user(samba)
-    server = start(appliance, samba, kerberos, linked("john", user), tmp_path)
+    # MIT's replay cache would go to TMPDIR (or /var/tmp), which a sandboxed daemon may not
+    # write: the server keeps its own under data_dir/state.
+    server = start(appliance, samba, kerberos, linked("john", user), tmp_path, env={"TMPDIR": "/nonexistent"})
     put_message(server, message("single sign-on"))
     ccache = kerberos.kinit(user, AD_PASSWORD)
 
@@ -119,6 +126,7 @@ def test_imaplib_logs_in_with_a_kerberos_ticket_to_the_account_linked_to_its_ad_
     _, data = client.fetch("1", "(BODY[HEADER.FIELDS (SUBJECT)])")
     assert b"Subject: single sign-on" in data[0][1]
     client.logout()
+    assert (server.data_dir / "state" / "kerberos.rcache2").exists()
     server.wait_for_log(
         rf"auth result=accepted login={user}@{REALM} protocol=imap listener=imaps mechanism=GSSAPI tls=yes "
         r".* directory=cloudtech\.local server=kerberos .*account=john@example\.test"

@@ -33,8 +33,9 @@ SERVICE_NAMES = {"imap": "imap", "pop3": "pop", "smtp": "smtp"}
 def acceptors(snapshot: Snapshot, protocol: str) -> tuple[Acceptor, ...]:
     """The service principals a `protocol` session answers for: one per directory with a keytab."""
     service = SERVICE_NAMES[protocol]
+    replay_cache = str(snapshot.data_dir / "state" / "kerberos.rcache2")
     return tuple(
-        Acceptor(f"{service}/{snapshot.hostname}@{entry.realm}", str(entry.keytab))
+        Acceptor(f"{service}/{snapshot.hostname}@{entry.realm}", str(entry.keytab), replay_cache)
         for entry in snapshot.kerberos
     )
 

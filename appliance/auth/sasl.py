@@ -120,6 +120,10 @@ class Acceptor:
 
     principal: str
     keytab: str
+    # Where the authenticators already seen are kept (RFC 4120 §3.2.3: a replayed one is
+    # refused); the server's own, not MIT's default in TMPDIR or /var/tmp, which a sandboxed
+    # daemon may not write.
+    replay_cache: str = ""
 
 
 # RFC 4752 §3.3: the security layers; only "no security layer" is offered (TLS protects the
@@ -180,7 +184,10 @@ class GSSAPI:
         for acceptor in self._acceptors:
             name = gssapi.Name(acceptor.principal, gssapi.NameType.kerberos_principal)
             try:
-                credentials = gssapi.Credentials(name=name, usage="accept", store={"keytab": acceptor.keytab})
+                store: dict[bytes | str, bytes | str] = {"keytab": acceptor.keytab}
+                if acceptor.replay_cache:
+                    store["rcache"] = f"file2:{acceptor.replay_cache}"
+                credentials = gssapi.Credentials(name=name, usage="accept", store=store)
                 context = gssapi.SecurityContext(creds=credentials, usage="accept")
                 answer = context.step(token)
             except gssapi.exceptions.GSSError as error:
