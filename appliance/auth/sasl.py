@@ -202,7 +202,7 @@ class GSSAPI:
         message = bytes(context.unwrap(response).message)
         if len(message) < 4:
             raise SASLError("malformed")
-        if not message[0] & _NO_SECURITY_LAYER:
+        if message[0] != _NO_SECURITY_LAYER:
             raise SASLError("malformed")  # RFC 4752 §3.1: a layer the server did not offer
         return Principal(str(context.initiator_name), _text(message[4:]))
 
