@@ -49,6 +49,28 @@ class Resolution:
 
 
 @dataclass(frozen=True)
+class KerberosRealm:
+    """A directory that accepts Kerberos tickets (SASL GSSAPI): its realm and its keytab."""
+
+    realm: str
+    directory: str
+    keytab: Path
+
+
+@dataclass(frozen=True)
+class TrustedLoginRule:
+    """[trusted_logins.NAME]: the service account `name` may act as users of `domains` from
+    `networks` (appliance.auth.trusted)."""
+
+    name: str
+    domains: frozenset[str]
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+    def allows_client(self, ip: str) -> bool:
+        return address_in_networks(ip, self.networks)
+
+
+@dataclass(frozen=True)
 class _Domain:
     name: str
     enabled: bool
@@ -82,6 +104,10 @@ class Snapshot:
     _aliases: dict[str, tuple[str, ...]] = field(repr=False)  # full alias address → full targets
     _alias_members: dict[str, frozenset[str]] = field(repr=False)  # account address → aliases it is in
     _trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(repr=False)
+    # the service account's primary address → its [trusted_logins] rule
+    _trusted_logins: dict[str, TrustedLoginRule] = field(repr=False)
+    # (directory, AD user case-folded) → accounts linked to that user, manifest order
+    _linked: dict[tuple[str, str], tuple[AccountEntry, ...]] = field(repr=False)
 
     # -- settings the protocols read ------------------------------------------------------------
     # The one place that knows where a setting sits in the manifest models. The protocols (smtp/,
@@ -117,6 +143,8 @@ class Snapshot:
     # SRS ([outbound] srs_domain, srs_secret_file): None when not declared.
     srs_domain: str | None
     srs_secret_file: Path | None
+    # SASL GSSAPI: the active-directory directories with a keytab, manifest order.
+    kerberos: tuple[KerberosRealm, ...]
     # The Sieve scripts the manifest names, compiled (manifest/scripts.py).
     sieve: Scripts | None = field(default=None, repr=False)
 
@@ -159,6 +187,18 @@ class Snapshot:
     @property
     def recipient_delimiter(self) -> str:
         return self.manifest.server.recipient_delimiter
+
+    def accounts_linked_to(self, directory: str, user: str) -> tuple[AccountEntry, ...]:
+        """The accounts whose `active_directory` link names `user` (any case) of `directory`."""
+        return self._linked.get((directory, user.casefold()), ())
+
+    def trusted_login(self, service: AccountEntry) -> TrustedLoginRule | None:
+        """The rule that lets `service` log in as other users, if any."""
+        return self._trusted_logins.get(service.address)
+
+    def kerberos_realm(self, realm: str) -> KerberosRealm | None:
+        """The directory whose users authenticate with tickets of `realm` (exact, upper case)."""
+        return next((entry for entry in self.kerberos if entry.realm == realm), None)
 
     def directory(self, name: str) -> DirectoryModel | None:
         return self.manifest.directories.get(name)
@@ -336,6 +376,28 @@ def _build(loaded: LoadedManifest) -> Snapshot:
                 entry, account=dataclasses.replace(entry.account, forward_to=qualified)
             )
             accounts[address] = entry
+    linked: dict[tuple[str, str], tuple[AccountEntry, ...]] = {}
+    for address, entry in accounts.items():
+        link = entry.account.active_directory
+        if link is not None and address == entry.address:  # once per account, by its primary
+            key = (link.domain, link.user.casefold())
+            linked[key] = (*linked.get(key, ()), entry)
+    kerberos = tuple(
+        KerberosRealm(
+            directory.kerberos_realm or name.upper(), name, loaded.base_dir / directory.kerberos_keytab
+        )
+        for name, directory in manifest.directories.items()
+        if isinstance(directory, ActiveDirectory) and directory.kerberos_keytab
+    )
+    trusted_logins: dict[str, TrustedLoginRule] = {}
+    for name, rule in manifest.trusted_logins.items():
+        service = accounts.get(rule.service.lower())
+        if service is not None:
+            trusted_logins[service.address] = TrustedLoginRule(
+                name,
+                frozenset(d.lower() for d in rule.domains),
+                tuple(ipaddress.ip_network(n, strict=False) for n in rule.networks),
+            )
     members: dict[str, set[str]] = {}
     for alias in aliases:
         for account_address in _alias_accounts(alias, aliases, accounts):
@@ -353,6 +415,8 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         _aliases=aliases,
         _alias_members={k: frozenset(v) for k, v in members.items()},
         _trusted=tuple(ipaddress.ip_network(n, strict=False) for n in server.trusted_networks),
+        _linked=linked,
+        _trusted_logins=trusted_logins,
         max_line_length=server.limits.max_line_length,
         command_timeout=float(server.limits.command_timeout),
         data_timeout=float(server.limits.data_timeout),
@@ -369,6 +433,7 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         srs_secret_file=(
             loaded.base_dir / manifest.outbound.srs_secret_file if manifest.outbound.srs_secret_file else None
         ),
+        kerberos=kerberos,
         sieve=loaded.scripts,
     )
 

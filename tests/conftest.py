@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.fixtures.rspamd",
     "tests.fixtures.mariadb",
     "tests.fixtures.dovecot",
+    "tests.fixtures.kerberos",
 ]

@@ -19,6 +19,7 @@ import imaplib
 import json
 import os
 import poplib
+import pwd
 import re
 import shutil
 import smtplib
@@ -35,6 +36,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures.appliance import free_port
+from tests.fixtures.kerberos import SASLClient, write_krb5_conf
 from tests.fixtures.samba import LoopbackAddress, claim_loopback_address, is_root, samba_installed
 from tests.support.wait import wait_for
 
@@ -444,6 +446,42 @@ def test_ad_linked_account_reads_its_mail_over_imap_and_a_wrong_password_is_refu
 
 
 # -- changing the manifest through the inventory -------------------------------------------------
+
+
+def test_the_roles_make_the_spns_and_keytab_and_a_gssapi_imap_login_works(
+    provisioned: ProvisionedHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keytab = provisioned.prefix / "etc/appliance/mail.keytab"
+    status = keytab.stat()
+    assert (status.st_mode & 0o777, status.st_uid) == (0o600, pwd.getpwnam(USER).pw_uid)
+    krb5_conf = provisioned.prefix / "krb5.conf"
+    write_krb5_conf(krb5_conf, provisioned.ip)
+    monkeypatch.setenv("KRB5_CONFIG", str(krb5_conf))
+    ccache = f"FILE:{provisioned.prefix}/gt.ccache"
+    user = USERS[0]
+    done = subprocess.run(
+        ["kinit", f"{user['name']}@CLOUDTECH.LOCAL"],
+        input=user["password"] + "\n",
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "KRB5CCNAME": ccache},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    with imaplib.IMAP4("127.0.0.1", provisioned.ports["imap"], timeout=30) as client:
+        client.starttls(ssl_context=provisioned.tls())
+        try:
+            client.authenticate("GSSAPI", SASLClient(ccache, "imap").respond)
+        except imaplib.IMAP4.error as error:
+            raise AssertionError(f"{error}; the daemon's log:\n{provisioned.log()[-3000:]}") from None
+        assert client.select("INBOX")[0] == "OK"
+    accepted = re.compile(r"auth result=accepted login=gt@CLOUDTECH\.LOCAL protocol=imap .*mechanism=GSSAPI")
+    wait_for(
+        lambda: accepted.search(provisioned.log()),
+        10,
+        lambda: f"the login's log line:\n{provisioned.log()[-3000:]}",
+    )
 
 
 def _sha256(path: Path) -> str:

@@ -116,3 +116,34 @@ def test_a_bcrypt_hash_the_library_cannot_read_is_refused(tmp_path: Path) -> Non
         assert "password_hash" in result.stderr
     manifest = write(tmp_path, f'[domains."example.test".accounts]\nann = {{ password_hash = "{good}" }}\n')
     assert run_cli("validate", str(manifest)).returncode == 0
+
+
+def ad_directory_with_keytab(keytab: str) -> str:
+    return (
+        '[directories."cloudtech.local"]\ntype = "active-directory"\n'
+        'servers = ["ldaps://dc1.cloudtech.local"]\n'
+        f'kerberos_keytab = "{keytab}"\n'
+    )
+
+
+def test_a_missing_unreadable_or_exposed_kerberos_keytab_is_an_error_at_its_line(tmp_path: Path) -> None:
+    manifest = write(tmp_path, ad_directory_with_keytab("mail.keytab"))
+    result = run_cli("validate", str(manifest))
+    assert result.returncode == 1
+    assert (
+        f'{manifest}:6:19: directories."cloudtech.local".kerberos_keytab: "mail.keytab" cannot be read: '
+        "No such file or directory (GSSAPI needs it)"
+    ) in result.stderr
+    keytab = manifest.parent / "mail.keytab"
+    keytab.write_bytes(b"not a keytab")
+    keytab.chmod(0o600)
+    result = run_cli("validate", str(manifest))
+    assert result.returncode == 1
+    assert '"mail.keytab" is not a keytab' in result.stderr
+    keytab.write_bytes(b"\x05\x02")  # the file format's magic (MIT), then no entry: a valid empty keytab
+    keytab.chmod(0o644)
+    result = run_cli("validate", str(manifest))
+    assert result.returncode == 1
+    assert '"mail.keytab" holds key material and others may read or write it (mode 0644)' in result.stderr
+    keytab.chmod(0o600)
+    assert run_cli("validate", str(manifest)).returncode == 0

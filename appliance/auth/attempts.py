@@ -27,12 +27,16 @@ The log line, on logger "appliance.auth", never with the password:
   `auth result=rejected login=john@example.test protocol=smtp listener=submissions mechanism=PLAIN
   tls=yes client=192.0.2.7 cause=bad_credentials directory=- server=local-hash ms=31.2`
 `result` is accepted, rejected or unavailable (the directory could not answer), or what the
-protocol says after a good password (POP3: in_use); `authzid=` is added when one was given.
+protocol says after a good password (POP3: in_use); `authzid=` is added when one was given, and
+for a service acting as a user (auth/trusted.py) `account=` and `trusted_login=` too.
+A GSSAPI login (auth/kerberos.py) logs the Kerberos principal as `login=` and, once accepted,
+the account it opened as `account=`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import logging
 import time
@@ -40,7 +44,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from appliance.auth.sasl import Credentials
+from appliance.auth import kerberos, sasl, trusted
+from appliance.auth.sasl import Credentials, Principal
 from appliance.auth.service import AuthResult, log_field
 from appliance.auth.verdict import Outcome, Reason
 
@@ -199,9 +204,25 @@ class Attempts:
             self._auth.revocations.unregister(self._registration)
             self._registration = None
 
+    def offered(self, mechanisms: tuple[str, ...]) -> tuple[str, ...]:
+        """The protocol's password mechanisms, and GSSAPI when a directory has a keytab (the
+        protocol asks only where its TLS rules allow AUTH)."""
+        return (*mechanisms, sasl.GSSAPI.name) if self._holder.current.kerberos else mechanisms
+
+    def mechanism(self, name: str, offered: tuple[str, ...]) -> sasl.Mechanism | None:
+        """A fresh mechanism object for `name` when it is `offered` (GSSAPI answering for this
+        protocol's service principals), else None."""
+        return sasl.mechanism(name, offered, kerberos.acceptors(self._holder.current, self.protocol))
+
+    async def exchange(
+        self, mechanism: sasl.Mechanism, initial: str | None, ask: Callable[[str], Awaitable[str]]
+    ) -> Credentials | Principal:
+        """sasl.exchange, with GSS-API steps run off the event loop by the auth service."""
+        return await sasl.exchange(mechanism, initial, ask, self._auth.run_blocking)
+
     async def login(
         self,
-        credentials: Credentials,
+        credentials: Credentials | Principal,
         mechanism: str,
         *,
         tls: bool,
@@ -210,21 +231,22 @@ class Attempts:
         """Check `credentials` (from SASL `mechanism`, or "USER"/"LOGIN" for the protocols' own
         commands); call `open_account` after a good password. One log line, whatever happens."""
         started = time.monotonic()
-        if may_act_as(self._holder.current, credentials.authcid, credentials.authzid):
+        extra = ""
+        if isinstance(credentials, Principal):
+            result = await self._auth.check_principal(credentials, client=self.client)
+        elif may_act_as(self._holder.current, credentials.authcid, credentials.authzid):
             result = await self._auth.check(credentials.authcid, credentials.password, client=self.client)
         else:
-            # Refused before any directory is asked (its lockout counter does not move), with
-            # the answer a wrong password gets (RFC 4954 §6, RFC 5530, RFC 3206).
-            result = AuthResult(Outcome.REJECTED, None, "authzid_not_authcid")
+            result, extra = await self._trusted_login(credentials)
         account = result.account  # set exactly when ACCEPTED
         opened: Opened | None = None
         if account is not None and open_account is not None:
             try:
                 opened = await open_account(account)
             except BaseException:
-                self._log(credentials, mechanism, tls, result, Opened("unavailable", "internal_error"))
+                self._log(credentials, mechanism, tls, result, Opened("unavailable", "internal_error"), extra)
                 raise
-        self._log(credentials, mechanism, tls, result, opened)
+        self._log(credentials, mechanism, tls, result, opened, extra)
         if account is not None and (opened is None or opened.ok) and self._revoke is not None:
             self.close()
             self._registration = self._auth.revocations.register(
@@ -239,13 +261,41 @@ class Attempts:
             close = self.failures >= MAX_LOGIN_FAILURES
         return Attempt(result.outcome, account, opened, close, result.reason)
 
+    async def _trusted_login(self, credentials: Credentials) -> tuple[AuthResult, str]:
+        """An authzid naming another account: allowed only under a [trusted_logins] rule
+        (auth/trusted.py). Refused before any directory is asked otherwise (its lockout counter
+        does not move), with the answer a wrong password gets (RFC 4954 §6, RFC 5530, RFC 3206).
+        Also returns more fields for the log line."""
+        decision = trusted.decide(
+            self._holder.current,
+            credentials.authcid,
+            credentials.authzid,
+            protocol=self.protocol,
+            listener=self.listener,
+            client=self.client,
+        )
+        if decision.rule is None or decision.account is None:
+            extra = f" trusted_login={decision.rule.name}" if decision.rule is not None else ""
+            return AuthResult(Outcome.REJECTED, None, decision.cause), extra
+        extra = f" trusted_login={decision.rule.name}"
+        checked = await self._auth.check(credentials.authcid, credentials.password, client=self.client)
+        if checked.account is None:
+            return checked, extra
+        # The session is the user's; what the directory says later about the service's own
+        # password (pwdLastSet) does not end it.
+        account = decision.account
+        return dataclasses.replace(checked, account=account, password_set=None), (
+            f" account={log_field(account.address)}{extra}"
+        )
+
     def _log(
         self,
-        credentials: Credentials,
+        credentials: Credentials | Principal,
         mechanism: str,
         tls: bool,
         result: AuthResult,
         opened: Opened | None,
+        extra: str = "",
     ) -> None:
         word, cause, fields = result.outcome.value, result.log_cause, ""
         if opened is not None:
@@ -262,13 +312,19 @@ class Attempts:
         if not log.isEnabledFor(level):
             return
         if credentials.authzid:
-            fields = f" authzid={log_field(credentials.authzid)}{fields}"
+            fields = f" authzid={log_field(credentials.authzid)}{extra}{fields}"
+        if isinstance(credentials, Principal):
+            login = credentials.name or "-"
+            if result.account is not None:  # GSSAPI: the principal, and the account it opened
+                fields = f" account={log_field(result.account.address)}{fields}"
+        else:
+            login = credentials.authcid
         log.log(
             level,
             "auth result=%s login=%s protocol=%s listener=%s mechanism=%s tls=%s client=%s cause=%s "
             "directory=%s server=%s ms=%.1f%s",
             word,
-            log_field(credentials.authcid),
+            log_field(login),
             self.protocol,
             self.listener,
             mechanism,

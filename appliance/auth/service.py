@@ -33,18 +33,21 @@ import threading
 import time
 import unicodedata
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from appliance.auth.active_directory import ActiveDirectoryClient
 from appliance.auth.cache import VerifiedCredentials
 from appliance.auth.guard import DirectoryGuard
+from appliance.auth.kerberos import linked_account
 from appliance.auth.ldap_directory import LDAPDirectoryClient
 from appliance.auth.local_system import LocalSystemClient
 from appliance.auth.passwords import MATCH, check_password, hash_password
 from appliance.auth.revocation import Revocations
+from appliance.auth.sasl import Principal
 from appliance.auth.user_states import StateFollower, UserState
 from appliance.auth.verdict import Outcome, Reason, Verdict, accepted, rejected, unavailable
 from appliance.manifest.models import ActiveDirectory, LDAPDirectory, LocalSystem
@@ -57,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = ["AuthResult", "AuthService", "Outcome"]
 
 log = logging.getLogger("appliance.auth")
+T = TypeVar("T")
 
 MAX_PASSWORD_LENGTH = 1024  # characters; AD's own limit is 256
 HASH_TIMES_KEPT = 32  # recent password-hash verifications whose time the refusal floor follows
@@ -210,6 +214,36 @@ class AuthService:
             verdict.password_set,
             verdict.reason if verdict.outcome is Outcome.REJECTED else None,
         )
+
+    async def check_principal(self, principal: Principal, *, client: str) -> AuthResult:
+        """Which account a Kerberos principal proven by GSSAPI logs in to (auth/kerberos.py);
+        logs nothing. Counted for auto-ban as password logins are."""
+        started = time.perf_counter()
+        autoban = self._autoban
+        entry: AccountEntry | None = None
+        directory: str | None = None
+        if autoban is not None and autoban.is_banned(client):
+            verdict = rejected("client_banned")
+        else:
+            verdict, entry, directory = linked_account(self._holder.current, principal)
+        if autoban is not None:
+            if verdict.outcome is Outcome.REJECTED:
+                autoban.failed(client, None)
+            elif entry is not None:
+                autoban.succeeded(client, entry.address)
+        return AuthResult(
+            verdict.outcome,
+            entry,
+            verdict.cause,
+            verdict.detail,
+            directory,
+            verdict.server,
+            (time.perf_counter() - started) * 1000,
+        )
+
+    async def run_blocking(self, call: Callable[[], T]) -> T:
+        """`call()` in the service's bounded thread pool (GSS-API steps)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def _decide(
         self, snapshot: Snapshot, entry: AccountEntry | None, password: str, client: str

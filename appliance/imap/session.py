@@ -146,7 +146,10 @@ class Session:
         words = list(responses.BASE_CAPABILITIES)
         if self.listener.name == "imap" and not self.connection.is_tls:
             words.append("STARTTLS")  # RFC 3501 §6.2.1
-        words.append("AUTH=PLAIN" if self.plaintext_allowed() else "LOGINDISABLED")
+        if self.plaintext_allowed():
+            words += [f"AUTH={name}" for name in self.logins.offered(MECHANISMS)]
+        else:
+            words.append("LOGINDISABLED")
         return " ".join(words)
 
     # -- the session's life ------------------------------------------------------------------------
@@ -324,7 +327,7 @@ class Session:
             self.state = State.AUTHENTICATED
 
     # -- login -------------------------------------------------------------------------------------
-    async def authenticate(self, credentials: sasl.Credentials, mechanism: str) -> str:
+    async def authenticate(self, credentials: sasl.Credentials | sasl.Principal, mechanism: str) -> str:
         attempt = await self.logins.login(
             credentials, mechanism, tls=self.connection.is_tls, open_account=self._open_folders
         )
@@ -461,7 +464,7 @@ async def authenticate_command(session: Session, tag: str, args: list[Token], ui
     an empty one)."""
     if not 1 <= len(args) <= 2 or not isinstance(args[0], Atom):
         raise Bad("AUTHENTICATE takes a mechanism and an optional initial response")
-    mechanism = sasl.mechanism(args[0].upper(), MECHANISMS)
+    mechanism = session.logins.mechanism(args[0].upper(), session.logins.offered(MECHANISMS))
     if mechanism is None:
         raise No("Unsupported authentication mechanism", "CANNOT")
     if not session.plaintext_allowed():
@@ -471,7 +474,7 @@ async def authenticate_command(session: Session, tag: str, args: list[Token], ui
         initial = text_argument(args[1], "Initial response")
         initial = "" if initial == "=" else initial
     try:
-        credentials = await sasl.exchange(mechanism, initial, session.sasl_answer)
+        credentials = await session.logins.exchange(mechanism, initial, session.sasl_answer)
     except sasl.SASLError as error:
         if error.cause == "cancelled":
             raise Bad("Authentication cancelled") from None  # RFC 3501 §6.2.2

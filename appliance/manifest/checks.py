@@ -7,7 +7,14 @@ from typing import Any
 
 from appliance.manifest.hashes import scheme_of
 from appliance.manifest.loader import KeyPath, LoadedManifest, Problem, place_problems, render_path, suggest
-from appliance.manifest.models import ActiveDirectory, Domain, Server, check_domain_name, check_local_part
+from appliance.manifest.models import (
+    ActiveDirectory,
+    Domain,
+    Server,
+    TrustedLogin,
+    check_domain_name,
+    check_local_part,
+)
 
 
 def cross_check(
@@ -15,6 +22,7 @@ def cross_check(
     directories: Mapping[str, Any],
     domains: Mapping[str, Domain | None],
     data: Mapping[str, Any],
+    trusted_logins: Mapping[str, TrustedLogin | None] | None = None,
 ) -> list[Problem]:
     problems: list[Problem] = []
     _check_listeners(data.get("server"), problems)
@@ -25,6 +33,7 @@ def cross_check(
         if domain is not None:
             _check_references(name, domain, directories, owners, local_domains, problems)
     _check_loops(domains, problems)
+    _check_trusted_logins(trusted_logins or {}, domains, local_domains, problems)
     return problems
 
 
@@ -50,6 +59,38 @@ def weak_hash_warnings(loaded: LoadedManifest) -> list[Problem]:
     except (OSError, UnicodeDecodeError):
         return problems
     return place_problems(problems, text)
+
+
+def _check_trusted_logins(
+    rules: Mapping[str, TrustedLogin | None],
+    domains: Mapping[str, Domain | None],
+    local_domains: dict[str, str],
+    problems: list[Problem],
+) -> None:
+    """A trusted login's service is an account of the manifest; its domains are local domains."""
+    for name, rule in rules.items():
+        if rule is None:
+            continue
+        path: KeyPath = ("trusted_logins", name)
+        local_part, _, domain_name = rule.service.lower().rpartition("@")
+        written = local_domains.get(domain_name)
+        domain = domains.get(written) if written is not None else None
+        accounts = {key.lower() for key in domain.accounts} if domain is not None else set()
+        if local_part not in accounts:
+            problems.append(
+                Problem(
+                    (*path, "service"),
+                    f'"{rule.service}" is not an account of this manifest (the service logs in with one)',
+                )
+            )
+        for index, listed in enumerate(rule.domains):
+            if listed.lower() not in local_domains:
+                problems.append(
+                    Problem(
+                        (*path, "domains", index),
+                        f'"{listed}" is not a local domain' + suggest(listed, local_domains),
+                    )
+                )
 
 
 def _check_listeners(server: Any, problems: list[Problem]) -> None:

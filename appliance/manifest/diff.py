@@ -18,7 +18,7 @@ from appliance.manifest.models import Account, Manifest
 @dataclass(frozen=True)
 class Change:
     action: str  # "+" added, "-" removed, "~" changed
-    kind: str  # server, directory, domain, account, alias
+    kind: str  # server, directory, domain, account, alias, trusted_login
     name: str
     detail: str = ""
 
@@ -128,4 +128,10 @@ def plan(old: Manifest, new: Manifest) -> list[Change]:
 
     _compare("account", accounts(old), accounts(new), changes)
     _compare("alias", aliases(old), aliases(new), changes)
+    _compare(
+        "trusted_login",
+        {k: _dump(v) for k, v in old.trusted_logins.items()},
+        {k: _dump(v) for k, v in new.trusted_logins.items()},
+        changes,
+    )
     return changes

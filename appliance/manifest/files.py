@@ -9,7 +9,8 @@ A path in the manifest is relative to the manifest's directory. Three things are
   others may read (error: the secret is no longer the server's alone), or a group other than
   the manifest's may read (warning: the Ansible role installs keys 0640 with the daemon's group).
 
-A missing file is not reported here: the TLS pair is made on first start, and the services say
+A Kerberos keytab that is missing or unreadable is an error (nothing else would make it).
+Any other missing file is not reported here: the TLS pair is made on first start, and the services say
 what they cannot read when they need it. Everything here reads the file system; nothing writes.
 """
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from appliance.manifest.loader import KeyPath, LoadedManifest, Problem, place_problems
 
 _PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
+_KEYTAB_MAGIC = b"\x05\x02"
 _READ_LIMIT = 1 << 20  # a CA bundle is well under a megabyte; more is not read
 
 
@@ -35,6 +37,7 @@ def file_problems(loaded: LoadedManifest) -> list[Problem]:
         manifest_group = None
     for path, value, secret in named_files(loaded):
         problems.extend(_check(loaded.base_dir, path, value, secret=secret, manifest_group=manifest_group))
+    problems.extend(_keytab_problems(loaded))
     if not problems:
         return problems
     try:
@@ -56,6 +59,9 @@ def named_files(loaded: LoadedManifest) -> Iterator[tuple[KeyPath, str, bool]]:
         password_file = getattr(directory, "bind_password_file", None)
         if password_file:
             yield ("directories", name, "bind_password_file"), password_file, True
+        keytab = getattr(directory, "kerberos_keytab", None)
+        if keytab:
+            yield ("directories", name, "kerberos_keytab"), keytab, True
     for name, domain in manifest.domains.items():
         if domain.dkim is not None:
             yield ("domains", name, "dkim", "key_file"), domain.dkim.key_file, True
@@ -66,6 +72,27 @@ def named_files(loaded: LoadedManifest) -> Iterator[tuple[KeyPath, str, bool]]:
         yield ("outbound", "srs_secret_file"), outbound.srs_secret_file, True
     if outbound.tls_ca_file:
         yield ("outbound", "tls_ca_file"), outbound.tls_ca_file, False
+
+
+def _keytab_problems(loaded: LoadedManifest) -> Iterator[Problem]:
+    """A keytab must be there and readable: it is what turns GSSAPI on, and unlike the TLS pair
+    nothing makes it on first start."""
+    for name, directory in loaded.manifest.directories.items():
+        keytab = getattr(directory, "kerberos_keytab", None)
+        if not keytab:
+            continue
+        path = ("directories", name, "kerberos_keytab")
+        try:
+            with open(loaded.base_dir / keytab, "rb") as file:
+                head = file.read(2)
+        except OSError as error:
+            yield Problem(path, f'"{keytab}" cannot be read: {error.strerror} (GSSAPI needs it)')
+            continue
+        if head != _KEYTAB_MAGIC:
+            # MIT's file format (the one ktpass and samba-tool write) starts with 0x05 0x02.
+            yield Problem(
+                path, f'"{keytab}" is not a keytab (ktpass or samba-tool domain exportkeytab writes one)'
+            )
 
 
 def _exposed(status: os.stat_result) -> bool:

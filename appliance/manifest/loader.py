@@ -32,6 +32,7 @@ from appliance.manifest.models import (
     Outbound,
     Security,
     Server,
+    TrustedLogin,
 )
 from appliance.manifest.scripts import Scripts, compile_scripts
 from appliance.memory import gc_paused
@@ -198,7 +199,7 @@ def _place(problem: Problem, locations: Locations) -> Problem:
 
 # --- validation -------------------------------------------------------------------------------
 
-_TOP_LEVEL = ("server", "security", "directories", "domains", "outbound", "filter")
+_TOP_LEVEL = ("server", "security", "directories", "domains", "outbound", "filter", "trusted_logins")
 _DIRECTORY_ADAPTER: TypeAdapter[Any] = TypeAdapter(Directory)
 
 
@@ -261,7 +262,11 @@ def validate_data(data: Mapping[str, Any]) -> tuple[Manifest | None, list[Proble
     for name, table in _table(data, "domains", problems).items():
         domains[name] = _validate_domain(table, ("domains", name), problems)
 
-    problems.extend(cross_check(server, directories, domains, data))
+    trusted_logins: dict[str, TrustedLogin | None] = {}
+    for name, table in _table(data, "trusted_logins", problems).items():
+        trusted_logins[name] = _validate(TrustedLogin, table, ("trusted_logins", name), problems)
+
+    problems.extend(cross_check(server, directories, domains, data, trusted_logins))
     if problems or server is None or security is None or outbound is None:
         return None, problems
     if "filter" in data and filter_ is None:
@@ -273,6 +278,7 @@ def validate_data(data: Mapping[str, Any]) -> tuple[Manifest | None, list[Proble
         domains={name.lower(): domain for name, domain in domains.items() if domain is not None},
         outbound=outbound,
         filter=filter_,
+        trusted_logins={name: rule for name, rule in trusted_logins.items() if rule is not None},
     )
     return manifest, problems
 

@@ -350,6 +350,19 @@ class ActiveDirectory(_LDAPConnection):
     base_dn: str | None = Field(
         None, description="Where to look users up for require_group; default: from the DNS name."
     )
+    kerberos_keytab: str | None = Field(
+        None,
+        description=(
+            "Keytab with the keys of imap/<hostname>, pop/<hostname> and smtp/<hostname> "
+            "(samba-tool domain exportkeytab, ktpass): enables SASL GSSAPI (Kerberos single sign-on) "
+            "for the users of this directory. Key material: mode 0600, the daemon's user."
+        ),
+    )
+    kerberos_realm: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9.-]*$",
+        description="The Kerberos realm of this domain's users (default: the directory's key upper-cased).",
+    )
 
     @field_validator("resolver")
     @classmethod
@@ -617,6 +630,35 @@ class Filter(Model):
     )
 
 
+# --- [trusted_logins] ------------------------------------------------------------------------
+
+
+class TrustedLogin(Model):
+    """A service, such as webmail that authenticated the user itself (Kerberos in the web server),
+    allowed to log in to IMAP and SMTP submission *as* users: SASL PLAIN with the user's address
+    as authzid and its own account as authcid (RFC 4616)."""
+
+    service: str = Field(
+        min_length=3,
+        description=(
+            'The account the service logs in with, e.g. "webmail@example.test": an account of the '
+            "manifest, with a password_hash or an AD link."
+        ),
+    )
+    domains: list[DomainName] = Field(
+        min_length=1, description="It may act as any enabled account of these local domains."
+    )
+    networks: list[str] = Field(
+        min_length=1,
+        description='Only from these client networks (e.g. ["192.0.2.10/32"], the webmail host).',
+    )
+
+    @field_validator("networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        return _check_networks(value)
+
+
 class Manifest(Model):
     """The whole appliance.toml."""
 
@@ -626,3 +668,8 @@ class Manifest(Model):
     domains: dict[str, Domain] = Field(default_factory=dict)
     outbound: Outbound = Field(default_factory=lambda: Outbound())
     filter: Filter | None = Field(None, description="Scan inbound mail with rspamd; no scanning when absent.")
+
+    trusted_logins: dict[str, TrustedLogin] = Field(
+        default_factory=dict,
+        description="Services (webmail) that may log in as the users of listed domains, from listed networks.",
+    )

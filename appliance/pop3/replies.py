@@ -65,7 +65,12 @@ IN_USE = err("Your mailbox is in use by another session", "IN-USE")
 UNKNOWN_MECHANISM = err("Unrecognized authentication type")
 AUTH_CANCELLED = err("Authentication cancelled")
 AUTH_MALFORMED = err("Malformed SASL response")
-AUTH_MECHANISMS = multiline(ok("Mechanisms follow"), [b"PLAIN"])  # AUTH without arguments
+
+
+def mechanisms(names: tuple[str, ...]) -> bytes:
+    """The answer to AUTH without arguments: the SASL mechanisms offered, one a line."""
+    return multiline(ok("Mechanisms follow"), [name.encode("ascii") for name in names])
+
 
 # STLS (RFC 2595 §4)
 STLS_BEGIN = ok("Begin TLS negotiation")

@@ -212,7 +212,7 @@ class Session:
         lines = [b"TOP", b"UIDL", b"RESP-CODES", b"AUTH-RESP-CODE", b"PIPELINING"]
         if self.state is State.AUTHORIZATION:
             if self._plaintext_allowed():
-                lines += [b"USER", b"SASL PLAIN"]
+                lines += [b"USER", " ".join(("SASL", *self.logins.offered(MECHANISMS))).encode()]
             if self.listener.name == "pop3" and not self.connection.is_tls:
                 lines.append(b"STLS")  # RFC 2595 §4
         lines.append(b"IMPLEMENTATION appliance")
@@ -304,9 +304,10 @@ class Session:
         """RFC 5034: SASL, with or without the initial response."""
         name, _, initial = argument.strip().partition(" ")
         if not name:
-            self.write(replies.AUTH_MECHANISMS)  # not in RFC 5034; Outlook and others ask so
+            # not in RFC 5034; Outlook and others ask so
+            self.write(replies.mechanisms(self.logins.offered(MECHANISMS)))
             return
-        mechanism = sasl.mechanism(name, MECHANISMS)
+        mechanism = self.logins.mechanism(name, self.logins.offered(MECHANISMS))
         if mechanism is None:
             self.write(replies.UNKNOWN_MECHANISM)
             return
@@ -319,7 +320,7 @@ class Session:
                 raise sasl.SASLError("cancelled")
             # RFC 5034 §4: "=" is an empty initial response; none at all is asked for with "+ ".
             first = None if not response else "" if response == "=" else response
-            credentials = await sasl.exchange(mechanism, first, self._sasl_answer)
+            credentials = await self.logins.exchange(mechanism, first, self._sasl_answer)
         except sasl.SASLError as error:
             self.write(replies.AUTH_CANCELLED if error.cause == "cancelled" else replies.AUTH_MALFORMED)
             return
@@ -335,7 +336,7 @@ class Session:
             raise sasl.SASLError("line_too_long") from None
         return line.decode("ascii", "replace").strip()
 
-    async def _authenticate(self, credentials: sasl.Credentials, mechanism: str) -> None:
+    async def _authenticate(self, credentials: sasl.Credentials | sasl.Principal, mechanism: str) -> None:
         attempt = await self.logins.login(
             credentials, mechanism, tls=self.connection.is_tls, open_account=self._open_maildrop
         )

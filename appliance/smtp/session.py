@@ -250,7 +250,8 @@ class Session:
         if not self.connection.is_tls:
             keywords.append("STARTTLS")
         if self._auth_allowed(snapshot):
-            keywords.append(" ".join(("AUTH", *MECHANISMS)))  # RFC 4954 §4: only when it may be used
+            # RFC 4954 §4: only when it may be used (GSSAPI too, RFC 4752: only with a keytab)
+            keywords.append(" ".join(("AUTH", *self.logins.offered(MECHANISMS))))
         self._reply_lines("250", keywords)
 
     @command("HELO", *ANY)
@@ -336,7 +337,7 @@ class Session:
         self.helo, self.extended, self.account = "", False, None
         self.logins.close()  # the next AUTH is a new login
 
-    # -- AUTH (RFC 4954, PLAIN RFC 4616, LOGIN) -------------------------------------------------------
+    # -- AUTH (RFC 4954, PLAIN RFC 4616, LOGIN, GSSAPI RFC 4752) -------------------------------------------------------
     def _auth_allowed(self, snapshot: Snapshot) -> bool:
         return self.connection.is_tls or snapshot.allow_plaintext_auth
 
@@ -356,14 +357,14 @@ class Session:
         if not 1 <= len(parts) <= 2:
             self.reply(replies.AUTH_SYNTAX)
             return
-        mechanism = sasl.mechanism(parts[0], MECHANISMS)
+        mechanism = self.logins.mechanism(parts[0], self.logins.offered(MECHANISMS))
         if mechanism is None:
             self.reply(replies.AUTH_UNKNOWN_MECHANISM)
             return
         # RFC 4954 §4: "=" is an empty initial response.
         initial = None if len(parts) == 1 else "" if parts[1] == "=" else parts[1]
         try:
-            credentials = await sasl.exchange(mechanism, initial, self._sasl_answer)
+            credentials = await self.logins.exchange(mechanism, initial, self._sasl_answer)
         except sasl.SASLError as error:
             self.reply(_SASL_ERRORS.get(error.cause, replies.AUTH_BAD_PLAIN))
             return
@@ -387,7 +388,9 @@ class Session:
         self.reply(f"334 {challenge}")
         snapshot = self.services.holder.current
         try:
-            line = await self.connection.readline(snapshot.max_line_length, snapshot.command_timeout)
+            # A Kerberos ticket with a large PAC is longer than a command line may be.
+            limit = max(snapshot.max_line_length, sasl.MAX_RESPONSE_LINE)
+            line = await self.connection.readline(limit, snapshot.command_timeout)
         except LineTooLong:
             raise sasl.SASLError("line_too_long") from None
         answer = line.strip().decode("ascii", "replace")
