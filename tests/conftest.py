@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.slapd",
     "tests.fixtures.pam",
     "tests.fixtures.auth_service",
+    "tests.fixtures.nspawn",
 ]
