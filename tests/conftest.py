@@ -6,5 +6,4 @@ pytest_plugins = [
     "tests.fixtures.slapd",
     "tests.fixtures.pam",
     "tests.fixtures.auth_service",
-    "tests.fixtures.nspawn",
 ]
