@@ -1,11 +1,15 @@
-"""The Ansible roles and playbooks, applied for real to this machine.
+"""The Ansible roles and playbooks, applied for real to this machine, with no init system.
 
 `playbooks/test-env.yml` runs with the shipped `inventories/test-env` (copied, plus a host_vars
 file this module writes): a Samba AD DC on its own loopback address, and the appliance installed
 under a scratch prefix (virtualenv, manifest, data, unit file), run in the background as its own
-system user. The tests then log in over SMTP AUTH, POP3 and IMAP as AD-linked accounts with their
-AD passwords, change the manifest through the inventory (reload, same PID), break it (the play
-stops at `validate`, the old manifest keeps serving), and run `--check --diff`.
+system user (`appliance_service_manager: background`). The tests check what only that mode does:
+the second run leaves the background daemon alone, a manifest change is applied by SIGHUP with
+the same PID, the files' owners and modes, and `--check --diff`.
+
+The systemd path (the unit booted under a real systemd, `systemctl reload`, the sandbox, a broken
+manifest stopping at `validate`, AD-linked logins over SMTP, POP3 and IMAP) is tested on a bare
+Debian host in tests/test_ansible_systemd.py and tests/test_ansible_systemd_test_env.py.
 
 Nothing is mocked: ansible-playbook, samba, the appliance and the mail clients are the real ones.
 Runs as root (it adds a loopback address and a system user); ansible-lint needs no root.
@@ -18,7 +22,6 @@ import hashlib
 import imaplib
 import json
 import os
-import poplib
 import pwd
 import re
 import shutil
@@ -109,10 +112,6 @@ class ProvisionedHost:
     @property
     def certificate(self) -> Path:
         return self.prefix / "etc/appliance/tls/cert.pem"
-
-    @property
-    def unit(self) -> Path:
-        return self.prefix / "etc/systemd/system/appliance.service"
 
     def host_vars(self, users: list[dict[str, str]] = USERS, extra_accounts: str = "") -> None:
         """What this test changes in the inventory: paths, addresses, ports, users, accounts."""
@@ -393,58 +392,6 @@ def test_the_cli_is_linked_into_path_and_finds_the_manifest_by_itself(provisione
     assert json.loads(result.stdout)["running"] is True
 
 
-# -- logging in as AD-linked accounts with their AD passwords ------------------------------------
-
-
-@pytest.mark.needs_root
-def test_ad_linked_account_sends_over_smtp_auth_with_its_ad_password(provisioned: ProvisionedHost) -> None:
-    subject = _unique_subject()
-    _send(provisioned, "gt@example.test", "Gt!Passw0rd1", "anna@example.test", subject)
-    _wait_for_file(provisioned.data_dir / "mail/example.test/anna/new", subject.encode())
-    with smtplib.SMTP("127.0.0.1", provisioned.ports["submission"], timeout=30) as client:
-        client.starttls(context=provisioned.tls())
-        with pytest.raises(smtplib.SMTPAuthenticationError):
-            client.login("gt@example.test", "Wrong!Passw0rd1")
-
-
-@pytest.mark.needs_root
-def test_ad_linked_account_reads_its_mail_over_pop3(provisioned: ProvisionedHost) -> None:
-    subject = _unique_subject()
-    _send(provisioned, "gt@example.test", "Gt!Passw0rd1", "anna@example.test", subject)
-    client = poplib.POP3("127.0.0.1", provisioned.ports["pop3"], timeout=30)
-    try:
-        client.stls(context=provisioned.tls())
-        client.user("anna@example.test")
-        client.pass_("Anna!Passw0rd1")
-        count, _size = client.stat()
-        bodies = [b"\n".join(client.retr(number)[1]) for number in range(1, count + 1)]
-    finally:
-        client.quit()
-    assert any(f"Subject: {subject}".encode() in body for body in bodies)
-
-
-@pytest.mark.needs_root
-def test_ad_linked_account_reads_its_mail_over_imap_and_a_wrong_password_is_refused(
-    provisioned: ProvisionedHost,
-) -> None:
-    subject = _unique_subject()
-    _send(provisioned, "anna@example.test", "Anna!Passw0rd1", "gt@example.test", subject)
-    _wait_for_file(provisioned.data_dir / "mail/example.test/gt/new", subject.encode())
-    client = imaplib.IMAP4("127.0.0.1", provisioned.ports["imap"], timeout=30)
-    try:
-        client.starttls(ssl_context=provisioned.tls())
-        with pytest.raises(imaplib.IMAP4.error):
-            client.login("gt@example.test", "Wrong!Passw0rd1")
-        client.login("gt@example.test", "Gt!Passw0rd1")
-        client.select("INBOX", readonly=True)
-        status, found = client.search(None, "SUBJECT", f'"{subject}"')
-        assert status == "OK" and found[0], found
-        status, data = client.fetch(found[0].split()[-1], "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-        assert status == "OK" and subject.encode() in data[0][1]
-    finally:
-        client.logout()
-
-
 # -- changing the manifest through the inventory -------------------------------------------------
 
 
@@ -526,30 +473,3 @@ def test_new_account_in_the_inventory_is_applied_by_a_reload_without_restart(
     subject = _unique_subject()
     _send(provisioned, "zoe@example.test", "Zoe!Passw0rd1", "zoe@example.test", subject)
     _wait_for_file(provisioned.data_dir / "mail/example.test/zoe/new", subject.encode())
-
-
-@pytest.mark.needs_root
-def test_broken_manifest_stops_the_play_at_validate_and_the_old_one_keeps_serving(
-    provisioned: ProvisionedHost,
-) -> None:
-    before = _sha256(provisioned.manifest)
-    status = provisioned.status()
-    # an account linked to a directory the manifest does not declare
-    broken = '"broken" = { active_directory = { domain = "nowhere.example", user = "x" } }'
-    provisioned.host_vars(users=USERS, extra_accounts=broken)
-    try:
-        run = provisioned.play(packages=False)
-    finally:
-        provisioned.host_vars(users=USERS)
-    assert run.returncode != 0
-    assert run.recap["failed"] == 1
-    failed_task = run.output.split("fatal: [localhost]", 1)[0].rsplit("TASK [", 1)[1].split("]", 1)[0]
-    assert failed_task == "appliance : Deploy the manifest once `appliance validate` accepts it"
-    assert "failed to validate" in run.output
-    assert "nowhere.example" in run.output  # the problem is reported, with its key path
-    assert _sha256(provisioned.manifest) == before
-    after = provisioned.status()
-    assert (after["pid"], after["revision"]) == (status["pid"], status["revision"])
-    subject = _unique_subject()
-    _send(provisioned, "gt@example.test", "Gt!Passw0rd1", "gt@example.test", subject)
-    _wait_for_file(provisioned.data_dir / "mail/example.test/gt/new", subject.encode())
