@@ -29,7 +29,7 @@ from typing import Any
 from appliance.importer.source import REPORTED_SETTINGS, Row, Tables, as_int, as_text
 from appliance.manifest.hashes import HMAIL_MD5_PREFIX, HMAIL_SHA256_PREFIX
 from appliance.manifest.loader import ManifestError, Problem, parse_manifest
-from appliance.manifest.models import check_domain_name, check_local_part
+from appliance.manifest.names import check_domain_name, check_local_part
 
 # hMailServer's session types (hm_tcpipports.portprotocol) and connection security.
 _SMTP, _POP3, _IMAP = 1, 3, 5

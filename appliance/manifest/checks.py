@@ -7,14 +7,8 @@ from typing import Any
 
 from appliance.manifest.hashes import scheme_of
 from appliance.manifest.loader import KeyPath, LoadedManifest, Problem, place_problems, render_path, suggest
-from appliance.manifest.models import (
-    ActiveDirectory,
-    Domain,
-    Server,
-    TrustedLogin,
-    check_domain_name,
-    check_local_part,
-)
+from appliance.manifest.models import ActiveDirectory, Domain, Server, TrustedLogin
+from appliance.manifest.names import check_domain_name, check_local_part
 
 
 def cross_check(
