@@ -23,8 +23,8 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from appliance.dovecot_uidl import DEFAULT_UIDL_FORMAT, check_uidl_format
 from appliance.manifest.hashes import HASH_PATTERN
-from appliance.manifest.uidl import DEFAULT_UIDL_FORMAT, check_uidl_format
 from appliance.manifest.units import Duration, Size
 
 # RFC 5322 §3.2.3 atext, minus "+" (the recipient delimiter for plus-addressing).
