@@ -126,6 +126,9 @@ def test_appliance_serves_a_dovecot_maildir_with_the_same_uids_flags_subscriptio
     target = appliance.base / "appliance" / "var" / "mail" / "example.test" / "anna"
     shutil.copytree(dovecot.maildir("anna"), target, symlinks=True)
     untouched = dovecot_files(target)
+    # Mail Postfix delivered after Dovecot stopped: in a folder Dovecot knew empty, unknown to it.
+    late = target / ".Work.Sub" / "new" / "1700000000.M1P1.postfix"
+    late.write_bytes(message("late"))
     server = appliance.start(
         f'[domains."example.test".accounts]\nanna = {{ password_hash = "{encoded}" }}\n',
         listeners=("smtp", "imaps", "pop3s"),
@@ -137,7 +140,14 @@ def test_appliance_serves_a_dovecot_maildir_with_the_same_uids_flags_subscriptio
     ) as client:
         client.login("anna@example.test", PASSWORD)
         after = record(client)
-        assert after == before
+        assert {f: after[f] for f in after if f != "Work.Sub"} == {
+            f: before[f] for f in before if f != "Work.Sub"
+        }
+        # Work.Sub, empty under Dovecot: the late message has the UID Dovecot would have given.
+        assert before["Work.Sub"]["messages"] == {}
+        assert list(after["Work.Sub"]["messages"]) == [before["Work.Sub"]["uidnext"]]
+        assert after["Work.Sub"]["uidvalidity"] == before["Work.Sub"]["uidvalidity"]
+        assert after["Work.Sub"]["uidnext"] == before["Work.Sub"]["uidnext"] + 1
 
         # New mail gets the UIDs Dovecot would have given: its UIDNEXT, same UIDVALIDITY.
         with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=30) as smtp:
@@ -172,6 +182,23 @@ def test_appliance_serves_a_dovecot_maildir_with_the_same_uids_flags_subscriptio
         } == (before[folder]["messages"])
     assert again["INBOX"]["uidnext"] == before["INBOX"]["uidnext"] + 1
     assert dovecot_files(target) == untouched  # Dovecot's files only read
+
+    # Our list lost: a new UIDVALIDITY, as for any folder, not Dovecot's again (UIDs given since
+    # the move would be given to other messages).
+    server.stop()
+    (target / "appliance-uidlist").unlink()
+    server = appliance.start(
+        f'[domains."example.test".accounts]\nanna = {{ password_hash = "{encoded}" }}\n',
+        listeners=("imaps",),
+    )
+    with imapclient.IMAPClient(
+        "127.0.0.1", port=server.ports["imaps"], ssl=True, ssl_context=client_context(server), timeout=30
+    ) as client:
+        client.login("anna@example.test", PASSWORD)
+        status = client.folder_status("INBOX", ["UIDVALIDITY"])
+        assert status[b"UIDVALIDITY"] != before["INBOX"]["uidvalidity"]
+        assert client.folder_status("Work", ["UIDVALIDITY"])[b"UIDVALIDITY"] == before["Work"]["uidvalidity"]
+        client.logout()
 
 
 def test_pop3_uidls_of_another_dovecot_format_are_kept_with_the_manifest_setting(

@@ -14,12 +14,16 @@ import shutil
 import smtplib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from appliance.auth import Outcome
 from tests.fixtures.appliance import ApplianceFactory
+from tests.fixtures.auth_service import AuthServices
+from tests.fixtures.samba import SambaDomain
 from tests.support.queue import Peer, free_port_on, mailbox_messages, message
 from tests.test_dovecot_hashes import doveadm_pw
 
@@ -190,6 +194,30 @@ def test_with_a_directory_the_accounts_are_linked_by_user_name_and_no_hash_is_ca
     )
     assert sorted(accounts) == ["anna", "bob"] and "cloudtech.local" in manifest.directories
     assert encoded not in (tmp_path / "out" / "appliance.toml").read_text()
+
+
+def test_accounts_linked_by_the_import_log_in_with_their_ad_password_on_the_samba_dc(
+    tmp_path: Path, samba: SambaDomain, auth_services: AuthServices
+) -> None:
+    user = f"dv{int(time.time() * 1000) % 10**8}"
+    samba.add_user(user, "Ad!Passw0rd-dv")
+    # A Dovecot that checked passwords against AD keeps only users (a userdb) in its passwd-file.
+    (tmp_path / "users").write_text(f"{user}@example.test::8:8::/var/vmail/{user}::\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "appliance", "import", "dovecot", "--passwd-file", str(tmp_path / "users")]
+        + ["--out", str(tmp_path / "out"), "--directory", "cloudtech.local"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "out" / "appliance.toml").read_text()
+    # The DCs are the admin's to fill in (the import declares discover = true): here, the test DC.
+    dcs = f'servers = ["{samba.dcs[0].ldaps_url}"]\nca_file = "tls/ca.pem"\nnetbios_name = "CLOUDTECH"'
+    body = text[text.index("\n[d") :].replace("discover = true", dcs)
+    login = auth_services.start(body, files={"tls/ca.pem": samba.ca_file.read_bytes()})
+    assert login(f"{user}@example.test", "Ad!Passw0rd-dv").outcome is Outcome.ACCEPTED
+    assert login(f"{user}@example.test", "Ad!Passw0rd-no").cause == "bad_credentials"
 
 
 def test_import_writes_nothing_over_an_existing_manifest_or_from_nothing(tmp_path: Path) -> None:

@@ -172,10 +172,10 @@ class FolderIndex:
             lines.append(f"+{record.uid} {int(internaldate)} {size} {key}")
         if self.recent_upto != self.recent_written:
             lines.append(f"R{self.recent_upto}")
-        if lines:
+        if lines or adopted is not None:  # adopted: our whole list in one write, even an empty one
             self.lines += len(added)
             live = len(listing)
-            if self.lines > 2 * live + 1000 or adopted:  # adopted: the whole list in one write
+            if self.lines > 2 * live + 1000 or adopted is not None:
                 kept = {key: records[key] for key in listing if key in records}
                 for key, entry in self.entries.items():
                     if key in listing:

@@ -14,7 +14,10 @@ one short line, not a rewrite of the whole list:
 
 A folder Dovecot served (a `dovecot-uidlist` and no list of ours) is adopted: Dovecot's
 UIDVALIDITY, next UID and UIDs (store/dovecot.py) become the first lines of our list, so its
-clients keep their caches. Dovecot's file is only read.
+clients keep their caches. Dovecot's file is only read. `appliance-adopted`, written (fsynced)
+before our list, says it was done: a folder that has it and has lost its `appliance-uidlist` gets
+a new UIDVALIDITY like any other, since UIDs given after the adoption could otherwise be given
+again to other messages.
 
 A record whose message is gone from disk is dropped when the log is compacted (rewritten with
 only the live records, crash-safely: store/durable.py). A torn last line (a crash while
@@ -37,6 +40,7 @@ from appliance.store.dovecot import read_dovecot_uidlist
 from appliance.store.durable import replace_file, write_all
 
 UIDLIST = "appliance-uidlist"
+ADOPTED = "appliance-adopted"
 KEYWORDS = "dovecot-keywords"
 _HEADER = "appliance-uidlist 1"
 MAX_KEYWORDS = 26
@@ -71,8 +75,9 @@ def load_uidlist(folder: Path, uidvalidity: int) -> UidList:
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
-        dovecot = read_dovecot_uidlist(folder)
+        dovecot = None if (folder / ADOPTED).exists() else read_dovecot_uidlist(folder)
         if dovecot is not None:
+            replace_file(folder / ADOPTED, f"dovecot-uidlist {dovecot.uidvalidity}\n".encode())
             # Dovecot's messages are not \Recent to anyone: Dovecot's clients have seen them.
             return UidList(dovecot.uidvalidity, dovecot.next_uid, dovecot.next_uid - 1, {}, 0, dovecot.uids)
         data = b""

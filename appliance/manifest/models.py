@@ -21,6 +21,7 @@ from pydantic import (
 )
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from appliance.dovecot_uidl import DEFAULT_UIDL_FORMAT, check_uidl_format
 from appliance.manifest.names import (
     AddressOrLocalPart,
     DomainName,
@@ -29,7 +30,6 @@ from appliance.manifest.names import (
     PasswordHash,
     _check_networks,
 )
-from appliance.manifest.uidl import DEFAULT_UIDL_FORMAT, check_uidl_format
 from appliance.manifest.units import Duration, Size
 
 # --- [server] -------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from appliance.manifest.uidl import DEFAULT_UIDL_FORMAT, expand_uidl_format
+from appliance.dovecot_uidl import DEFAULT_UIDL_FORMAT, expand_uidl_format
 
 __all__ = ["DEFAULT_UIDL_FORMAT", "DOVECOT_UIDLIST", "DovecotUidList", "read_dovecot_uidlist"]
 

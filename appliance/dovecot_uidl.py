@@ -6,7 +6,9 @@ variable: `u` the message's UID, `v` the folder's UIDVALIDITY, `f` the Maildir f
 `%%` is a percent sign. Dovecot's default is `%08Xu%08Xv`. Variables that need the message
 itself (`%m`, the header's MD5) or Dovecot's index (`%g`) are not supported.
 
-Here, below the manifest's models (which check a format) and the store (which expands one).
+Here, below the manifest's models (which check a format) and the store (which expands one), and
+importing nothing of the rest: the POP3 reader process imports the store's Dovecot reader, and
+must not load the manifest's models to start (it restarts within a set pause).
 """
 
 from __future__ import annotations
