@@ -263,9 +263,10 @@ class _Entity:
         return self._inner if isinstance(self._inner, _Entity) else None
 
     def lines(self) -> int:
-        count = self.raw.count(b"\n", self.body_start, self.end)
-        # The delimiter's CRLF ends this part's last line, as Dovecot counts it.
-        return count + 1 if self.delimited and self.end > self.body_start else count
+        # RFC 3501 §7.4.2 body-fld-lines, counted as Dovecot does: the line ends in the part. The
+        # CRLF before a boundary delimiter belongs to the delimiter (RFC 2046 §5.1.1), so a last
+        # line without one of its own is not counted.
+        return self.raw.count(b"\n", self.body_start, self.end)
 
 
 # -- Section numbers (RFC 3501 §6.4.5) ------------------------------------------------------------

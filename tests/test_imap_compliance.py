@@ -1,0 +1,82 @@
+"""Defects a compliance run (imaptest against the appliance and Dovecot) found, each shown by the
+exchange that failed; where Dovecot's answer is the reference, it is asked over the same Maildir.
+
+One appliance serves the module; each test logs in as an account of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
+from tests.support.dovecot import dovecot_session, untagged_answers
+from tests.support.imap import RawClient
+from tests.test_imap import DOMAINS, NO_AUTOBAN, PASSWORD
+from tests.test_imap_message import MIXED
+
+ACCOUNTS = iter(f"user{n:02d}" for n in range(1, 41))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAppliance]:
+    factory = ApplianceFactory(tmp_path_factory.mktemp("imap-compliance"))
+    try:
+        yield factory.start(DOMAINS + NO_AUTOBAN, listeners=("smtp", "imaps"))
+    finally:
+        factory.close()
+
+
+@pytest.fixture
+def user() -> str:
+    return f"{next(ACCOUNTS)}@example.test"
+
+
+def maildir(server: RunningAppliance, address: str) -> Path:
+    local, domain = address.split("@")
+    return server.data_dir / "mail" / domain / local
+
+
+def append(raw: RawClient, body: bytes, folder: str = "INBOX") -> None:
+    raw.ok(b"APPEND " + folder.encode() + b" {%d+}\r\n" % len(body) + body)
+
+
+# Multiparts whose text parts end with and without a line break of their own before the
+# delimiter, nested multiparts, a message/rfc822 part, an unclosed last part.
+MULTIPARTS = [
+    MIXED,
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="xx"\r\n\r\npreamble\r\n'
+    b"--xx\r\nContent-Type: text/plain\r\n\r\nline1\r\nline2\r\n"
+    b"--xx\r\nContent-Type: text/plain\r\n\r\nline1\r\nline2\r\n\r\n--xx--\r\nepilogue\r\n",
+    b'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="xx"\r\n\r\n'
+    b"--xx\r\nContent-Type: message/rfc822\r\n\r\nSubject: in\r\n\r\nbody1\r\nbody2\r\n"
+    b'--xx\r\nContent-Type: multipart/alternative; boundary="yy"\r\n\r\n--yy\r\n\r\nt1\r\n'
+    b"--yy\r\nContent-Type: text/html\r\n\r\n<p>\r\n</p>\r\n--yy--\r\n--xx--\r\n",
+    b'Content-Type: multipart/mixed; boundary="xx"\r\n\r\n--xx\r\n\r\n--xx\r\n\r\nx\r\n'
+    b"--xx\r\nContent-Type: text/plain\r\n\r\nunclosed\r\nmore",
+    b"Content-Type: message/rfc822\r\n\r\nContent-Type: multipart/mixed; boundary=q\r\n\r\n"
+    b"--q\r\n\r\nz\r\n--q--\r\n",
+]
+
+
+def test_bodystructure_line_counts_in_multiparts_are_dovecots(server: RunningAppliance, user: str) -> None:
+    """The CRLF before a delimiter belongs to the delimiter (RFC 2046 §5.1.1): a part's last line
+    without a CRLF of its own is not one more line (the count was one too high)."""
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
+    for body in MULTIPARTS:
+        append(raw, body)
+    raw.ok("SELECT INBOX")
+    ours = [line for line in raw.ok("FETCH 1:* (BODYSTRUCTURE BODY)") if b" FETCH " in line]
+    raw.close()
+    theirs = untagged_answers(
+        dovecot_session(
+            maildir(server, user), [b"s SELECT INBOX\r\n", b"f FETCH 1:* (BODYSTRUCTURE BODY)\r\n"]
+        ),
+        b"* ",
+    )
+    theirs = [line for line in theirs if b" FETCH " in line]
+    assert len(ours) == len(MULTIPARTS)
+    assert ours == theirs
