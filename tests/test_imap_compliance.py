@@ -80,3 +80,31 @@ def test_bodystructure_line_counts_in_multiparts_are_dovecots(server: RunningApp
     theirs = [line for line in theirs if b" FETCH " in line]
     assert len(ours) == len(MULTIPARTS)
     assert ours == theirs
+
+
+def test_fetch_of_a_message_another_session_expunged_answers_the_rest_and_completes_ok(
+    server: RunningAppliance, user: str
+) -> None:
+    """RFC 2180 §4.1 as Dovecot answers it: the vanished message is left out, the others are
+    answered, and the command completes OK [EXPUNGEISSUED]; the EXPUNGE comes at the next NOOP."""
+    reader, expunger = RawClient(server), RawClient(server)
+    for client in (reader, expunger):
+        client.login(user, PASSWORD)
+    for n in range(1, 4):
+        append(reader, b"Subject: s%d\r\n\r\nbody %d\r\n" % (n, n))
+    reader.ok("SELECT INBOX")
+    expunger.ok("SELECT INBOX")
+    expunger.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
+    expunger.ok("EXPUNGE")
+    untagged, done = reader.command("FETCH 1:3 (UID BODY.PEEK[TEXT])")
+    assert untagged == [
+        b"* 1 FETCH (UID 1 BODY[TEXT] {8}\r\nbody 1\r\n)",
+        b"* 3 FETCH (UID 3 BODY[TEXT] {8}\r\nbody 3\r\n)",
+    ]
+    assert done.split(b" ", 1)[1] == b"OK [EXPUNGEISSUED] Some messages were already expunged"
+    # What this session knew without the file still comes from memory.
+    assert reader.ok("FETCH 2 (UID FLAGS)") == [b"* 2 FETCH (UID 2 FLAGS (\\Recent))"]
+    assert reader.ok("NOOP") == [b"* 2 EXPUNGE"]
+    assert reader.ok("FETCH 2 (UID BODY.PEEK[TEXT])") == [b"* 2 FETCH (UID 3 BODY[TEXT] {8}\r\nbody 3\r\n)"]
+    reader.close()
+    expunger.close()

@@ -52,6 +52,10 @@ HEADER_BATCH = 5000  # messages per batch when SEARCH needs only cached header f
 HEADER_BATCH_BYTES = BATCH_BYTES * HEADER_BATCH // BATCH_MESSAGES  # their sizes (only headers are read)
 # Key passes times messages (about 10 ms of work) above which a SEARCH batch is matched off the loop.
 SEARCH_ON_LOOP = 50_000
+# RFC 2180 §4.1 leaves the answer to a FETCH of a message another session expunged open. As
+# Dovecot does, the messages still there are answered, the vanished ones left out, and the
+# command completes OK with EXPUNGEISSUED (RFC 5530): clients retry or resync, not fail.
+EXPUNGE_ISSUED = "[EXPUNGEISSUED] Some messages were already expunged"
 _STORE_ITEM = re.compile(r"^([+-]?)FLAGS(\.SILENT)?$")
 _STORE_MODES: dict[str, Literal["set", "add", "remove"]] = {"": "set", "+": "add", "-": "remove"}
 
@@ -233,9 +237,7 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
     ):
         done, gone = await _fetch_by_sender(session, view, seqs, request, senders)
         if done == len(seqs):
-            if gone:
-                raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
-            return "FETCH completed"
+            return EXPUNGE_ISSUED if gone else "FETCH completed"
         seqs = seqs[done:]  # no sender to be had (any more): the rest is rendered here
         missing = gone > 0
     else:
@@ -277,9 +279,7 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
             ahead.cancel()
             if ahead.done() and not ahead.cancelled():
                 ahead.exception()  # seen, so that it is not logged as never retrieved
-    if missing:
-        raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
-    return "FETCH completed"
+    return EXPUNGE_ISSUED if missing else "FETCH completed"
 
 
 async def _fetch_by_sender(
