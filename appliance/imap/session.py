@@ -20,7 +20,13 @@ from appliance.auth import sasl
 from appliance.auth.attempts import Attempts, Opened, Refusal, admission
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
-from appliance.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
+from appliance.connection import (
+    TLS_HANDSHAKE_TIMEOUT,
+    Connection,
+    ConnectionClosed,
+    LineTooLong,
+    handshake_failure,
+)
 from appliance.imap import responses
 from appliance.imap.commands import ANY, COMMANDS, NOT_AUTHENTICATED, State, command
 from appliance.imap.index import MailboxError
@@ -437,7 +443,9 @@ async def starttls(session: Session, tag: str, args: list[Token], uid: bool) -> 
         try:
             await session.connection.start_tls(context, TLS_HANDSHAKE_TIMEOUT)
         except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
-            log.info("imap tls handshake failed client=%s error=%s", session.connection.peer, error)
+            log.info(
+                "imap tls handshake failed client=%s %s", session.connection.peer, handshake_failure(error)
+            )
             session.connection.abort()
             raise ConnectionClosed() from None
 
