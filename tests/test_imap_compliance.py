@@ -6,6 +6,8 @@ One appliance serves the module; each test logs in as an account of its own.
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,3 +110,51 @@ def test_fetch_of_a_message_another_session_expunged_answers_the_rest_and_comple
     assert reader.ok("FETCH 2 (UID BODY.PEEK[TEXT])") == [b"* 2 FETCH (UID 3 BODY[TEXT] {8}\r\nbody 3\r\n)"]
     reader.close()
     expunger.close()
+
+
+def dovecot_adds_keyword(root: Path, index: int, name: str) -> None:
+    """What Dovecot does to add a keyword: the whole file written to its dotlock, renamed over
+    dovecot-keywords, its mtime made to grow."""
+    path = root / "dovecot-keywords"
+    old = path.read_text() if path.exists() else ""
+    before = path.stat().st_mtime if path.exists() else 0
+    lock = root / "dovecot-keywords.lock"
+    lock.write_text(old + f"{index} {name}\n")
+    os.rename(lock, path)
+    later = max(int(before) + 1, int(time.time()))
+    os.utime(path, (later, later))
+
+
+def test_keywords_another_program_adds_are_kept_and_never_renamed(
+    server: RunningAppliance, user: str
+) -> None:
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
+    append(raw, b"Subject: one\r\n\r\nbody\r\n")
+    append(raw, b"Subject: two\r\n\r\nbody\r\n")
+    raw.ok("SELECT INBOX")
+    raw.ok("STORE 1 +FLAGS.SILENT (Ours)")
+    root = maildir(server, user)
+    assert (root / "dovecot-keywords").read_text() == "0 Ours\n"
+    # Another program names letter "b" and sets it (and \Seen) on message 1, as Dovecot would.
+    dovecot_adds_keyword(root, 1, "Theirs")
+    (path,) = [p for p in (root / "cur").iterdir() if p.name.endswith(":2,a")]
+    os.rename(path, path.with_name(path.name.replace(":2,a", ":2,Sab")))
+    # The appliance's next flag change on that message keeps the other program's keyword...
+    got = raw.ok("STORE 1 +FLAGS (\\Flagged)")
+    assert got[-1] == b"* 1 FETCH (FLAGS (\\Recent \\Flagged \\Seen Ours Theirs))"
+    (path,) = [p for p in (root / "cur").iterdir() if ":2,F" in p.name]
+    assert path.name.endswith(":2,FSab")
+    # ... and its next new keyword takes a letter nobody uses, appended to the file.
+    raw.ok("STORE 2 +FLAGS.SILENT (Mine)")
+    assert (root / "dovecot-keywords").read_text() == "0 Ours\n1 Theirs\n2 Mine\n"
+    untagged = raw.ok("FETCH 1:2 (FLAGS)")
+    assert b"* 1 FETCH (FLAGS (\\Recent \\Flagged \\Seen Ours Theirs))" in untagged
+    assert b"* 2 FETCH (FLAGS (\\Recent Mine))" in untagged
+    # A letter the file names no keyword for is kept through a flag change, not dropped.
+    (path,) = [p for p in (root / "cur").iterdir() if p.name.endswith(":2,c")]
+    os.rename(path, path.with_name(path.name.replace(":2,c", ":2,cz")))
+    raw.ok("STORE 2 +FLAGS.SILENT (\\Answered)")
+    (path,) = [p for p in (root / "cur").iterdir() if ":2,R" in p.name]
+    assert path.name.endswith(":2,Rcz")
+    raw.close()

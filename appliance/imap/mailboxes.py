@@ -296,6 +296,7 @@ class AccountMailboxes:
         await self.check_quota(size)
         async with folder.lock:
             await folder.sync()
+            await folder.refresh_keywords()
             letters = await folder.letters_for(flags)
             unique = self.unique_name()
             file_name = await self.run(_write, folder.path, unique, data, letters, internaldate)
