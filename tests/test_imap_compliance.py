@@ -16,17 +16,21 @@ import pytest
 from tests.fixtures.appliance import ApplianceFactory, RunningAppliance
 from tests.support.dovecot import dovecot_session, untagged_answers
 from tests.support.imap import RawClient
-from tests.test_imap import DOMAINS, NO_AUTOBAN, PASSWORD
+from tests.test_imap import DOMAINS, HASH, NO_AUTOBAN, PASSWORD
 from tests.test_imap_message import MIXED
 
 ACCOUNTS = iter(f"user{n:02d}" for n in range(1, 41))
+QUOTA_DOMAIN = (
+    '[domains."quota.test"]\n[domains."quota.test".accounts]\n'
+    f'full = {{ password_hash = "{HASH}", quota = "100 KiB" }}\n'
+)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningAppliance]:
     factory = ApplianceFactory(tmp_path_factory.mktemp("imap-compliance"))
     try:
-        yield factory.start(DOMAINS + NO_AUTOBAN, listeners=("smtp", "imaps"))
+        yield factory.start(DOMAINS + QUOTA_DOMAIN + NO_AUTOBAN, listeners=("smtp", "imaps"))
     finally:
         factory.close()
 
@@ -157,4 +161,97 @@ def test_keywords_another_program_adds_are_kept_and_never_renamed(
     raw.ok("STORE 2 +FLAGS.SILENT (\\Answered)")
     (path,) = [p for p in (root / "cur").iterdir() if ":2,R" in p.name]
     assert path.name.endswith(":2,Rcz")
+    raw.close()
+
+
+def test_lines_up_to_64_kib_pass_and_the_work_they_ask_for_stays_bounded(
+    server: RunningAppliance, user: str
+) -> None:
+    """max_line_length is 64 KiB for IMAP by default (Dovecot's): a long ID or SEARCH line from a
+    real client passes, while what one line can make the server do per message stays bounded."""
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
+    for n in range(1, 6):
+        append(raw, b"Subject: s%d\r\n\r\nbody %d\r\n" % (n, n))
+    raw.ok("SELECT INBOX")
+    fields = " ".join(f'"x-client-field-{n}" "{"v" * 500}"' for n in range(30))  # RFC 2971 allows it
+    assert len(fields) > 8192
+    untagged = raw.ok(f"ID ({fields})")
+    assert untagged[0].startswith(b"* ID ")
+    # 16,000 ranges: merged once, each message listed once.
+    ranges = ",".join(["1:*"] * 8000 + ["2", "4"] * 4000)
+    assert raw.ok(f"SEARCH {ranges}") == [b"* SEARCH 1 2 3 4 5"]
+    assert raw.ok(f"UID SEARCH UID {ranges} NOT 3") == [b"* SEARCH 1 2 4 5"]
+    assert raw.ok(f"FETCH {ranges} (UID)") == [b"* %d FETCH (UID %d)" % (n, n) for n in range(1, 6)]
+    # An item asked twice is answered once; a flood of distinct items or field names is BAD.
+    assert raw.ok("FETCH 1 (UID UID FLAGS UID)") == [b"* 1 FETCH (UID 1 FLAGS (\\Recent))"]
+    names = " ".join(f"X-F{n}" for n in range(300))
+    assert raw.command(f"FETCH 1 (BODY.PEEK[HEADER.FIELDS ({names})])")[1].split()[1] == b"BAD"
+    items = " ".join(f"BODY.PEEK[HEADER.FIELDS (X-{n})]" for n in range(100))
+    assert raw.command(f"FETCH 1 ({items})")[1].split()[1] == b"BAD"
+    raw.close()
+
+
+def test_esearch_return_options_answer_as_dovecot_does(server: RunningAppliance, user: str) -> None:
+    """RFC 4731: SEARCH RETURN (MIN MAX ALL COUNT), with and without UID, compared with Dovecot's
+    answers over the same Maildir (the same tags, so the lines must be equal byte for byte)."""
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
+    flags = ["\\Seen", "", "\\Flagged", "\\Seen \\Flagged", "", "\\Seen", "", "\\Answered", "\\Seen", ""]
+    for n, flag in enumerate(flags, start=1):
+        body = b"Subject: s%d\r\nFrom: a%d@example.test\r\n\r\nbody %d\r\n" % (n, n % 3, n)
+        raw.ok(b"APPEND INBOX (" + flag.encode() + b") {%d+}\r\n" % len(body) + body)
+    raw.ok("SELECT INBOX")
+    raw.ok("STORE 2 +FLAGS.SILENT (\\Deleted)")
+    raw.ok("EXPUNGE")  # UIDs and sequence numbers part ways
+    commands = [
+        "SEARCH RETURN (MIN MAX COUNT) SEEN",
+        "SEARCH RETURN () UNSEEN",
+        "SEARCH RETURN (ALL) FROM a1@example.test",
+        "UID SEARCH RETURN (MIN MAX ALL COUNT) NOT SEEN",
+        "UID SEARCH RETURN (COUNT) DELETED",
+        "SEARCH RETURN (MIN MAX ALL) DELETED",
+        "SEARCH RETURN (MAX) CHARSET UTF-8 SUBJECT s",
+        "UID SEARCH RETURN (ALL) 2:4,7:*",
+    ]
+    ours = []
+    for number, text in enumerate(commands):
+        tag = f"e{number}"
+        raw.send(f"{tag} {text}\r\n")
+        untagged, done = raw.response(tag)
+        assert done.startswith(tag.encode() + b" OK"), (text, done)
+        ours += [line for line in untagged if line.startswith(b"* ESEARCH")]
+    raw.close()
+    output = dovecot_session(
+        maildir(server, user),
+        [b"s SELECT INBOX\r\n"] + [f"e{n} {text}\r\n".encode() for n, text in enumerate(commands)],
+    )
+    theirs = untagged_answers(output, b"* ESEARCH")
+    assert len(ours) == len(commands)
+    assert ours == theirs
+    assert ours[1] == b'* ESEARCH (TAG "e1") ALL 2,4,6:7,9'  # sequence numbers after the EXPUNGE
+
+
+def test_quota_reports_the_accounts_quota_and_usage_in_kib(server: RunningAppliance, user: str) -> None:
+    """RFC 9208: one quota root "" for the account's `quota`, STORAGE in units of 1024 octets."""
+    raw = RawClient(server)
+    raw.login("full@quota.test", PASSWORD)
+    assert raw.ok("GETQUOTAROOT INBOX") == [b'* QUOTAROOT INBOX ""', b'* QUOTA "" (STORAGE 0 100)']
+    body = b"Subject: big\r\n\r\n" + b"x" * 40_000 + b"\r\n"
+    append(raw, body)
+    assert raw.ok('GETQUOTA ""') == [b'* QUOTA "" (STORAGE %d 100)' % (len(body) // 1024)]
+    assert raw.ok("GETQUOTAROOT Trash") == [b'* QUOTAROOT "Trash" ""', raw.ok('GETQUOTA ""')[0]]
+    append(raw, body)
+    _, done = raw.command(b"APPEND INBOX {%d+}\r\n" % len(body) + body)  # a third one is over 100 KiB
+    assert done.split(b" ", 2)[1:] == [b"NO", b"[OVERQUOTA] Mailbox is full"]
+    assert raw.command('SETQUOTA "" (STORAGE 512)')[1].split(b" ", 3)[1:3] == [b"NO", b"[NOPERM]"]
+    assert raw.command('GETQUOTA "other"')[1].split(b" ", 3)[1:3] == [b"NO", b"[NONEXISTENT]"]
+    assert raw.command("GETQUOTAROOT nosuch")[1].split(b" ", 3)[1:3] == [b"NO", b"[NONEXISTENT]"]
+    raw.close()
+    # An account without a quota has no quota root.
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
+    assert b" QUOTA=RES-STORAGE" in raw.ok("CAPABILITY")[0]
+    assert raw.ok("GETQUOTAROOT INBOX") == [b"* QUOTAROOT INBOX"]
+    assert raw.command('GETQUOTA ""')[1].split(b" ", 3)[1:3] == [b"NO", b"[NONEXISTENT]"]
     raw.close()

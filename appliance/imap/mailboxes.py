@@ -169,6 +169,10 @@ class AccountMailboxes:
         if delta:
             self._owner.store.charge(self._account, delta)
 
+    async def quota(self) -> tuple[int, int] | None:
+        """(bytes used, quota in bytes) of the account, None when it has no quota."""
+        return await self._owner.store.quota(self._account)
+
     async def check_quota(self, incoming: int) -> None:
         if await self._owner.store.over_quota(self._account, incoming):
             raise MailboxError("OVERQUOTA", "Mailbox is full")  # RFC 9208 §4.3.3

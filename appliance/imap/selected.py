@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Literal
 
-from appliance.imap import responses
+from appliance.imap import responses, wire
 from appliance.imap.commands import SELECTED, command
 from appliance.imap.fetch import (
     BATCH_BYTES,
@@ -154,6 +154,15 @@ class _Parsed:
 @command("SEARCH", SELECTED, uid=True, holds_expunges=True)
 async def search(session: Session, tag: str, args: list[Token], uid: bool) -> str:
     view = _view(session)
+    returns = None
+    if (
+        len(args) >= 2
+        and isinstance(args[0], Atom)
+        and args[0].upper() == "RETURN"
+        and isinstance(args[1], list)
+    ):
+        returns = _return_options(args[1])  # RFC 4731 §3.1: RETURN comes before CHARSET
+        args = args[2:]
     charset = None
     if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
         charset = as_text(args[1])
@@ -202,8 +211,39 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
         else:
             matched = compiled.select(batch, candidates)
         found += [infos[i].uid for i in matched] if uid else [seqs[i] for i in matched]
-    session.send(b"* SEARCH" + b"".join(b" %d" % number for number in found) + b"\r\n")
+    if returns is None:
+        session.send(b"* SEARCH" + b"".join(b" %d" % number for number in found) + b"\r\n")
+    else:
+        session.send(_esearch(tag, uid, found, returns))
     return "SEARCH completed"
+
+
+_RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")  # RFC 4731 §3.1, in the order answered (as Dovecot)
+
+
+def _return_options(tokens: list[Token]) -> frozenset[str]:
+    """RFC 4731 §3.1: RETURN () is RETURN (ALL); an option this server does not know is BAD."""
+    options = set()
+    for token in tokens:
+        word = token.upper() if isinstance(token, Atom) else ""
+        if word not in _RETURN_OPTIONS:
+            raise Bad("Unknown SEARCH return option")
+        options.add(word)
+    return frozenset(options or {"ALL"})
+
+
+def _esearch(tag: str, uid: bool, found: list[int], returns: frozenset[str]) -> bytes:
+    """RFC 4731 §3.1: MIN, MAX and ALL only when something matched; COUNT always when asked."""
+    out = b"* ESEARCH (TAG " + wire.string(tag) + b")" + (b" UID" if uid else b"")
+    if found and "MIN" in returns:
+        out += b" MIN %d" % found[0]
+    if found and "MAX" in returns:
+        out += b" MAX %d" % found[-1]
+    if found and "ALL" in returns:
+        out += b" ALL " + format_set(found).encode()
+    if "COUNT" in returns:
+        out += b" COUNT %d" % len(found)
+    return out + b"\r\n"
 
 
 # -- FETCH (RFC 3501 §6.4.5) ----------------------------------------------------------------------

@@ -126,7 +126,7 @@ class Session:
             timeout = min(timeout, snapshot.command_timeout)  # RFC 3501 §5.4 is for logged-in users
         domain = self.account.domain if self.account is not None else None
         pre_auth = self._refusal if self.state is State.NOT_AUTHENTICATED else None
-        return Limits(snapshot.max_line_length, snapshot.max_message_size(domain), timeout, pre_auth)
+        return Limits(snapshot.imap_max_line_length, snapshot.max_message_size(domain), timeout, pre_auth)
 
     def _refusal(self, name: str) -> str | None:
         """Why command `name` cannot run in this state (the BAD text execute() would give), or None."""

@@ -31,8 +31,8 @@ def _chown_tree(root: Path) -> None:
 
 def dovecot_session(maildir: Path, commands: list[bytes]) -> bytes:
     """Everything Dovecot writes for `commands` (each a whole tagged command with its CRLF) run in
-    one session over a copy of `maildir` (only its message files: Dovecot numbers them afresh, in
-    the order of their names, as ours does for a folder it has never seen)."""
+    one session over a copy of `maildir`: its message files, and the appliance's UIDs given to
+    Dovecot as a dovecot-uidlist, so that both number the messages alike."""
     if not IMAP_PROGRAM.exists():  # .ci/apt/imap.txt installs it; missing means the machine is not set up
         pytest.fail("dovecot-imapd is not installed (see .ci/apt/imap.txt)")
     if os.geteuid() != 0:
@@ -46,6 +46,9 @@ def dovecot_session(maildir: Path, commands: list[bytes]) -> bytes:
             if sub != "tmp" and source.is_dir():
                 for path in sorted(source.iterdir()):
                     shutil.copyfile(path, copy / sub / path.name)
+        uids = _uidlist(maildir)
+        if uids:
+            (copy / "dovecot-uidlist").write_text(uids)
         config = base / "dovecot.conf"
         config.write_text(
             f"mail_location = maildir:{copy}:INDEX={base}/index\n"
@@ -66,6 +69,28 @@ def dovecot_session(maildir: Path, commands: list[bytes]) -> bytes:
         )
         assert b"zz OK" in done.stdout, (done.stdout[-500:], done.stderr[-500:])
         return done.stdout
+
+
+def _uidlist(maildir: Path) -> str:
+    """The appliance's UID list (appliance-uidlist: "+<uid> <date> <size> <key>" lines) as a
+    dovecot-uidlist version 3 ("<uid> :<key>"); a dovecot-uidlist already there as it is."""
+    theirs = maildir / "dovecot-uidlist"
+    if theirs.exists():
+        return theirs.read_text()
+    ours = maildir / "appliance-uidlist"
+    if not ours.exists():
+        return ""
+    lines = ours.read_text().splitlines()
+    validity = lines[0].split()[-1]
+    records = {}
+    for line in lines[1:]:
+        if line.startswith("+"):
+            uid, _, _, key = line[1:].split(" ", 3)
+            records[int(uid)] = key
+    if not records:
+        return ""
+    body = "".join(f"{uid} :{key}\n" for uid, key in sorted(records.items()))
+    return f"3 V{validity} N{max(records) + 1}\n" + body
 
 
 def untagged_answers(output: bytes, prefix: bytes) -> list[bytes]:
