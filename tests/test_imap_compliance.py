@@ -23,6 +23,7 @@ ACCOUNTS = iter(f"user{n:02d}" for n in range(1, 41))
 QUOTA_DOMAIN = (
     '[domains."quota.test"]\n[domains."quota.test".accounts]\n'
     f'full = {{ password_hash = "{HASH}", quota = "100 KiB" }}\n'
+    f'multi = {{ password_hash = "{HASH}", quota = "100 KiB" }}\n'
 )
 
 
@@ -254,4 +255,90 @@ def test_quota_reports_the_accounts_quota_and_usage_in_kib(server: RunningApplia
     assert b" QUOTA=RES-STORAGE" in raw.ok("CAPABILITY")[0]
     assert raw.ok("GETQUOTAROOT INBOX") == [b"* QUOTAROOT INBOX"]
     assert raw.command('GETQUOTA ""')[1].split(b" ", 3)[1:3] == [b"NO", b"[NONEXISTENT]"]
+    raw.close()
+
+
+def test_multiappend_stores_every_message_in_order_or_none(server: RunningAppliance, user: str) -> None:
+    """RFC 3502: several messages in one APPEND, each with its own flags and date; APPENDUID
+    gives their UIDs (RFC 4315); messages past 1 MB together are spooled, not held in memory."""
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
+    assert b" MULTIAPPEND" in raw.ok("CAPABILITY")[0]
+    small = [b"Subject: m%d\r\n\r\nbody %d\r\n" % (n, n) for n in range(3)]
+    big = b"Subject: big\r\n\r\n" + b"y" * 1_500_000 + b"\r\n"  # spooled to a file
+    middling = [b"Subject: mid%d\r\n\r\n" % n + b"z" * 600_000 + b"\r\n" for n in range(3)]
+    command = (
+        b"APPEND INBOX (\\Seen) {%d+}\r\n" % len(small[0])
+        + small[0]
+        + b' (\\Flagged $Work) "07-Feb-1994 21:52:25 -0800" {%d}\r\n' % len(small[1])
+    )
+    raw.send(b"m1 " + command)
+    assert raw.line().startswith(b"+ ")  # a synchronizing literal in the middle of the command
+    rest = small[1] + b" {%d+}\r\n" % len(small[2]) + small[2] + b" {%d+}\r\n" % len(big) + big
+    for body in middling:
+        rest += b" {%d+}\r\n" % len(body) + body
+    raw.send(rest + b"\r\n")
+    _, done = raw.response("m1")
+    assert done.startswith(b"m1 OK [APPENDUID "), done
+    assert done.split(b" ")[4] == b"1:7]"
+    raw.ok("SELECT INBOX")
+    untagged = raw.ok("FETCH 1:2 (FLAGS INTERNALDATE)")
+    assert untagged[0].startswith(b"* 1 FETCH (FLAGS (\\Recent \\Seen) INTERNALDATE ")
+    assert (
+        untagged[1]
+        == b'* 2 FETCH (FLAGS (\\Recent \\Flagged $Work) INTERNALDATE "08-Feb-1994 05:52:25 +0000")'
+    )
+    for seq, body in enumerate([*small, big, *middling], start=1):
+        assert raw.ok(f"FETCH {seq} (BODY.PEEK[])") == [
+            b"* %d FETCH (BODY[] {%d}\r\n" % (seq, len(body)) + body + b")"
+        ]
+    raw.close()
+    assert not list((server.data_dir / "tmp" / "imap-append").glob("*"))  # spooled files removed
+    # All or none: three messages of 40 KB are over a quota of 100 KiB together.
+    raw = RawClient(server)
+    raw.login("multi@quota.test", PASSWORD)
+    body = b"Subject: q\r\n\r\n" + b"q" * 40_000 + b"\r\n"
+    three = b"APPEND INBOX" + b"".join(b" {%d+}\r\n" % len(body) + body for _ in range(3))
+    assert raw.command(three)[1].split(b" ", 3)[1:3] == [b"NO", b"[OVERQUOTA]"]
+    assert raw.ok("STATUS INBOX (MESSAGES)") == [b"* STATUS INBOX (MESSAGES 0)"]
+    assert raw.command(b"APPEND INBOX {%d+}\r\n" % len(body) + body + b" {0+}\r\n")[1].split()[1] == b"NO"
+    assert raw.ok("STATUS INBOX (MESSAGES)") == [b"* STATUS INBOX (MESSAGES 0)"]  # an empty one: none stored
+    raw.close()
+
+
+def test_list_extended_selection_and_return_options_and_list_status(
+    server: RunningAppliance, user: str
+) -> None:
+    """RFC 5258 (selection SUBSCRIBED, RECURSIVEMATCH; RETURN SUBSCRIBED; several patterns) and
+    RFC 5819 (RETURN STATUS: a STATUS line after each selectable mailbox)."""
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)
+    caps = raw.ok("CAPABILITY")[0]
+    assert b" LIST-EXTENDED" in caps and b" LIST-STATUS" in caps
+    for name in ("Fruit", "Fruit.Apple", "Fruit.Banana", "Tofu"):
+        raw.ok(f"CREATE {name}")
+    raw.ok("SUBSCRIBE Fruit.Banana")
+    raw.ok("SUBSCRIBE Peach")  # subscribed, does not exist
+    append(raw, b"Subject: a\r\n\r\nbody\r\n", "Fruit.Apple")
+    append(raw, b"Subject: b\r\n\r\nbody\r\n", "Fruit.Apple")
+    assert raw.ok('LIST (SUBSCRIBED) "" "Fruit*"') == [
+        b'* LIST (\\HasNoChildren \\Subscribed) "." "Fruit.Banana"'
+    ]
+    assert raw.ok('LIST (SUBSCRIBED) "" "P*"') == [b'* LIST (\\NonExistent \\Subscribed) "." "Peach"']
+    assert raw.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" ("F%" "P%")') == [
+        b'* LIST (\\HasChildren) "." "Fruit" ("CHILDINFO" ("SUBSCRIBED"))',
+        b'* LIST (\\NonExistent \\Subscribed) "." "Peach"',
+    ]
+    assert raw.ok('LIST "" ("Tofu" "Fruit.B*") RETURN (SUBSCRIBED CHILDREN)') == [
+        b'* LIST (\\HasNoChildren \\Subscribed) "." "Fruit.Banana"',
+        b'* LIST (\\HasNoChildren) "." "Tofu"',
+    ]
+    assert raw.ok('LIST "" "Fruit.%" RETURN (STATUS (MESSAGES UNSEEN))') == [
+        b'* LIST (\\HasNoChildren) "." "Fruit.Apple"',
+        b'* STATUS "Fruit.Apple" (MESSAGES 2 UNSEEN 2)',
+        b'* LIST (\\HasNoChildren) "." "Fruit.Banana"',
+        b'* STATUS "Fruit.Banana" (MESSAGES 0 UNSEEN 0)',
+    ]
+    for bad in ('LIST (RECURSIVEMATCH) "" "%"', 'LIST (NOSUCH) "" "%"', 'LIST "" "%" RETURN (NOSUCH)'):
+        assert raw.command(bad)[1].split()[1] == b"BAD", bad
     raw.close()
