@@ -77,19 +77,41 @@ class ParsedMessage:
         root = self.root
         if not part:
             return b"" if text == "MIME" else _message_section(root, text, fields)
-        entity: _Entity | None = None
-        for number in part:
-            children = _message_children(root) if entity is None else _part_children(entity)
-            if not 1 <= number <= len(children):
-                return b""
-            entity = children[number - 1]
-        assert entity is not None
+        entity = self._part(part)
+        if entity is None:
+            return b""
         if text is None:  # the part's body; for a message/rfc822 part, the whole inner message
             return self._raw[entity.body_start : entity.end]
         if text == "MIME":  # the part's own MIME header, blank line included
             return self._raw[entity.start : entity.body_start]
         inner = entity.inner()  # HEADER, HEADER.FIELDS(.NOT), TEXT: only for message/rfc822 parts
         return b"" if inner is None else _message_section(inner, text, fields)
+
+    def binary(self, part: tuple[int, ...]) -> tuple[bytes, bool] | None:
+        """RFC 3516 §4.2 BINARY[<part>]: the part's content with its Content-Transfer-Encoding
+        undone, and whether there was one to undo (base64, quoted-printable); None for an
+        encoding this server cannot undo (the caller answers UNKNOWN-CTE). The empty section is
+        the whole message as stored; a part that does not exist is b""."""
+        if not part:
+            return self._raw, False
+        entity = self._part(part)
+        if entity is None:
+            return b"", False
+        encoding = (entity.first("content-transfer-encoding") or "7bit").strip().lower()
+        if encoding in ("7bit", "8bit", "binary"):
+            return self._raw[entity.body_start : entity.end], False
+        if encoding in ("base64", "quoted-printable"):
+            return _decoded_body(entity), True
+        return None
+
+    def _part(self, part: tuple[int, ...]) -> _Entity | None:
+        entity: _Entity | None = None
+        for number in part:
+            children = _message_children(self.root) if entity is None else _part_children(entity)
+            if not 1 <= number <= len(children):
+                return None
+            entity = children[number - 1]
+        return entity
 
     def header(self, name: str) -> list[str]:
         """The values of a header field of the message, unfolded and RFC 2047 decoded."""

@@ -21,8 +21,10 @@ from appliance.imap.commands import SELECTED, command
 from appliance.imap.fetch import (
     BATCH_BYTES,
     BATCH_MESSAGES,
+    BINARY_ITEMS,
     WHOLE_TAIL,
     Request,
+    UnknownTransferEncoding,
     batch_bounds,
     metadata_lines,
     parse_items,
@@ -269,9 +271,11 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
             await session.flush()  # the client reads one chunk while the next is rendered
         return "FETCH completed"
     senders = session.senders
+    binary = any(item.name in BINARY_ITEMS for item in request.items)
     if (
         senders is not None
         and not sets_seen
+        and not binary  # an UNKNOWN-CTE answer is given here, not by a sender process
         and len(seqs) >= senders.min_messages
         and session.connection.plain_descriptor() is not None
     ):
@@ -309,9 +313,13 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
                 else:
                     parsed = ParsedMessage.parse(raw) if request.needs_parse else None
                     recent = view.is_recent(info.uid)
-                    session.send_pieces(
-                        render_pieces(seq, info, recent, request, raw, parsed, info.uid in changed)
-                    )
+                    try:
+                        pieces = render_pieces(seq, info, recent, request, raw, parsed, info.uid in changed)
+                    except UnknownTransferEncoding:
+                        raise No(
+                            "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE"
+                        ) from None  # RFC 3516 §4.3
+                    session.send_pieces(pieces)
                 if session.unflushed >= FLUSH_ABOVE:
                     await session.flush()
     finally:

@@ -135,6 +135,8 @@ class Tokenizer:
                 if match is None:
                     raise CommandSyntaxError("Invalid literal")
                 return int(match.group(1)), not match.group(2)
+            elif char == 0x7E and (match := _LITERAL.fullmatch(line, i + 1)) is not None:
+                return int(match.group(1)), not match.group(2)  # "~{n}": RFC 3516 literal8 (APPEND)
             else:
                 i = self._atom(line, i)
         return None
