@@ -11,12 +11,14 @@ waits.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import ssl
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
+from appliance.auth.service import log_field
 from appliance.loglines import SESSION, new_session_id
 
 if TYPE_CHECKING:
@@ -29,6 +31,30 @@ _HEAD = 64  # bytes of an over-long line kept for the error reply
 
 TLS_HANDSHAKE_TIMEOUT = 30.0  # seconds, for implicit TLS and for STLS/STARTTLS
 BACKLOG = 100  # asyncio's default listen(2) backlog
+ACCEPT_PAUSE = 0.1  # seconds before accepting again after accept(2) failed
+
+log = logging.getLogger("appliance.tls")
+
+
+def handshake_failure(error: BaseException) -> str:
+    """The `reason=... error=...` fields of a failed TLS handshake's log line: OpenSSL's reason
+    (`unsupported_protocol`, `wrong_version_number`, `no_shared_cipher`, ...) when it gave one,
+    `timeout` or `closed` otherwise."""
+    if isinstance(error, ssl.SSLError) and error.reason:
+        reason = error.reason.lower()
+    elif isinstance(error, TimeoutError) or "taking longer than" in str(error):
+        reason = "timeout"  # asyncio and uvloop raise ConnectionAbortedError for the handshake timeout
+    elif isinstance(error, ConnectionError | ConnectionClosed | EOFError):
+        reason = "closed"
+    else:
+        reason = type(error).__name__
+    return f"reason={reason} error={log_field(str(error) or reason)}"
+
+
+class Listener(Protocol):
+    """What the composition root does with a listener: close it (sessions go on to their end)."""
+
+    def close(self) -> None: ...
 
 
 async def listen(
@@ -37,7 +63,7 @@ async def listen(
     run: Callable[[Connection], Coroutine[Any, Any, None]],
     *,
     backlog: int = BACKLOG,
-) -> asyncio.Server:
+) -> Listener:
     """A listener whose connections each run `run(connection)` (an SMTP, POP3 or IMAP session)
     in a task kept referenced until it ends; implicit TLS for "submissions"/"pop3s"/"imaps"."""
     loop = asyncio.get_running_loop()
@@ -54,16 +80,81 @@ async def listen(
             if task is not None:
                 tasks.discard(task)
 
-    context = services.tls.listener_context() if listener.implicit_tls else None
+    if listener.implicit_tls:
+        return TlsListener(listener, services.tls.listener_context(), lambda: Connection(serve), backlog)
     return await loop.create_server(
-        lambda: Connection(serve),
-        listener.host,
-        listener.port,
-        ssl=context,
-        ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT if context else None,
-        reuse_address=True,
-        backlog=backlog,
+        lambda: Connection(serve), listener.host, listener.port, reuse_address=True, backlog=backlog
     )
+
+
+class TlsListener:
+    """An implicit-TLS listener: each accepted socket is handed to the session only after its TLS
+    handshake, and a handshake that fails is logged with the peer and OpenSSL's reason.
+
+    `create_server(ssl=...)` would do the handshake too, but asyncio and uvloop drop a failed one
+    without a word (outside debug mode), and an admin needs to see an old client, a cipher
+    mismatch or a port scan. Accepting here and handing the socket to `connect_accepted_socket`
+    keeps to the loop's public interface and reads no byte of the handshake itself.
+    """
+
+    def __init__(
+        self,
+        listener: ListenerSpec,
+        context: ssl.SSLContext,
+        factory: Callable[[], Connection],
+        backlog: int,
+    ) -> None:
+        self._name = listener.name
+        self._context = context
+        self._factory = factory
+        family, kind, proto, _, address = socket.getaddrinfo(
+            listener.host, listener.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as create_server does
+            sock.bind(address)
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._accepting = asyncio.get_running_loop().create_task(self._accept())
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:  # until close() cancels it
+            try:
+                conn, address = await loop.sock_accept(self._sock)
+            except OSError as error:  # out of descriptors, or the socket closed under us
+                if self._sock.fileno() < 0:
+                    return
+                log.warning("tls accept failed listener=%s error=%s", self._name, log_field(str(error)))
+                await asyncio.sleep(ACCEPT_PAUSE)  # as asyncio pauses on EMFILE: no busy loop
+                continue
+            task = loop.create_task(self._handshake(conn, address))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
+
+    async def _handshake(self, conn: socket.socket, address: Any) -> None:
+        peer = str(address[0]) if isinstance(address, tuple) and address else "unknown"
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(
+                self._factory, conn, ssl=self._context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT
+            )
+        except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError; the loop closed conn
+            log.info(
+                "tls handshake failed listener=%s client=%s %s", self._name, peer, handshake_failure(error)
+            )
+
+    def close(self) -> None:
+        """Stop accepting; sessions already handed over go on to their end."""
+        self._accepting.cancel()
+        self._sock.close()
 
 
 class ConnectionClosed(Exception):

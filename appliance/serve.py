@@ -25,6 +25,7 @@ from typing import Any
 import watchfiles
 
 from appliance.auth.service import AuthService
+from appliance.connection import Listener
 from appliance.context import ListenerSpec, Services, SessionCounter, listener_specs
 from appliance.imap.sender import Senders
 from appliance.imap.server import IMAPServer
@@ -52,7 +53,7 @@ from appliance.tls import TLSProvider
 log = logging.getLogger("appliance.serve")
 
 # Opens one listener of the manifest's [server.listeners], with everything the protocol needs.
-Factory = Callable[[ListenerSpec], Awaitable[asyncio.Server]]
+Factory = Callable[[ListenerSpec], Awaitable[Listener]]
 
 SHUTDOWN_GRACE_SECONDS = 10.0
 SCANNER_CHECK_INTERVAL = 10.0  # seconds without a scan after which status asks rspamd (/ping)
@@ -95,7 +96,7 @@ class Server:
         # thread was free would leave its freed memory in a different arena each time.
         self.loader = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="manifest")
         self.tls = TLSProvider(self.holder)
-        self.listeners: dict[str, tuple[ListenerSpec, asyncio.Server]] = {}
+        self.listeners: dict[str, tuple[ListenerSpec, Listener]] = {}
         self.listener_errors: dict[str, str] = {}
         self.last_error: list[str] = []
         self.last_error_at: float | None = None

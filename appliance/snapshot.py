@@ -21,6 +21,8 @@ from appliance.sieve import Script
 from appliance.sieve.interpreter import Resolver
 
 DirectoryModel = ActiveDirectory | LDAPDirectory | LocalSystem
+DEFAULT_LINE_LENGTH = 8192  # SMTP and POP3, when server.limits.max_line_length is unset
+DEFAULT_IMAP_LINE_LENGTH = 65536  # IMAP: Dovecot's imap_max_line_length
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +118,9 @@ class Snapshot:
     # a reader of a protocol sees what it depends on. Copied from the manifest once per snapshot
     # (`_build`), so a read costs one attribute lookup, not four; each read is of the snapshot in
     # force when a command started, so a reload applies from the next command on.
-    # Longest command line, CR LF included (RFC 5321 §4.5.3.1.4: ≥ 512).
+    # Longest command line, CR LF included (RFC 5321 §4.5.3.1.4: ≥ 512): SMTP and POP3, and IMAP.
     max_line_length: int
+    imap_max_line_length: int
     # Seconds of silence between commands (SMTP; IMAP before login).
     command_timeout: float
     # Seconds for each piece of one DATA (RFC 5321 §4.5.3.2.5/6).
@@ -417,7 +420,8 @@ def _build(loaded: LoadedManifest) -> Snapshot:
         _trusted=tuple(ipaddress.ip_network(n, strict=False) for n in server.trusted_networks),
         _linked=linked,
         _trusted_logins=trusted_logins,
-        max_line_length=server.limits.max_line_length,
+        max_line_length=server.limits.max_line_length or DEFAULT_LINE_LENGTH,
+        imap_max_line_length=server.limits.max_line_length or DEFAULT_IMAP_LINE_LENGTH,
         command_timeout=float(server.limits.command_timeout),
         data_timeout=float(server.limits.data_timeout),
         pop3_idle_timeout=float(server.limits.pop3_idle_timeout),

@@ -493,7 +493,7 @@ def test_malformed_commands_get_bad_and_the_session_goes_on(server: RunningAppli
     ):
         _, done = raw.command(text)
         assert done.split()[1] == b"BAD", (text, done)
-    raw.send(b"long1 NOOP " + b"x" * 20_000 + b"\r\n")  # over max_line_length: the line is dropped
+    raw.send(b"long1 NOOP " + b"x" * 70_000 + b"\r\n")  # over max_line_length (64 KiB): dropped
     assert raw.line().startswith(b"long1 BAD ")
     raw.send(b"lit1 SEARCH {5+}\r\n(((((\r\n")  # a non-synchronizing literal after an error is skipped
     assert raw.response("lit1")[1].split()[1] == b"BAD"

@@ -145,21 +145,21 @@ def test_bodystructure_of_mixed_with_alternative_attachment_and_forwarded_messag
         b'(("Bob" NIL "bob" "example.test")) NIL NIL NIL NIL NIL)'
     )
     assert ParsedMessage.parse(MIXED).bodystructure() == (
-        b'((("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable" 35 1 NIL NIL NIL NIL)'
-        b'("text" "html" ("charset" "utf-8") NIL NIL "7bit" 12 1 NIL NIL NIL NIL) "alternative" '
+        b'((("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable" 35 0 NIL NIL NIL NIL)'
+        b'("text" "html" ("charset" "utf-8") NIL NIL "7bit" 12 0 NIL NIL NIL NIL) "alternative" '
         b'("boundary" "inner") NIL NIL NIL)'
         b'("application" "pdf" ("name" "cv.pdf") "<cv@example.test>" NIL "base64" 12 NIL '
         b'("attachment" ("filename" "cv.pdf")) ("en" "de") NIL)'
         b'("message" "rfc822" NIL NIL "forwarded" "7bit" 102 ' + inner_envelope + b" "
-        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 20 1 NIL NIL NIL NIL) 5 NIL NIL NIL NIL) '
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 20 0 NIL NIL NIL NIL) 4 NIL NIL NIL NIL) '
         b'"mixed" ("boundary" "outer") NIL NIL NIL)'
     )
     assert ParsedMessage.parse(MIXED).body() == (
-        b'((("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable" 35 1)'
-        b'("text" "html" ("charset" "utf-8") NIL NIL "7bit" 12 1) "alternative")'
+        b'((("text" "plain" ("charset" "utf-8") NIL NIL "quoted-printable" 35 0)'
+        b'("text" "html" ("charset" "utf-8") NIL NIL "7bit" 12 0) "alternative")'
         b'("application" "pdf" ("name" "cv.pdf") "<cv@example.test>" NIL "base64" 12)'
         b'("message" "rfc822" NIL NIL "forwarded" "7bit" 102 ' + inner_envelope + b" "
-        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 20 1) 5) "mixed")'
+        b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 20 0) 4) "mixed")'
     )
 
 
@@ -317,7 +317,7 @@ def test_an_unterminated_multipart_ends_at_the_end_of_the_message() -> None:
     assert message.section((1,), None) == b"one"
     assert message.section((2,), None) == b"two\r\n"
     assert message.body() == (
-        b'(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 3 1)'
+        b'(("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 3 0)'
         b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 5 1) "mixed")'
     )
 

@@ -192,7 +192,7 @@ def test_whole_message_heads_are_what_render_gives(items: list, uid: bool) -> No
         [[Atom("FLAGS"), Atom("BODY.PEEK[]")]],
         [Atom("BODY.PEEK[]<0.100>")],
         [Atom("BODY.PEEK[TEXT]")],
-        [[Atom("UID"), Atom("UID"), Atom("BODY.PEEK[]")]],
+        [[Atom("UID"), Atom("UID"), Atom("FLAGS"), Atom("BODY.PEEK[]")]],  # repeats are answered once
         [Atom("RFC822.HEADER")],
         [Atom("FLAGS")],
     ],

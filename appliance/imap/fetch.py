@@ -30,11 +30,21 @@ SIMPLE = frozenset(
     | {"RFC822", "RFC822.HEADER", "RFC822.TEXT"}
 )
 NEEDS_BYTES = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822", "RFC822.HEADER", "RFC822.TEXT"})
+BINARY_ITEMS = ("BINARY[]", "BINARY.SIZE")  # RFC 3516
 SETS_SEEN = frozenset({"RFC822", "RFC822.TEXT"})  # RFC 3501 §6.4.5; RFC822.HEADER is a peek
 
+# With lines of 64 KiB, what one FETCH asks of every message is bounded: an item asked twice is
+# answered once (as Dovecot does), and more distinct items or header field names than a client
+# ever needs is a BAD rather than work and output multiplied by every message.
+MAX_ITEMS = 64
+MAX_FIELD_NAMES = 256
 BATCH_MESSAGES = 200  # messages read, rendered and written at a time
 BATCH_BYTES = 16 * 1024 * 1024  # ... and at most this many bytes of them (one big message excepted)
 
+_BINARY_SECTION = re.compile(  # RFC 3516 §4.2: a part number only
+    r"^(BINARY|BINARY\.PEEK|BINARY\.SIZE)\[((?:[1-9]\d{0,8})(?:\.[1-9]\d{0,8})*)?\](?:<(\d{1,10})\.(\d{1,10})>)?$",
+    re.IGNORECASE,
+)
 _BODY_SECTION = re.compile(r"^(BODY|BODY\.PEEK)\[([^\]]*)\](?:<(\d{1,10})\.(\d{1,10})>)?$", re.IGNORECASE)
 _SECTION = re.compile(
     r"^((?:[1-9]\d{0,8})(?:\.[1-9]\d{0,8})*)?"
@@ -90,18 +100,26 @@ def parse_items(args: list[Token], uid: bool) -> Request:
             names.extend(Item(name) for name in MACROS[word])
         elif word in SIMPLE:
             names.append(Item(word))
+        elif word.startswith("BINARY"):
+            names.append(_binary_section(token.value))
         else:
             names.append(_section(token.value))
     if uid and not any(item.name == "UID" for item in names):
         names.insert(0, Item("UID"))  # RFC 3501 §6.4.8: UID FETCH always returns the UID
-    items = tuple(names)
-    needs_bytes = any(item.name in NEEDS_BYTES or item.name == "BODY[]" for item in items)
+    items = tuple(dict.fromkeys(names))
+    if len(items) > MAX_ITEMS:
+        raise Bad(f"Too many data items (at most {MAX_ITEMS})")
+    needs_bytes = any(
+        item.name in NEEDS_BYTES or item.name in BINARY_ITEMS or item.name == "BODY[]" for item in items
+    )
     needs_parse = any(
-        item.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER", "RFC822.TEXT")
+        item.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE", "RFC822.HEADER", "RFC822.TEXT", *BINARY_ITEMS)
         or (item.name == "BODY[]" and not item.whole)
         for item in items
     )
-    sets_seen = any(item.name in SETS_SEEN or (item.name == "BODY[]" and not item.peek) for item in items)
+    sets_seen = any(
+        item.name in SETS_SEEN or (item.name in ("BODY[]", "BINARY[]") and not item.peek) for item in items
+    )
     return Request(items, needs_bytes, needs_parse, sets_seen)
 
 
@@ -127,7 +145,9 @@ def _section(value: str) -> Item:
             if name is None:
                 raise Bad("Invalid header field name")
             names.append(name.group(1))
-        fields = tuple(names)
+        fields = tuple(dict.fromkeys(names))
+        if len(fields) > MAX_FIELD_NAMES:
+            raise Bad(f"Too many header field names (at most {MAX_FIELD_NAMES})")
     elif field_list is not None:
         raise Bad("Invalid section")
     if text == "MIME" and not part:
@@ -144,6 +164,31 @@ def _section(value: str) -> Item:
     if partial is not None:
         head += b"<%d>" % partial[0]  # RFC 3501 §7.4.2: only the origin is echoed
     return Item("BODY[]", head, part, text, fields, partial, kind.upper() == "BODY.PEEK")
+
+
+def _binary_section(value: str) -> Item:
+    """BINARY[<part>]<<partial>>, BINARY.PEEK[...] and BINARY.SIZE[<part>] (RFC 3516 §4.2)."""
+    match = _BINARY_SECTION.match(value)
+    if match is None:
+        raise Bad(f"Unknown data item {value[:40]}")
+    kind, numbers, origin, count = match.groups()
+    part = tuple(int(n) for n in numbers.split(".")) if numbers else ()
+    kind = kind.upper()
+    if kind == "BINARY.SIZE":
+        if origin is not None:
+            raise Bad("BINARY.SIZE takes no partial range")
+        return Item("BINARY.SIZE", b"BINARY.SIZE[" + (numbers or "").encode() + b"]", part)
+    partial = (int(origin), int(count)) if origin is not None else None
+    if partial is not None and partial[1] == 0:
+        raise Bad("A partial fetch needs a non-zero length")
+    head = b"BINARY[" + (numbers or "").encode() + b"]"
+    if partial is not None:
+        head += b"<%d>" % partial[0]
+    return Item("BINARY[]", head, part, None, (), partial, kind == "BINARY.PEEK")
+
+
+class UnknownTransferEncoding(Exception):
+    """BINARY of a part whose Content-Transfer-Encoding this server cannot undo (RFC 3516 §4.3)."""
 
 
 def batch_bounds(
@@ -271,6 +316,15 @@ def render_pieces(
                 out.append(b"RFC822.HEADER " + wire.literal(parsed.section((), "HEADER")))
             elif name == "RFC822.TEXT":
                 out.append(b"RFC822.TEXT " + wire.literal(parsed.section((), "TEXT")))
+            elif name in BINARY_ITEMS:
+                found = parsed.binary(item.part)
+                if found is None:
+                    raise UnknownTransferEncoding()
+                data, decoded = found
+                if name == "BINARY.SIZE":
+                    out.append(item.label + b" %d" % len(data))
+                else:
+                    out.append(item.label + b" " + wire.literal8(_partial(data, item.partial), decoded))
             else:
                 data = parsed.section(item.part, item.text, item.fields)
                 out.append(item.label + b" " + wire.literal(_partial(data, item.partial)))

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 from appliance.imap import responses
 from appliance.imap.commands import AUTHENTICATED, State, command
 from appliance.imap.index import MailboxError
-from appliance.imap.mailboxes import FolderInfo
+from appliance.imap.mailboxes import FolderInfo, FolderStatus, NewMessage
 from appliance.imap.responses import Bad, No
+from appliance.imap.sequence import format_set
 from appliance.imap.session import text_argument
-from appliance.imap.syntax import FileLiteral
+from appliance.imap.syntax import FileLiteral, MessageLiteral
 from appliance.imap.tokens import Atom, Token, as_text
 
 if TYPE_CHECKING:
@@ -157,11 +158,14 @@ def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
     return re.compile("".join(parts), re.DOTALL)
 
 
-def matching(folders: list[FolderInfo], reference: str, pattern: str) -> list[FolderInfo]:
-    """The folders a LIST names, with the parents "%" reaches that do not exist as \\Noselect."""
+def matching(
+    folders: list[FolderInfo], reference: str, pattern: str, *, parents: bool = True
+) -> list[FolderInfo]:
+    """The folders a LIST names, with the parents "%" reaches that do not exist as \\Noselect
+    (unless not `parents`: RFC 5258 SUBSCRIBED lists only what is subscribed)."""
     regex = pattern_regex(reference, pattern)
     found = [folder for folder in folders if regex.fullmatch(folder.name)]
-    if "%" in pattern:
+    if "%" in pattern and parents:
         known = {folder.name for folder in folders}
         implied: dict[str, FolderInfo] = {}
         for folder in folders:
@@ -174,43 +178,130 @@ def matching(folders: list[FolderInfo], reference: str, pattern: str) -> list[Fo
     return found
 
 
+# RFC 5258 §3 selection options and §3.2 return options (RFC 6154 SPECIAL-USE, RFC 5819 STATUS).
+SELECTION_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+
+
+def _options(tokens: list[Token], allowed: frozenset[str], what: str) -> tuple[set[str], list[str]]:
+    """Option words (upper case) and, after STATUS, its items (RFC 5819)."""
+    options: set[str] = set()
+    items: list[str] = []
+    position = 0
+    while position < len(tokens):
+        token = tokens[position]
+        word = token.upper() if isinstance(token, Atom) else ""
+        if word not in allowed:
+            raise Bad(f"Unknown LIST {what} option")
+        options.add(word)
+        position += 1
+        if word == "STATUS":
+            listed = tokens[position] if position < len(tokens) else None
+            if not isinstance(listed, list) or not listed:
+                raise Bad("STATUS takes a list of items")
+            items = _status_items(listed)
+            position += 1
+    return options, items
+
+
+def _status_items(tokens: list[Token]) -> list[str]:
+    items = []
+    for item in tokens:
+        word = (as_text(item) or "").upper()
+        if not isinstance(item, Atom) or word not in STATUS_ITEMS:
+            raise Bad(f"Unknown STATUS item {word[:40]}")
+        items.append(word)
+    return items
+
+
+def _status_line(name: str, items: list[str], found: FolderStatus) -> bytes:
+    values = {
+        "MESSAGES": found.messages,
+        "RECENT": found.recent,
+        "UIDNEXT": found.uidnext,
+        "UIDVALIDITY": found.uidvalidity,
+        "UNSEEN": found.unseen,
+    }
+    pairs = " ".join(f"{item} {values[item]}" for item in items)
+    return b"* STATUS " + responses.mailbox_name(name) + b" (" + pairs.encode() + b")\r\n"
+
+
 async def _list(session: Session, args: list[Token], lsub: bool) -> str:
     selection: set[str] = set()
-    if args and isinstance(args[0], list):  # RFC 5258 selection options: (SUBSCRIBED) (SPECIAL-USE)
-        selection = {str(as_text(option) or "").upper() for option in args[0]}
+    returns: set[str] = set()
+    status_items: list[str] = []
+    if not lsub and args and isinstance(args[0], list):
+        selection, _ = _options(args[0], SELECTION_OPTIONS, "selection")
+        if "RECURSIVEMATCH" in selection and not selection - {"RECURSIVEMATCH", "REMOTE"}:
+            raise Bad("RECURSIVEMATCH needs another selection option")  # RFC 5258 §3
         args = args[1:]
-    if len(args) == 4 and isinstance(args[2], Atom) and args[2].upper() == "RETURN":
-        args = args[:2]  # RFC 5258 return options: the attributes are always returned
-    if len(args) != 2 or isinstance(args[0], list) or isinstance(args[1], list):
+    if not lsub and len(args) == 4 and isinstance(args[2], Atom) and args[2].upper() == "RETURN":
+        if not isinstance(args[3], list):
+            raise Bad("RETURN takes a list of options")
+        returns, status_items = _options(args[3], RETURN_OPTIONS, "return")
+        args = args[:2]
+    if len(args) != 2 or isinstance(args[0], list) or (lsub and isinstance(args[1], list)):
         raise Bad("A reference and a mailbox pattern expected")
-    reference, pattern = text_argument(args[0], "Reference"), text_argument(args[1], "Pattern")
+    reference = text_argument(args[0], "Reference")
+    # RFC 5258 §3: several patterns in a list.
+    patterns = [
+        text_argument(token, "Pattern") for token in (args[1] if isinstance(args[1], list) else [args[1]])
+    ]
+    if not patterns:
+        raise Bad("A mailbox pattern expected")
     word = "LSUB" if lsub else "LIST"
-    if not pattern:
+    if patterns == [""]:
         # RFC 3501 §6.3.8: the delimiter and the root of the reference
         root = reference.split(DELIMITER)[0] + DELIMITER if DELIMITER in reference else ""
         session.send(b"* %s (\\Noselect) %s %s\r\n" % (word.encode(), b'"."', responses.mailbox_name(root)))
         return f"{word} completed"
     folders = await _folders(session).list()
-    if lsub:
-        # RFC 3501 §6.3.9: "%" reaches the unsubscribed parent of a subscribed folder, which is
-        # listed with \Noselect.
-        folders = matching([folder for folder in folders if folder.subscribed], reference, pattern)
-    else:
-        folders = matching(folders, reference, pattern)
-        if "SUBSCRIBED" in selection:
-            folders = [folder for folder in folders if folder.subscribed]
+    subscribed_only = "SUBSCRIBED" in selection
+    if lsub or subscribed_only:
+        known = {folder.name for folder in folders}
+        gone = [
+            FolderInfo(name, ("\\NonExistent",), True)  # RFC 5258 §3: subscribed, not there
+            for name in await _folders(session).subscriptions()
+            if name not in known
+        ]
+        folders = [folder for folder in folders if folder.subscribed] + ([] if lsub else gone)
+    found: dict[str, FolderInfo] = {}
+    for pattern in patterns:
+        for folder in matching(folders, reference, pattern, parents=lsub or not subscribed_only):
+            found.setdefault(folder.name, folder)
+    childinfo: set[str] = set()
+    if "RECURSIVEMATCH" in selection and subscribed_only:
+        # RFC 5258 §3.5: a parent the patterns match, not itself subscribed, with a subscribed
+        # child, is listed with CHILDINFO ("SUBSCRIBED").
+        everything = await _folders(session).list()
+        for pattern in patterns:
+            regex = pattern_regex(reference, pattern)
+            for folder in everything:
+                if folder.name in found or not regex.fullmatch(folder.name):
+                    continue
+                if any(other.name.startswith(folder.name + DELIMITER) for other in folders):
+                    found[folder.name] = FolderInfo(folder.name, folder.attributes, False)
+                    childinfo.add(folder.name)
+    chosen = list(found.values())
     if "SPECIAL-USE" in selection:
-        folders = [folder for folder in folders if SPECIAL_USE.intersection(folder.attributes)]
-    for folder in sorted(folders, key=lambda f: (f.name != "INBOX", f.name)):
+        chosen = [folder for folder in chosen if SPECIAL_USE.intersection(folder.attributes)]
+    for folder in sorted(chosen, key=lambda f: (f.name != "INBOX", f.name)):
         attributes = list(folder.attributes)
         if lsub:
             attributes = [a for a in attributes if a == "\\Noselect"]
-        elif "SUBSCRIBED" in selection:
+        elif folder.subscribed and (subscribed_only or "SUBSCRIBED" in returns):
             attributes.append("\\Subscribed")
-        session.send(
-            b'* %s (%s) "." %s\r\n'
-            % (word.encode(), " ".join(attributes).encode(), responses.mailbox_name(folder.name))
+        line = b'* %s (%s) "." %s' % (
+            word.encode(),
+            " ".join(attributes).encode(),
+            responses.mailbox_name(folder.name),
         )
+        if folder.name in childinfo:
+            line += b' ("CHILDINFO" ("SUBSCRIBED"))'
+        session.send(line + b"\r\n")
+        if status_items and not {"\\Noselect", "\\NonExistent"}.intersection(attributes):
+            # RFC 5819: the STATUS of each selectable mailbox listed, right after its LIST line.
+            session.send(_status_line(folder.name, status_items, await _folders(session).status(folder.name)))
     return f"{word} completed"
 
 
@@ -230,22 +321,8 @@ async def status(session: Session, tag: str, args: list[Token], uid: bool) -> st
     if len(args) != 2 or not isinstance(args[1], list) or not args[1]:
         raise Bad("STATUS takes a mailbox name and a list of items")
     name = folder_name(args[0])
-    items = []
-    for item in args[1]:
-        word = (as_text(item) or "").upper()
-        if not isinstance(item, Atom) or word not in STATUS_ITEMS:
-            raise Bad(f"Unknown STATUS item {word[:40]}")
-        items.append(word)
-    found = await _folders(session).status(name)
-    values = {
-        "MESSAGES": found.messages,
-        "RECENT": found.recent,
-        "UIDNEXT": found.uidnext,
-        "UIDVALIDITY": found.uidvalidity,
-        "UNSEEN": found.unseen,
-    }
-    pairs = " ".join(f"{item} {values[item]}" for item in items)
-    session.send(b"* STATUS " + responses.mailbox_name(name) + b" (" + pairs.encode() + b")\r\n")
+    items = _status_items(args[1])
+    session.send(_status_line(name, items, await _folders(session).status(name)))
     return "STATUS completed"
 
 
@@ -275,27 +352,40 @@ async def append(session: Session, tag: str, args: list[Token], uid: bool) -> st
     if len(args) < 2:
         raise Bad("APPEND takes a mailbox name and a message")
     name = folder_name(args[0])
-    message = args[-1]
-    middle = args[1:-1]
-    flags: set[str] = set()
-    internaldate: float | None = None
-    if middle and isinstance(middle[0], list):
-        flags = store_flags(middle[0])
-        middle = middle[1:]
-    if middle:
-        if len(middle) != 1 or not isinstance(middle[0], bytes):
-            raise Bad("Invalid APPEND arguments")
-        internaldate = responses.parse_date_time(middle[0].decode("ascii", "replace"))
-    if not isinstance(message, bytes) or isinstance(message, Atom):
-        raise Bad("The message must be a literal")
-    data = message.path if isinstance(message, FileLiteral) else message
-    size = message.size if isinstance(message, FileLiteral) else len(message)
-    if size == 0:
-        raise No("Empty message")
+    messages = _messages(args[1:])
     try:
-        uidvalidity, new_uid = await _folders(session).append(name, data, flags, internaldate)
+        uidvalidity, uids = await _folders(session).append(name, messages)
     except MailboxError as error:
         if error.code == "NONEXISTENT":
             raise No(error.text, "TRYCREATE") from None  # RFC 3501 §6.3.11
         raise
-    return f"[APPENDUID {uidvalidity} {new_uid}] APPEND completed"
+    # RFC 4315 §3: one UID, or the set of them for a MULTIAPPEND.
+    return f"[APPENDUID {uidvalidity} {format_set(uids)}] APPEND completed"
+
+
+def _messages(args: list[Token]) -> list[NewMessage]:
+    """RFC 3502 §6.3.11: one or more of [flag-list] [date-time] literal."""
+    messages: list[NewMessage] = []
+    position = 0
+    while position < len(args):
+        flags: set[str] = set()
+        internaldate: float | None = None
+        first = args[position]
+        if isinstance(first, list):
+            flags = store_flags(first)
+            position += 1
+        token = args[position] if position < len(args) else None
+        if isinstance(token, bytes) and not isinstance(token, MessageLiteral | FileLiteral):
+            internaldate = responses.parse_date_time(token.decode("ascii", "replace"))
+            position += 1
+        token = args[position] if position < len(args) else None
+        if isinstance(token, FileLiteral):
+            messages.append(NewMessage(token.path, token.size, flags, internaldate))
+        elif isinstance(token, MessageLiteral):
+            messages.append(NewMessage(bytes(token), len(token), flags, internaldate))
+        else:
+            raise Bad("The message must be a literal")
+        if messages[-1].size == 0:
+            raise No("Empty message")
+        position += 1
+    return messages

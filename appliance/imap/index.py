@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from appliance.imap import keywords as keywords_file
 from appliance.imap import uidlist
 from appliance.imap.uidlist import LETTER_FLAGS, MAX_KEYWORDS, SYSTEM_LETTERS
 from appliance.store.maildir import (
@@ -72,6 +73,7 @@ class _Scan:
     described: dict[str, tuple[float, int]]  # keys the index did not know: (internaldate, size)
     uids: uidlist.UidList | None = None  # on the first look
     keywords: list[str | None] | None = None  # on the first look
+    keywords_stamp: keywords_file.Stamp = None
 
 
 # -- one folder ------------------------------------------------------------------------------------
@@ -95,6 +97,7 @@ class FolderIndex:
         self._in_order: list[MessageInfo] | None = None  # by_uid's values by UID, until either changes
         self.keywords: list[str | None] = []  # index = letter - "a"
         self.keyword_names: tuple[str, ...] = ()
+        self.keywords_stamp: keywords_file.Stamp = None  # the file they were read from
         self.stamp: tuple[int, int] | None = None
         self.listed_ns = 0
         self.version = 0
@@ -127,8 +130,10 @@ class FolderIndex:
         uids = keywords = None
         if known is None:
             uids = uidlist.load_uidlist(self.path, uidvalidity)
-            keywords = uidlist.read_keywords(self.path)
             known = set(uids.records)
+        keywords_stamp = keywords_file.stamp(self.path)
+        if uids is not None or keywords_stamp != self.keywords_stamp:  # another program added some
+            keywords, keywords_stamp = keywords_file.read(self.path)
         listed_ns = time.time_ns()
         stamp = directory_stamp(self.path)
         listing = list_messages(self.path)
@@ -142,7 +147,7 @@ class FolderIndex:
                 found = describe(self.path, sub, name)
                 if found is not None:
                     described[key] = found
-        return _Scan(stamp, listed_ns, listing, described, uids, keywords)
+        return _Scan(stamp, listed_ns, listing, described, uids, keywords, keywords_stamp)
 
     async def _apply(self, scan: _Scan, uidvalidity: int) -> None:
         records: dict[str, uidlist.Record] = {}
@@ -155,6 +160,9 @@ class FolderIndex:
             self.lines = scan.uids.lines
             records = scan.uids.records
             self._set_keywords(scan.keywords or [])
+            self.keywords_stamp = scan.keywords_stamp
+        elif scan.keywords is not None:
+            self._adopt_keywords(scan.keywords, scan.keywords_stamp)
         listing = scan.listing
         # New messages get the next UIDs in delivery order (RFC 3501 §2.3.1.1: ascending).
         fresh = sorted((key for key in scan.described if key not in records), key=age_order)
@@ -275,40 +283,66 @@ class FolderIndex:
             found = self._flag_sets[letters] = frozenset(flags)
         return found
 
-    async def letters_for(self, flags: Collection[str], keep: str = "") -> str:
+    async def refresh_keywords(self) -> None:
+        """Read the keywords file again if another program changed it (lock held; before any
+        flag write, so that its keywords are neither dropped nor given a second name)."""
+        if not self.loaded:
+            return
+        now = await self.owner.run(keywords_file.stamp, self.path)
+        if now != self.keywords_stamp:
+            self._adopt_keywords(*await self.owner.run(keywords_file.read, self.path))
+
+    def _adopt_keywords(self, names: list[str | None], stamp: keywords_file.Stamp) -> None:
+        """The file's names in force: messages whose letters now name a keyword show it."""
+        self.keywords_stamp = stamp
+        if names == self.keywords:
+            return
+        self._set_keywords(names)
+        for entry in self.entries.values():
+            if any("a" <= letter <= "z" for letter in entry.letters):
+                flags = self._flags(entry.letters)
+                if flags != entry.info.flags:
+                    self._replace(entry, flags)
+        self.changed()  # sessions announce the new FLAGS, and FETCH FLAGS for changed messages
+
+    async def letters_for(self, flags: Collection[str], keep: str = "", *, here: bool = False) -> str:
         """Maildir letters for IMAP flags (a new keyword gets a letter; lock held). Letters the
-        server does not know (e.g. "P", passed) are kept from `keep`."""
+        server does not know (e.g. "P", passed) are kept from `keep`; with `here` (`keep` is a
+        message of this folder), so are keyword letters the keywords file names no keyword for."""
         letters = {letter for letter in keep if "A" <= letter <= "Z" and letter not in LETTER_FLAGS}
+        if here:
+            letters.update(letter for letter in keep if "a" <= letter <= "z" and self._unnamed(letter))
         lowered = {name.lower(): number for number, name in enumerate(self.keywords) if name is not None}
-        added = False
+        missing = [flag for flag in flags if flag not in SYSTEM_LETTERS and flag.lower() not in lowered]
+        if missing:
+            # Added as Dovecot adds them: the file re-read and written under its dotlock.
+            try:
+                self._adopt_keywords(*await self.owner.run(keywords_file.add, self.path, missing))
+            except keywords_file.KeywordsLocked:
+                raise MailboxError("INUSE", "Another program is changing this mailbox; try again") from None
+            lowered = {name.lower(): number for number, name in enumerate(self.keywords) if name is not None}
         for flag in flags:
             if flag in SYSTEM_LETTERS:
                 letters.add(SYSTEM_LETTERS[flag])
                 continue
             number = lowered.get(flag.lower())
             if number is None:
-                free = [n for n, name in enumerate(self.keywords) if name is None]
-                if free:
-                    number = free[0]
-                elif len(self.keywords) < MAX_KEYWORDS:
-                    number = len(self.keywords)
-                    self.keywords.append(None)
-                else:
-                    raise MailboxError("LIMIT", f"No more than {MAX_KEYWORDS} keywords per mailbox")
-                self.keywords[number] = flag
-                lowered[flag.lower()] = number
-                added = True
+                raise MailboxError("LIMIT", f"No more than {MAX_KEYWORDS} keywords per mailbox")
             letters.add(chr(ord("a") + number))
-        if added:
-            await self.owner.run(uidlist.write_keywords, self.path, list(self.keywords))
-            self._set_keywords(self.keywords)
-            self.changed()
         return "".join(sorted(letters))
+
+    def _unnamed(self, letter: str) -> bool:
+        number = ord(letter) - ord("a")
+        return number >= len(self.keywords) or self.keywords[number] is None
 
     # -- changes (lock held) ---------------------------------------------------------------------
     async def set_flags(
         self, uids: Sequence[int], mode: Literal["set", "add", "remove"], flags: set[str]
     ) -> list[Entry]:
+        # Another program's flag changes and new keywords are kept, not dropped: the file names
+        # and the keywords file are looked at again before the flags are computed.
+        await self.sync()
+        await self.refresh_keywords()
         plan: list[tuple[Entry, str, frozenset[str]]] = []
         removed = {flag.lower() for flag in flags}  # keywords match without regard to case
         for uid in uids:
@@ -324,7 +358,7 @@ class FolderIndex:
             if wanted == info.flags:
                 continue
             entry = self.entries[info.key]
-            letters = await self.letters_for(wanted, keep=entry.letters)
+            letters = await self.letters_for(wanted, keep=entry.letters, here=True)
             plan.append((entry, letters, self._flags(letters)))
         if not plan:
             return []

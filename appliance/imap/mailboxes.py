@@ -11,7 +11,7 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -55,6 +55,16 @@ _DOVECOT_SUBSCRIPTIONS_HEADER = "V\t"
 DELETED_PREFIX = "~deleted-"  # a folder being deleted is renamed to this first
 MAX_CACHED_FOLDERS = 256  # folder indexes kept in memory while no session has them open
 _T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """One message of an APPEND: its bytes (or the file they were spooled to), flags and date."""
+
+    data: bytes | Path
+    size: int
+    flags: set[str]
+    internaldate: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +184,10 @@ class AccountMailboxes:
         if delta:
             self._owner.store.charge(self._account, delta)
 
+    async def quota(self) -> tuple[int, int] | None:
+        """(bytes used, quota in bytes) of the account, None when it has no quota."""
+        return await self._owner.store.quota(self._account)
+
     async def check_quota(self, incoming: int) -> None:
         if await self._owner.store.over_quota(self._account, incoming):
             raise MailboxError("OVERQUOTA", "Mailbox is full")  # RFC 9208 §4.3.3
@@ -205,6 +219,10 @@ class AccountMailboxes:
                 attributes.append(SPECIAL_USE[name])
             result.append(FolderInfo(name, tuple(attributes), name in subscribed))
         return result
+
+    async def subscriptions(self) -> Sequence[str]:
+        """The subscribed names, whether the folders exist or not (RFC 3501 §6.3.6)."""
+        return await self.run(_read_subscriptions, self.root)
 
     async def create(self, name: str) -> None:
         path = self._path(name)
@@ -293,23 +311,28 @@ class AccountMailboxes:
                 unseen=sum(1 for info in infos if "\\Seen" not in info.flags),
             )
 
-    async def append(
-        self, name: str, data: bytes | Path, flags: set[str], internaldate: float | None
-    ) -> tuple[int, int]:
+    async def append(self, name: str, messages: Sequence[NewMessage]) -> tuple[int, Sequence[int]]:
+        """APPEND, and MULTIAPPEND (RFC 3502 §6.3.11): every message stored durably, in order,
+        or none of them; the folder's UIDVALIDITY and the new UIDs."""
         folder = await self.folder(name)
-        size = data.stat().st_size if isinstance(data, Path) else len(data)
-        await self.check_quota(size)
+        await self.check_quota(sum(message.size for message in messages))
         async with folder.lock:
             await folder.sync()
-            letters = await folder.letters_for(flags)
-            unique = self.unique_name()
-            file_name = await self.run(_write, folder.path, unique, data, letters, internaldate)
+            await folder.refresh_keywords()
+            jobs = []
+            for message in messages:
+                letters = await folder.letters_for(message.flags)
+                jobs.append((self.unique_name(), message.data, letters, message.internaldate))
+            file_names = await self.run(_write_all, folder.path, jobs)
             await folder.sync(force=True)
-            entry = folder.entries.get(file_name.partition(INFO_SEPARATOR)[0])
-            if entry is None:
-                raise MailboxError("SERVERBUG", "The message vanished as it was stored")
-            self.charge(disk_size(folder.path / "cur" / file_name))
-            return folder.uidvalidity, entry.info.uid
+            uids = []
+            for file_name in file_names:
+                entry = folder.entries.get(file_name.partition(INFO_SEPARATOR)[0])
+                if entry is None:
+                    raise MailboxError("SERVERBUG", "The message vanished as it was stored")
+                uids.append(entry.info.uid)
+            self.charge(sum(disk_size(folder.path / "cur" / file_name) for file_name in file_names))
+            return folder.uidvalidity, uids
 
     async def select(self, name: str, *, readonly: bool) -> FolderView:
         folder = await self.folder(name)
@@ -320,9 +343,21 @@ class AccountMailboxes:
         return view
 
 
-def _write(folder: Path, unique: str, data: bytes | Path, letters: str, internaldate: float | None) -> str:
-    """APPEND: the message in cur/ with its flags and internal date, durably (RFC 3501 §6.3.11)."""
-    return write_message(folder, unique, data, sub="cur", letters=letters, mtime=internaldate)
+def _write_all(folder: Path, jobs: list[tuple[str, bytes | Path, str, float | None]]) -> list[str]:
+    """APPEND: each message in cur/ with its flags and internal date, durably (RFC 3501
+    §6.3.11); when one cannot be written, those already written are removed (RFC 3502: all or
+    none)."""
+    written: list[str] = []
+    try:
+        for unique, data, letters, internaldate in jobs:
+            written.append(
+                write_message(folder, unique, data, sub="cur", letters=letters, mtime=internaldate)
+            )
+    except BaseException:
+        for name in written:
+            (folder / "cur" / name).unlink(missing_ok=True)
+        raise
+    return written
 
 
 def _write_text(path: Path, text: str) -> None:

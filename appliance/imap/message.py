@@ -77,19 +77,41 @@ class ParsedMessage:
         root = self.root
         if not part:
             return b"" if text == "MIME" else _message_section(root, text, fields)
-        entity: _Entity | None = None
-        for number in part:
-            children = _message_children(root) if entity is None else _part_children(entity)
-            if not 1 <= number <= len(children):
-                return b""
-            entity = children[number - 1]
-        assert entity is not None
+        entity = self._part(part)
+        if entity is None:
+            return b""
         if text is None:  # the part's body; for a message/rfc822 part, the whole inner message
             return self._raw[entity.body_start : entity.end]
         if text == "MIME":  # the part's own MIME header, blank line included
             return self._raw[entity.start : entity.body_start]
         inner = entity.inner()  # HEADER, HEADER.FIELDS(.NOT), TEXT: only for message/rfc822 parts
         return b"" if inner is None else _message_section(inner, text, fields)
+
+    def binary(self, part: tuple[int, ...]) -> tuple[bytes, bool] | None:
+        """RFC 3516 §4.2 BINARY[<part>]: the part's content with its Content-Transfer-Encoding
+        undone, and whether there was one to undo (base64, quoted-printable); None for an
+        encoding this server cannot undo (the caller answers UNKNOWN-CTE). The empty section is
+        the whole message as stored; a part that does not exist is b""."""
+        if not part:
+            return self._raw, False
+        entity = self._part(part)
+        if entity is None:
+            return b"", False
+        encoding = (entity.first("content-transfer-encoding") or "7bit").strip().lower()
+        if encoding in ("7bit", "8bit", "binary"):
+            return self._raw[entity.body_start : entity.end], False
+        if encoding in ("base64", "quoted-printable"):
+            return _decoded_body(entity), True
+        return None
+
+    def _part(self, part: tuple[int, ...]) -> _Entity | None:
+        entity: _Entity | None = None
+        for number in part:
+            children = _message_children(self.root) if entity is None else _part_children(entity)
+            if not 1 <= number <= len(children):
+                return None
+            entity = children[number - 1]
+        return entity
 
     def header(self, name: str) -> list[str]:
         """The values of a header field of the message, unfolded and RFC 2047 decoded."""
@@ -263,9 +285,10 @@ class _Entity:
         return self._inner if isinstance(self._inner, _Entity) else None
 
     def lines(self) -> int:
-        count = self.raw.count(b"\n", self.body_start, self.end)
-        # The delimiter's CRLF ends this part's last line, as Dovecot counts it.
-        return count + 1 if self.delimited and self.end > self.body_start else count
+        # RFC 3501 §7.4.2 body-fld-lines, counted as Dovecot does: the line ends in the part. The
+        # CRLF before a boundary delimiter belongs to the delimiter (RFC 2046 §5.1.1), so a last
+        # line without one of its own is not counted.
+        return self.raw.count(b"\n", self.body_start, self.end)
 
 
 # -- Section numbers (RFC 3501 §6.4.5) ------------------------------------------------------------

@@ -224,11 +224,8 @@ class _Compiler:
             raise SearchError("Search key expected, found a string")
         word = token.upper()
         if _SEQUENCE_SET.match(word):
-            numbers = self.sequence_set(token.value)
-            max_seq = self.max_seq
-            return lambda batch, candidates: [
-                i for i in candidates if numbers.contains(batch.seqs[i], max_seq)
-            ]
+            in_set = self.sequence_set(token.value).membership(self.max_seq)
+            return lambda batch, candidates: [i for i in candidates if in_set(batch.seqs[i])]
         handler = getattr(self, "key_" + word, None)
         if handler is None:
             if word in _FLAG_KEYS:
@@ -310,11 +307,8 @@ class _Compiler:
         token = self.next("UID set")
         if not isinstance(token, Atom):
             raise SearchError("UID needs a sequence set")
-        numbers = self.sequence_set(token.value)
-        max_uid = self.max_uid
-        return lambda batch, candidates: [
-            i for i in candidates if numbers.contains(batch.infos[i].uid, max_uid)
-        ]
+        in_set = self.sequence_set(token.value).membership(self.max_uid)
+        return lambda batch, candidates: [i for i in candidates if in_set(batch.infos[i].uid)]
 
     def key_NEW(self, depth: int) -> Selector:
         def select(batch: SearchBatch, candidates: list[int]) -> list[int]:

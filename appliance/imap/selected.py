@@ -16,13 +16,15 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Literal
 
-from appliance.imap import responses
+from appliance.imap import responses, wire
 from appliance.imap.commands import SELECTED, command
 from appliance.imap.fetch import (
     BATCH_BYTES,
     BATCH_MESSAGES,
+    BINARY_ITEMS,
     WHOLE_TAIL,
     Request,
+    UnknownTransferEncoding,
     batch_bounds,
     metadata_lines,
     parse_items,
@@ -52,6 +54,10 @@ HEADER_BATCH = 5000  # messages per batch when SEARCH needs only cached header f
 HEADER_BATCH_BYTES = BATCH_BYTES * HEADER_BATCH // BATCH_MESSAGES  # their sizes (only headers are read)
 # Key passes times messages (about 10 ms of work) above which a SEARCH batch is matched off the loop.
 SEARCH_ON_LOOP = 50_000
+# RFC 2180 §4.1 leaves the answer to a FETCH of a message another session expunged open. As
+# Dovecot does, the messages still there are answered, the vanished ones left out, and the
+# command completes OK with EXPUNGEISSUED (RFC 5530): clients retry or resync, not fail.
+EXPUNGE_ISSUED = "[EXPUNGEISSUED] Some messages were already expunged"
 _STORE_ITEM = re.compile(r"^([+-]?)FLAGS(\.SILENT)?$")
 _STORE_MODES: dict[str, Literal["set", "add", "remove"]] = {"": "set", "+": "add", "-": "remove"}
 
@@ -150,6 +156,15 @@ class _Parsed:
 @command("SEARCH", SELECTED, uid=True, holds_expunges=True)
 async def search(session: Session, tag: str, args: list[Token], uid: bool) -> str:
     view = _view(session)
+    returns = None
+    if (
+        len(args) >= 2
+        and isinstance(args[0], Atom)
+        and args[0].upper() == "RETURN"
+        and isinstance(args[1], list)
+    ):
+        returns = _return_options(args[1])  # RFC 4731 §3.1: RETURN comes before CHARSET
+        args = args[2:]
     charset = None
     if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
         charset = as_text(args[1])
@@ -198,8 +213,39 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
         else:
             matched = compiled.select(batch, candidates)
         found += [infos[i].uid for i in matched] if uid else [seqs[i] for i in matched]
-    session.send(b"* SEARCH" + b"".join(b" %d" % number for number in found) + b"\r\n")
+    if returns is None:
+        session.send(b"* SEARCH" + b"".join(b" %d" % number for number in found) + b"\r\n")
+    else:
+        session.send(_esearch(tag, uid, found, returns))
     return "SEARCH completed"
+
+
+_RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")  # RFC 4731 §3.1, in the order answered (as Dovecot)
+
+
+def _return_options(tokens: list[Token]) -> frozenset[str]:
+    """RFC 4731 §3.1: RETURN () is RETURN (ALL); an option this server does not know is BAD."""
+    options = set()
+    for token in tokens:
+        word = token.upper() if isinstance(token, Atom) else ""
+        if word not in _RETURN_OPTIONS:
+            raise Bad("Unknown SEARCH return option")
+        options.add(word)
+    return frozenset(options or {"ALL"})
+
+
+def _esearch(tag: str, uid: bool, found: list[int], returns: frozenset[str]) -> bytes:
+    """RFC 4731 §3.1: MIN, MAX and ALL only when something matched; COUNT always when asked."""
+    out = b"* ESEARCH (TAG " + wire.string(tag) + b")" + (b" UID" if uid else b"")
+    if found and "MIN" in returns:
+        out += b" MIN %d" % found[0]
+    if found and "MAX" in returns:
+        out += b" MAX %d" % found[-1]
+    if found and "ALL" in returns:
+        out += b" ALL " + format_set(found).encode()
+    if "COUNT" in returns:
+        out += b" COUNT %d" % len(found)
+    return out + b"\r\n"
 
 
 # -- FETCH (RFC 3501 §6.4.5) ----------------------------------------------------------------------
@@ -225,17 +271,17 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
             await session.flush()  # the client reads one chunk while the next is rendered
         return "FETCH completed"
     senders = session.senders
+    binary = any(item.name in BINARY_ITEMS for item in request.items)
     if (
         senders is not None
         and not sets_seen
+        and not binary  # an UNKNOWN-CTE answer is given here, not by a sender process
         and len(seqs) >= senders.min_messages
         and session.connection.plain_descriptor() is not None
     ):
         done, gone = await _fetch_by_sender(session, view, seqs, request, senders)
         if done == len(seqs):
-            if gone:
-                raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
-            return "FETCH completed"
+            return EXPUNGE_ISSUED if gone else "FETCH completed"
         seqs = seqs[done:]  # no sender to be had (any more): the rest is rendered here
         missing = gone > 0
     else:
@@ -267,9 +313,13 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
                 else:
                     parsed = ParsedMessage.parse(raw) if request.needs_parse else None
                     recent = view.is_recent(info.uid)
-                    session.send_pieces(
-                        render_pieces(seq, info, recent, request, raw, parsed, info.uid in changed)
-                    )
+                    try:
+                        pieces = render_pieces(seq, info, recent, request, raw, parsed, info.uid in changed)
+                    except UnknownTransferEncoding:
+                        raise No(
+                            "Unknown Content-Transfer-Encoding", "UNKNOWN-CTE"
+                        ) from None  # RFC 3516 §4.3
+                    session.send_pieces(pieces)
                 if session.unflushed >= FLUSH_ABOVE:
                     await session.flush()
     finally:
@@ -277,9 +327,7 @@ async def fetch(session: Session, tag: str, args: list[Token], uid: bool) -> str
             ahead.cancel()
             if ahead.done() and not ahead.cancelled():
                 ahead.exception()  # seen, so that it is not logged as never retrieved
-    if missing:
-        raise No("Some messages were expunged meanwhile", "EXPUNGEISSUED")
-    return "FETCH completed"
+    return EXPUNGE_ISSUED if missing else "FETCH completed"
 
 
 async def _fetch_by_sender(

@@ -8,13 +8,11 @@ responses and have no use for the sessions (nor for the manifest models they bri
 
 from __future__ import annotations
 
-import asyncio
-
-from appliance.connection import listen
+from appliance.connection import Listener, listen
 from appliance.context import ListenerSpec, Services
 
 # The command modules register their handlers in the command table when imported.
-from appliance.imap import folders, idle, selected  # noqa: F401
+from appliance.imap import folders, idle, quota, selected  # noqa: F401
 from appliance.imap.mailboxes import Mailboxes
 from appliance.imap.sender import Senders
 from appliance.imap.session import Session
@@ -29,7 +27,7 @@ class IMAPServer:
         self.senders = senders
         self._spool_cleared = False
 
-    async def start(self, listener: ListenerSpec) -> asyncio.Server:
+    async def start(self, listener: ListenerSpec) -> Listener:
         """Open one listener: "imap" (port 143, STARTTLS) or "imaps" (port 993, RFC 8314)."""
         if not self._spool_cleared:
             self._spool_cleared = True

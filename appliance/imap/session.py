@@ -20,7 +20,13 @@ from appliance.auth import sasl
 from appliance.auth.attempts import Attempts, Opened, Refusal, admission
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
-from appliance.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
+from appliance.connection import (
+    TLS_HANDSHAKE_TIMEOUT,
+    Connection,
+    ConnectionClosed,
+    LineTooLong,
+    handshake_failure,
+)
 from appliance.imap import responses
 from appliance.imap.commands import ANY, COMMANDS, NOT_AUTHENTICATED, State, command
 from appliance.imap.index import MailboxError
@@ -120,7 +126,7 @@ class Session:
             timeout = min(timeout, snapshot.command_timeout)  # RFC 3501 §5.4 is for logged-in users
         domain = self.account.domain if self.account is not None else None
         pre_auth = self._refusal if self.state is State.NOT_AUTHENTICATED else None
-        return Limits(snapshot.max_line_length, snapshot.max_message_size(domain), timeout, pre_auth)
+        return Limits(snapshot.imap_max_line_length, snapshot.max_message_size(domain), timeout, pre_auth)
 
     def _refusal(self, name: str) -> str | None:
         """Why command `name` cannot run in this state (the BAD text execute() would give), or None."""
@@ -440,7 +446,9 @@ async def starttls(session: Session, tag: str, args: list[Token], uid: bool) -> 
         try:
             await session.connection.start_tls(context, TLS_HANDSHAKE_TIMEOUT)
         except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
-            log.info("imap tls handshake failed client=%s error=%s", session.connection.peer, error)
+            log.info(
+                "imap tls handshake failed client=%s %s", session.connection.peer, handshake_failure(error)
+            )
             session.connection.abort()
             raise ConnectionClosed() from None
 

@@ -84,6 +84,11 @@ class FileLiteral(bytes):
         return self
 
 
+class MessageLiteral(bytes):
+    """An APPEND literal kept in memory: marked, so that APPEND tells a message from a quoted
+    date-time string (RFC 3502: several messages, each with optional flags and date)."""
+
+
 @dataclass
 class Command:
     tag: str
@@ -130,6 +135,8 @@ class Tokenizer:
                 if match is None:
                     raise CommandSyntaxError("Invalid literal")
                 return int(match.group(1)), not match.group(2)
+            elif char == 0x7E and (match := _LITERAL.fullmatch(line, i + 1)) is not None:
+                return int(match.group(1)), not match.group(2)  # "~{n}": RFC 3516 literal8 (APPEND)
             else:
                 i = self._atom(line, i)
         return None
@@ -247,7 +254,9 @@ class CommandReader:
                 literals += 1
                 if limits.pre_auth is not None:
                     await self._pre_auth_literal(tag, limits.pre_auth(name), size, synchronizing, limits)
-                spool = name == "APPEND" and size > SPOOL_ABOVE
+                # MULTIAPPEND (RFC 3502) may bring many messages: in memory up to MEMORY_LITERALS
+                # together, the rest spooled.
+                spool = name == "APPEND" and (size > SPOOL_ABOVE or memory + size > MEMORY_LITERALS)
                 allowed = limits.literal if name == "APPEND" else MEMORY_LITERALS - memory
                 if size > allowed or literals > MAX_LITERALS:
                     if not synchronizing:  # RFC 7888 §4: already on its way; read and drop it
@@ -265,9 +274,9 @@ class CommandReader:
                     files.append(path)
                     tokenizer.literal(FileLiteral(path, size))
                 else:
-                    if name != "APPEND":
-                        memory += size
-                    tokenizer.literal(await self.connection.read_exactly(size, limits.timeout))
+                    memory += size
+                    data = await self.connection.read_exactly(size, limits.timeout)
+                    tokenizer.literal(MessageLiteral(data) if name == "APPEND" else data)
                     self.bytes_in += size
                 current = await self._line(limits)
             try:

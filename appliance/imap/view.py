@@ -233,6 +233,7 @@ class FolderView:
         await self._account.check_quota(incoming)
         async with target.lock:
             await target.sync()
+            await target.refresh_keywords()
             jobs = []
             for entry in sources:
                 letters = await target.letters_for(entry.info.flags, keep=entry.letters)

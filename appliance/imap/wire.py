@@ -22,3 +22,9 @@ def nstring(value: bytes | str | None) -> bytes:
 def literal(data: bytes) -> bytes:
     """`data` always as a literal (message bodies and sections: FETCH BODY[...])."""
     return b"{%d}\r\n" % len(data) + data
+
+
+def literal8(data: bytes, decoded: bool = False) -> bytes:
+    """RFC 3516 §4.3: `data` as a literal8 (~{n}) when it holds a NUL or was decoded from
+    base64 or quoted-printable (any octet may be there: as Dovecot answers), else a literal."""
+    return (b"~{%d}\r\n" if decoded or b"\0" in data else b"{%d}\r\n") % len(data) + data

@@ -81,8 +81,14 @@ class Limits(Model):
     data_timeout: Duration = Field(600.0, description="Time allowed for one message's DATA.")
     pop3_idle_timeout: Duration = Field(600.0, description="RFC 1939 §3: at least 10 minutes.")
     imap_idle_timeout: Duration = Field(1800.0, description="RFC 3501 §5.4: at least 30 minutes.")
-    max_line_length: int = Field(
-        8192, ge=1000, description="Longest command line accepted (RFC 5321 asks for at least 512)."
+    max_line_length: int | None = Field(
+        None,
+        ge=1000,
+        description=(
+            "Longest command line accepted, in bytes (RFC 5321 asks for at least 512). Unset: 8192 "
+            "for SMTP and POP3, 65536 for IMAP (Dovecot's; long ID and SEARCH lines from real "
+            "clients pass). Set: the same limit for all three."
+        ),
     )
 
 

@@ -12,16 +12,16 @@ session's task, in the order sent.
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from appliance.connection import Listener
     from appliance.context import ListenerSpec, Services
 
 __all__ = ["start_pop3"]
 
 
-async def start_pop3(services: Services, listener: ListenerSpec) -> asyncio.Server:
+async def start_pop3(services: Services, listener: ListenerSpec) -> Listener:
     # Imported here, not above: the reader process imports this package for its read functions
     # and has no use for the sessions (nor for the manifest models they bring in).
     from appliance.connection import listen

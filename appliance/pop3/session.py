@@ -15,7 +15,13 @@ from appliance.auth import sasl
 from appliance.auth.attempts import Attempts, Opened, Refusal, admission
 from appliance.auth.service import log_field
 from appliance.auth.verdict import Outcome
-from appliance.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
+from appliance.connection import (
+    TLS_HANDSHAKE_TIMEOUT,
+    Connection,
+    ConnectionClosed,
+    LineTooLong,
+    handshake_failure,
+)
 from appliance.pop3 import replies
 from appliance.pop3.maildrop import Maildrop, MaildropInUse
 from appliance.pop3.readahead import SMALL_MESSAGE, ReadAhead
@@ -271,7 +277,7 @@ class Session:
         try:
             await self.connection.start_tls(context, TLS_HANDSHAKE_TIMEOUT)
         except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
-            log.info("pop3 tls handshake failed client=%s error=%s", self.connection.peer, error)
+            log.info("pop3 tls handshake failed client=%s %s", self.connection.peer, handshake_failure(error))
             self.connection.abort()
             raise ConnectionClosed() from None
         self.user = None

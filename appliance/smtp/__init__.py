@@ -10,9 +10,7 @@ through outbound.py, and local mail is stored by `appliance.store` before the 25
 
 from __future__ import annotations
 
-import asyncio
-
-from appliance.connection import listen
+from appliance.connection import Listener, listen
 from appliance.context import ListenerSpec, Services
 from appliance.smtp.session import Session
 
@@ -21,7 +19,7 @@ __all__ = ["start_smtp"]
 BACKLOG = 1024  # a burst of new connections (one per message) waits in the kernel, not refused
 
 
-async def start_smtp(services: Services, listener: ListenerSpec) -> asyncio.Server:
+async def start_smtp(services: Services, listener: ListenerSpec) -> Listener:
     """Listen for one of the listeners "smtp", "submission" or "submissions"."""
     return await listen(
         services,

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 from appliance.auth import sasl
 from appliance.auth.attempts import Attempts, Refusal, admission
 from appliance.auth.service import Outcome, log_field
-from appliance.connection import TLS_HANDSHAKE_TIMEOUT, Connection, ConnectionClosed, LineTooLong
+from appliance.connection import (
+    TLS_HANDSHAKE_TIMEOUT,
+    Connection,
+    ConnectionClosed,
+    LineTooLong,
+    handshake_failure,
+)
 from appliance.smtp import replies
 from appliance.smtp.data import DataState, read_data
 from appliance.smtp.transaction import MAX_HELO_LENGTH, Greeting, Intake, Transaction
@@ -329,7 +335,7 @@ class Session:
             # handshake, is thrown away by the transport.
             await self.connection.start_tls(context, TLS_HANDSHAKE_TIMEOUT)
         except (OSError, TimeoutError) as error:  # ssl.SSLError is an OSError
-            log.info("tls handshake failed client=%s error=%s", self.peer_ip, log_field(str(error)))
+            log.info("tls handshake failed client=%s %s", self.peer_ip, handshake_failure(error))
             self.connection.abort()
             raise ConnectionClosed() from None
         # RFC 3207 §4.2: after the handshake, forget everything learnt before it (AUTH too).

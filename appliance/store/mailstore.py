@@ -83,6 +83,11 @@ class MailStore:
             self._usage[account.mailbox] = Usage(size)
         return size
 
+    async def quota(self, account: AccountEntry) -> tuple[int, int] | None:
+        """(bytes used, the account's quota in bytes), None when the account has no quota."""
+        quota = account.account.quota
+        return None if quota is None else (await self.usage(account), quota)
+
     async def over_quota(self, account: AccountEntry, incoming: int = 0) -> bool:
         """True when `incoming` more bytes would take the account over its quota."""
         quota = account.account.quota
