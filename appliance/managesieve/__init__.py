@@ -8,16 +8,16 @@ after the domain's `sieve_before` (smtp/filtering.py).
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from appliance.connection import Listener
     from appliance.context import ListenerSpec, Services
 
 __all__ = ["start_managesieve"]
 
 
-async def start_managesieve(services: Services, listener: ListenerSpec) -> asyncio.Server:
+async def start_managesieve(services: Services, listener: ListenerSpec) -> Listener:
     from appliance.connection import listen
     from appliance.managesieve.session import Session
 
