@@ -57,6 +57,10 @@ class Metrics:
             "appliance_outbound_recipients", "Outbound deliveries per recipient: delivered, failed, expired.",
             ("result",), registry=registry,
         )  # fmt: skip
+        self.verdicts = Counter(
+            "appliance_scanner_verdicts", "[filter] scans by rspamd's action (\"failed\": no answer).",
+            ("action",), registry=registry,
+        )  # fmt: skip
         self.bounces = Counter("appliance_bounces", "Delivery status notifications sent.", registry=registry)
         self.reloads = Counter(
             "appliance_reloads",

@@ -31,6 +31,7 @@ from tests.support.dns_server import DNSServer
 from tests.support.lines import client_context
 from tests.support.queue import dkim_key
 from tests.support.wait import wait_for
+from tests.test_metrics import scrape, total
 
 PASSWORD = "Filter!Passw0rd"
 HASH = hash_password(PASSWORD)
@@ -354,3 +355,20 @@ def test_filter_table_is_checked_like_the_rest_of_the_manifest(tmp_path: Path) -
     assert result.returncode == 1
     for problem in ("filter.rspamd:", "filter.on_failure:", 'domains."example.test".filter:'):
         assert problem in output, output
+
+
+def test_each_verdict_is_counted_in_the_metrics(appliance: ApplianceFactory, shared_rspamd: Rspamd) -> None:
+    publish(shared_rspamd.dns)
+    server = appliance.start(body(shared_rspamd), listeners=("smtp", "metrics"))
+    sent = [
+        send(server, "a@remote.test", compose("a@remote.test", text=f"{GTUBE}\r\n"))[0],
+        send(server, "a@remote.test", compose("a@remote.test", "TEST-DEFER now"))[0],
+        send(server, "a@remote.test", compose("a@remote.test", "plain"))[0],
+        send(server, "a@remote.test", compose("a@remote.test", "plain again"))[0],
+    ]
+    assert sent == [550, 451, 250, 250]
+    samples = scrape(server)
+    assert total(samples, "appliance_scanner_verdicts_total", action="reject") == 1
+    assert total(samples, "appliance_scanner_verdicts_total", action="soft_reject") == 1
+    assert total(samples, "appliance_scanner_verdicts_total") == 4
+    assert total(samples, "appliance_messages_accepted_total", listener="smtp") == 2

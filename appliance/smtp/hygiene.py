@@ -84,6 +84,7 @@ async def scan(
     try:
         verdict = await services.scanner.check(settings, message, envelope)
     except ScanError as error:
+        services.metrics.verdicts.labels("failed").inc()
         log.warning(
             "scan failed id=%s client=%s error=%s on_failure=%s",
             queue_id,
@@ -95,6 +96,7 @@ async def scan(
             return replies.SCANNER_UNAVAILABLE
         # Accepted unscanned: a forged verdict of ours still goes.
         return Scanned(edit_header(message, snapshot.hostname, [], drop=_OURS), junk=False)
+    services.metrics.verdicts.labels(verdict.action.replace(" ", "_")).inc()
     log.info(
         "scanned id=%s action=%s score=%.2f symbols=%d ms=%.1f client=%s sender=%s",
         queue_id,
