@@ -141,13 +141,21 @@ def test_hash_password_refuses_an_empty_password() -> None:
 
 def test_the_commands_the_readme_says_take_manifest_do_and_the_others_refuse_it(tmp_path: Path) -> None:
     readme = (ROOT / "README.md").read_text()
-    assert "`serve`, `status`, `queue`, `check-auth` and `validate` take `--manifest PATH`" in readme
+    takers = ("serve", "status", "reload", "lookup", "plan", "queue", "check-auth")
+    listed = " ".join(readme.split())  # the sentence as one line, whatever its wrapping
+    assert ", ".join(f"`{c}`" for c in takers) + " and `validate` take `--manifest PATH`" in listed
     manifest = tmp_path / "m.toml"
     manifest.write_text('[server]\nhostname = "mail.example.test"\n')
     assert run_cli("validate", "--manifest", str(manifest)).returncode == 0
-    for command in ("serve", "status", "queue", "check-auth"):
+    for command in takers:
         assert "--manifest" in run_cli(command, "--help").stdout, command
-    for command in (["schema"], ["hash-password"], ["plan", "a", "b"], ["import", "dovecot", "--out", "x"]):
+    refusers = (
+        ["schema"],
+        ["hash-password"],
+        ["import", "dovecot", "--out", "x"],
+        ["import", "hmailserver", "--json", "x", "--data-dir", "x", "--out", "x"],
+    )
+    for command in refusers:
         refused = run_cli(*command, "--manifest", str(manifest), stdin="pw\n")
         assert refused.returncode == 2 and "unrecognized arguments: --manifest" in refused.stderr, command
 
