@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
+SCHEMA_POSTGRESQL = (Path(__file__).parent / "schema-postgresql.sql").read_text()
 SMTP, POP3, IMAP = 1, 3, 5
 SEEN, DELETED, FLAGGED, ANSWERED, DRAFT = 1, 2, 4, 8, 16
 PASSWORDS = {
