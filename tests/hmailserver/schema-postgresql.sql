@@ -1,12 +1,12 @@
 -- hMailServer's tables (PostgreSQL flavour), as far as `appliance import hmailserver` reads them:
--- tests/hmailserver/schema.sql in PostgreSQL's types, as hMailServer's PostgreSQL layout has the
--- same table and column names (serial/bigserial keys, smallint flags, timestamp without time zone
--- for its local-time dates). Our own file; statements end with ";" at a line end.
+-- tests/hmailserver/schema.sql in the types of hMailServer's PostgreSQL layout, which has the same
+-- table and column names (bigserial keys, smallint flags, timestamp without time zone for its
+-- local-time dates). Our own file; statements end with ";" at a line end.
 CREATE TABLE hm_settings (
-  settingid serial PRIMARY KEY,
+  settingid bigserial PRIMARY KEY,
   settingname varchar(30) NOT NULL DEFAULT '',
   settingstring varchar(4000) NOT NULL DEFAULT '',
-  settingnumber int NOT NULL DEFAULT 0,
+  settinginteger int NOT NULL DEFAULT 0,
   CONSTRAINT settingname_unique UNIQUE (settingname)
 );
 CREATE TABLE hm_tcpipports (
@@ -19,7 +19,7 @@ CREATE TABLE hm_tcpipports (
   portsslcertificateid bigint NOT NULL DEFAULT 0
 );
 CREATE TABLE hm_domains (
-  domainid serial PRIMARY KEY,
+  domainid bigserial PRIMARY KEY,
   domainname varchar(80) NOT NULL DEFAULT '',
   domainactive smallint NOT NULL DEFAULT 1,
   domainpostmaster varchar(80) NOT NULL DEFAULT '',
@@ -45,12 +45,12 @@ CREATE TABLE hm_domains (
   CONSTRAINT domainname_unique UNIQUE (domainname)
 );
 CREATE TABLE hm_domain_aliases (
-  daid serial PRIMARY KEY,
+  daid bigserial PRIMARY KEY,
   dadomainid int NOT NULL,
   daalias varchar(255) NOT NULL
 );
 CREATE TABLE hm_accounts (
-  accountid serial PRIMARY KEY,
+  accountid bigserial PRIMARY KEY,
   accountdomainid int NOT NULL,
   accountadminlevel smallint NOT NULL DEFAULT 0,
   accountaddress varchar(255) NOT NULL,
@@ -78,14 +78,14 @@ CREATE TABLE hm_accounts (
   CONSTRAINT accountaddress_unique UNIQUE (accountaddress)
 );
 CREATE TABLE hm_aliases (
-  aliasid serial PRIMARY KEY,
+  aliasid bigserial PRIMARY KEY,
   aliasdomainid int NOT NULL,
   aliasname varchar(255) NOT NULL,
   aliasvalue varchar(255) NOT NULL,
   aliasactive smallint NOT NULL DEFAULT 1
 );
 CREATE TABLE hm_distributionlists (
-  distributionlistid serial PRIMARY KEY,
+  distributionlistid bigserial PRIMARY KEY,
   distributionlistdomainid int NOT NULL,
   distributionlistaddress varchar(255) NOT NULL,
   distributionlistenabled smallint NOT NULL DEFAULT 1,
@@ -94,12 +94,12 @@ CREATE TABLE hm_distributionlists (
   distributionlistmode smallint NOT NULL DEFAULT 0
 );
 CREATE TABLE hm_distributionlistsrecipients (
-  distributionlistrecipientid serial PRIMARY KEY,
+  distributionlistrecipientid bigserial PRIMARY KEY,
   distributionlistrecipientlistid int NOT NULL,
   distributionlistrecipientaddress varchar(255) NOT NULL
 );
 CREATE TABLE hm_imapfolders (
-  folderid serial PRIMARY KEY,
+  folderid bigserial PRIMARY KEY,
   folderaccountid int NOT NULL,
   folderparentid int NOT NULL DEFAULT -1,
   foldername varchar(255) NOT NULL,
@@ -123,7 +123,7 @@ CREATE TABLE hm_messages (
   messageuid bigint NOT NULL DEFAULT 0
 );
 CREATE TABLE hm_rules (
-  ruleid serial PRIMARY KEY,
+  ruleid bigserial PRIMARY KEY,
   ruleaccountid int NOT NULL DEFAULT 0,
   rulename varchar(100) NOT NULL,
   ruleactive smallint NOT NULL DEFAULT 1,
@@ -131,7 +131,7 @@ CREATE TABLE hm_rules (
   rulesortorder int NOT NULL DEFAULT 0
 );
 CREATE TABLE hm_securityranges (
-  rangeid serial PRIMARY KEY,
+  rangeid bigserial PRIMARY KEY,
   rangepriorityid int NOT NULL DEFAULT 0,
   rangelowerip1 bigint NOT NULL DEFAULT 0,
   rangeupperip1 bigint NOT NULL DEFAULT 0,
@@ -139,7 +139,7 @@ CREATE TABLE hm_securityranges (
   rangename varchar(100) NOT NULL
 );
 CREATE TABLE hm_surblservers (
-  surblid serial PRIMARY KEY,
+  surblid bigserial PRIMARY KEY,
   surblactive smallint NOT NULL DEFAULT 1,
   surblhost varchar(255) NOT NULL,
   surblrejectmessage varchar(255) NOT NULL DEFAULT '',
