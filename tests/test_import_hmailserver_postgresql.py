@@ -14,8 +14,7 @@ from pathlib import Path
 from tests.fixtures.appliance import free_port
 from tests.fixtures.mariadb import MariaDB
 from tests.fixtures.postgresql import PostgreSQL
-from tests.hmailserver.installation import SCHEMA, SCHEMA_POSTGRESQL, build
-from tests.test_import_hmailserver import (
+from tests.hmailserver.commands import (
     DB_PASSWORD,
     Source,
     import_command,
@@ -23,6 +22,7 @@ from tests.test_import_hmailserver import (
     run,
     store_files,
 )
+from tests.hmailserver.installation import SCHEMA, SCHEMA_POSTGRESQL, build
 
 _databases = itertools.count(1)
 
