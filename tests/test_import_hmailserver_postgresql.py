@@ -85,3 +85,17 @@ def test_a_wrong_postgresql_password_is_refused_without_writing_anything(
     assert 'password authentication failed for user "hmreader"' in result.stderr
     assert "Traceback" not in result.stderr and "not-the-password" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sql_server_url_is_refused_naming_the_databases_that_are_read(tmp_path: Path) -> None:
+    result = run(
+        "import", "hmailserver", "--database", "mssql://hmail@127.0.0.1:1433/hmailserver",
+        "--data-dir", tmp_path, "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        'import: "mssql://hmail@127.0.0.1:1433/hmailserver": only mysql://user@host[:port]/database and '
+        "postgresql://user@host[:port]/database are read here (for SQL Server and the built-in database, "
+        "export with the script and use --json)\n"
+    )
+    assert not (tmp_path / "out").exists()

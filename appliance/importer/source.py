@@ -115,7 +115,7 @@ def read_database(url: str, password: str | None, *, timeout: float = 10.0) -> T
     if parts.scheme not in (*MYSQL_SCHEMES, *POSTGRESQL_SCHEMES):
         raise SourceError(
             f'"{url}": only mysql://user@host[:port]/database and postgresql://user@host[:port]/database '
-            "are read here (not SQL Server; for the built-in database use the export script and --json)"
+            "are read here (for SQL Server and the built-in database, export with the script and use --json)"
         )
     database = parts.path.lstrip("/")
     if not parts.hostname or not database or not parts.username:
