@@ -99,3 +99,14 @@ def test_a_sql_server_url_is_refused_naming_the_databases_that_are_read(tmp_path
         "export with the script and use --json)\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_a_database_url_with_a_bad_port_is_refused_in_one_line(tmp_path: Path) -> None:
+    result = run(
+        "import", "hmailserver", "--database", "postgresql://hmail@127.0.0.1:99999/hmailserver",
+        "--data-dir", tmp_path, "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr == (
+        'import: "postgresql://hmail@127.0.0.1:99999/hmailserver": the port is not a number from 1 to 65535\n'
+    )

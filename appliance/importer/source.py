@@ -122,7 +122,11 @@ def read_database(url: str, password: str | None, *, timeout: float = 10.0) -> T
         raise SourceError(f'"{url}": write {parts.scheme}://user@host[:port]/database')
     if parts.password:
         raise SourceError(f'"{url}": give the password in a file or an environment variable, not the URL')
-    login = _Login(parts.hostname, parts.port, unquote(parts.username), password, unquote(database))
+    try:
+        port = parts.port
+    except ValueError:
+        raise SourceError(f'"{url}": the port is not a number from 1 to 65535') from None
+    login = _Login(parts.hostname, port, unquote(parts.username), password, unquote(database))
     if parts.scheme in POSTGRESQL_SCHEMES:
         return _read_postgresql(login, timeout)
     return _read_mysql(login, timeout)
