@@ -35,9 +35,9 @@ $tables = [ordered]@{
     hm_messages = @(); hm_rules = @(); hm_securityranges = @(); hm_surblservers = @()
 }
 $settings = $app.Settings
-$tables.hm_settings += [ordered]@{ settingname = "hostname"; settingstring = $settings.HostName; settingnumber = 0 }
-$tables.hm_settings += [ordered]@{ settingname = "usegreylisting"; settingstring = ""; settingnumber = (Bit $settings.AntiSpam.GreyListingEnabled) }
-$tables.hm_settings += [ordered]@{ settingname = "scriptingenabled"; settingstring = ""; settingnumber = (Bit $settings.Scripting.Enabled) }
+$tables.hm_settings += [ordered]@{ settingname = "hostname"; settingstring = $settings.HostName; settinginteger = 0 }
+$tables.hm_settings += [ordered]@{ settingname = "usegreylisting"; settingstring = ""; settinginteger = (Bit $settings.AntiSpam.GreyListingEnabled) }
+$tables.hm_settings += [ordered]@{ settingname = "scriptingenabled"; settingstring = ""; settinginteger = (Bit $settings.Scripting.Enabled) }
 
 for ($i = 0; $i -lt $settings.TCPIPPorts.Count; $i++) {
     $port = $settings.TCPIPPorts.Item($i)

@@ -8,6 +8,7 @@ pytest_plugins = [
     "tests.fixtures.auth_service",
     "tests.fixtures.rspamd",
     "tests.fixtures.mariadb",
+    "tests.fixtures.postgresql",
     "tests.fixtures.dovecot",
     "tests.fixtures.kerberos",
 ]

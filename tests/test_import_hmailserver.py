@@ -20,38 +20,34 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from appliance.auth.passwords import MATCH, MISMATCH, check_password
-from appliance.imap.uidlist import UIDLIST, load_uidlist
+from appliance.imap.uidlist import load_uidlist
 from tests.fixtures.appliance import RunningAppliance, free_port
 from tests.fixtures.mariadb import MariaDB
 from tests.fixtures.samba import SambaDomain
+from tests.hmailserver.commands import (
+    DB_PASSWORD,
+    Source,
+    import_command,
+    import_from_database,
+    run,
+    store_files,
+)
 from tests.hmailserver.installation import (
     AD_PASSWORD,
     AD_USER,
     PASSWORDS,
     SCHEMA,
-    Installation,
     build,
     md5_hex,
 )
 from tests.support.lines import client_context
 
-DB_PASSWORD = "Reader-only-1"
 _databases = itertools.count(1)
-
-
-@dataclass
-class Source:
-    installation: Installation
-    url: str
-    database: str
-    password_file: Path
-    ports: dict[str, int]
 
 
 @pytest.fixture
@@ -69,51 +65,10 @@ def source(mariadb: MariaDB, tmp_path: Path) -> Source:
     return Source(installation, url, name, password_file, ports)
 
 
-def run(*arguments: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "appliance", *map(str, arguments)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "HMAIL_DB_PASSWORD": DB_PASSWORD},
-    )
-
-
-def import_command(source: Source, out: Path, *, password_env: bool = False) -> list[str | Path]:
-    secret: list[str | Path] = (
-        ["--password-env", "HMAIL_DB_PASSWORD"] if password_env else ["--password-file", source.password_file]
-    )
-    return [
-        "import", "hmailserver", "--database", source.url, *secret,
-        "--data-dir", source.installation.data_dir, "--out", out, "--ad-domain", "OTHERAD=other.test",
-        "--format", "json",
-    ]  # fmt: skip
-
-
-def import_from_database(source: Source, out: Path, *, password_env: bool = False) -> dict[str, object]:
-    result = run(*import_command(source, out, password_env=password_env))
-    assert result.returncode == 0, result.stderr
-    report: dict[str, object] = json.loads(result.stdout)
-    return report
-
-
 def checksums(mariadb: MariaDB, database: str, tables: list[str]) -> list[tuple[object, ...]]:
     with mariadb.connect(database) as connection, connection.cursor() as cursor:
         cursor.execute("CHECKSUM TABLE " + ", ".join(f"`{t}`" for t in tables))
         return list(cursor.fetchall())
-
-
-def store_files(out: Path) -> dict[str, bytes]:
-    """Every file under the mail store (the UID lists without their UIDVALIDITY header)."""
-    found = {}
-    for path in sorted((out / "var" / "mail").rglob("*")):
-        if path.is_file():
-            data = path.read_bytes()
-            if path.name == UIDLIST:
-                data = data.split(b"\n", 1)[1]
-            found[str(path.relative_to(out))] = data
-    return found
 
 
 # -- the manifest and the report -----------------------------------------------------------------

@@ -2,6 +2,8 @@
 
     appliance import hmailserver --database mysql://user@host:port/db --password-file F \\
         --data-dir PATH --out DIR
+    appliance import hmailserver --database postgresql://user@host:port/db --password-env VAR \\
+        --data-dir PATH --out DIR
     appliance import hmailserver --json export.json --data-dir PATH --out DIR
 
 Writes DIR/appliance.toml (which `appliance validate` accepts) and copies the mail into DIR's
@@ -39,7 +41,11 @@ def add_hmailserver_source(sources: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     origin = hmail.add_mutually_exclusive_group(required=True)
-    origin.add_argument("--database", metavar="URL", help="mysql://user@host[:port]/database")
+    origin.add_argument(
+        "--database",
+        metavar="URL",
+        help="mysql://user@host[:port]/database or postgresql://user@host[:port]/database",
+    )
     origin.add_argument("--json", metavar="FILE", type=Path, help="the export of hmailserver-export.ps1")
     secret = hmail.add_mutually_exclusive_group()
     secret.add_argument("--password-file", type=Path, metavar="FILE", help="the database password")

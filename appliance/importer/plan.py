@@ -215,8 +215,8 @@ def build_plan(tables: Tables, *, ad_domains: dict[str, str] | None = None) -> P
     # The server's limit must be at least every domain's (hMailServer's own is in KB, 0 = none).
     largest = [d.max_message_size for d in domains.values() if d.max_message_size]
     setting = settings.get("maxmessagesize")
-    if setting is not None and as_int(setting.get("settingnumber")) > 0:
-        largest.append(as_int(setting.get("settingnumber")) * 1024)
+    if setting is not None and as_int(setting.get("settinginteger")) > 0:
+        largest.append(as_int(setting.get("settinginteger")) * 1024)
     limit = max(largest) if largest and max(largest) > DEFAULT_MAX_MESSAGE_SIZE else None
     text = _render(hostname, listeners, directories, domains, limit)
     # What the manifest's checks refuse (an alias to an account deleted long ago, a forward to
@@ -412,7 +412,7 @@ def _report_server_settings(tables: Tables, settings: dict[str, Row], notes: lis
             notes.append(Note("not imported", "server", f'global rule "{as_text(row.get("rulename"))}"'))
     for name, what in REPORTED_SETTINGS.items():
         setting = settings.get(name)
-        if setting is not None and as_int(setting.get("settingnumber")):
+        if setting is not None and as_int(setting.get("settinginteger")):
             notes.append(Note("not imported", "server", f"{what} (setting {name})"))
 
 

@@ -1,4 +1,5 @@
-"""hMailServer's tables, read as rows: from its MySQL/MariaDB database or from a JSON export.
+"""hMailServer's tables, read as rows: from its MySQL/MariaDB or PostgreSQL database, or from a
+JSON export.
 
 Both give the same thing: a `Tables` mapping of table name to rows (column name → value), with
 hMailServer's own table and column names (`hm_accounts.accountaddress`, ...). The JSON export
@@ -7,6 +8,7 @@ writes `{"format": "hmailserver-tables", "version": 1, "tables": {"hm_domains": 
 with the same columns, dates as ISO 8601 strings.
 
 The database is only read: one connection, `SELECT` statements in a read-only transaction.
+SQL Server is not read (no maintained driver could be tested against a server here).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import datetime
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -92,28 +95,53 @@ def database_password(password_file: Path | None, password_env: str | None) -> s
     return None
 
 
+MYSQL_SCHEMES = ("mysql", "mariadb")
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
+
+
+@dataclass(frozen=True)
+class _Login:
+    host: str
+    port: int | None
+    user: str
+    password: str | None
+    database: str
+
+
 def read_database(url: str, password: str | None, *, timeout: float = 10.0) -> Tables:
-    """Every table of TABLES from `mysql://user@host:port/database` (a missing table: no rows)."""
+    """Every table of TABLES from `mysql://user@host:port/database` or
+    `postgresql://user@host:port/database` (a missing table: no rows)."""
     parts = urlsplit(url)
-    if parts.scheme not in ("mysql", "mariadb"):
+    if parts.scheme not in (*MYSQL_SCHEMES, *POSTGRESQL_SCHEMES):
         raise SourceError(
-            f'"{url}": only mysql://user@host[:port]/database is read here '
-            "(for the built-in database use the export script and --json)"
+            f'"{url}": only mysql://user@host[:port]/database and postgresql://user@host[:port]/database '
+            "are read here (for SQL Server and the built-in database, export with the script and use --json)"
         )
     database = parts.path.lstrip("/")
     if not parts.hostname or not database or not parts.username:
-        raise SourceError(f'"{url}": write mysql://user@host[:port]/database')
+        raise SourceError(f'"{url}": write {parts.scheme}://user@host[:port]/database')
     if parts.password:
         raise SourceError(f'"{url}": give the password in a file or an environment variable, not the URL')
+    try:
+        port = parts.port
+    except ValueError:
+        raise SourceError(f'"{url}": the port is not a number from 1 to 65535') from None
+    login = _Login(parts.hostname, port, unquote(parts.username), password, unquote(database))
+    if parts.scheme in POSTGRESQL_SCHEMES:
+        return _read_postgresql(login, timeout)
+    return _read_mysql(login, timeout)
+
+
+def _read_mysql(login: _Login, timeout: float) -> Tables:
     import pymysql  # only this command needs the driver
 
     try:
         connection = pymysql.connect(
-            host=parts.hostname,
-            port=parts.port or 3306,
-            user=unquote(parts.username),
-            password=password or "",
-            database=unquote(database),
+            host=login.host,
+            port=login.port or 3306,
+            user=login.user,
+            password=login.password or "",
+            database=login.database,
             charset="utf8mb4",
             connect_timeout=timeout,
             read_timeout=timeout * 6,
@@ -121,7 +149,7 @@ def read_database(url: str, password: str | None, *, timeout: float = 10.0) -> T
             autocommit=False,
         )
     except pymysql.err.MySQLError as error:
-        raise SourceError(f"cannot connect to {parts.hostname}: {error}") from None
+        raise SourceError(f"cannot connect to {login.host}: {error}") from None
     try:
         with connection.cursor() as cursor:
             # Nothing here writes; a read-only transaction makes the server refuse it if it tried.
@@ -138,6 +166,52 @@ def read_database(url: str, password: str | None, *, timeout: float = 10.0) -> T
             connection.rollback()
     except pymysql.err.MySQLError as error:
         raise SourceError(f"reading the database failed: {error}") from None
+    finally:
+        connection.close()
+    return result
+
+
+def _read_postgresql(login: _Login, timeout: float) -> Tables:
+    """hMailServer's PostgreSQL layout: the same tables and columns (lower case) in the schemas of
+    the user's search path. Read through psycopg 3 (libpq) in one read-only transaction."""
+    import psycopg  # only this command needs the driver
+    from psycopg import sql
+    from psycopg.rows import dict_row
+
+    try:
+        connection = psycopg.connect(
+            host=login.host,
+            port=login.port or 5432,
+            user=login.user,
+            # None lets libpq look in PGPASSWORD and ~/.pgpass as psql would
+            password=login.password,
+            dbname=login.database,
+            connect_timeout=max(1, round(timeout)),
+            options=f"-c statement_timeout={round(timeout * 6 * 1000)}",
+            application_name="appliance import hmailserver",
+            row_factory=dict_row,
+        )
+    except psycopg.Error as error:
+        raise SourceError(f"cannot connect to {login.host}: {str(error).strip()}") from None
+    try:
+        # Nothing here writes; a read-only transaction (BEGIN READ ONLY) makes the server refuse it if it tried.
+        connection.read_only = True
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT lower(table_name) AS name FROM information_schema.tables"
+                " WHERE table_schema = ANY (current_schemas(false))"
+            )
+            present = {str(row["name"]) for row in cursor.fetchall()}
+            result: Tables = {}
+            for name in TABLES:
+                if name not in present:
+                    result[name] = []
+                    continue
+                cursor.execute(sql.SQL("SELECT * FROM {}").format(sql.Identifier(name)))
+                result[name] = [_plain(row) for row in cursor.fetchall()]
+        connection.rollback()
+    except psycopg.Error as error:
+        raise SourceError(f"reading the database failed: {str(error).strip()}") from None
     finally:
         connection.close()
     return result

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA = (Path(__file__).parent / "schema.sql").read_text()
+SCHEMA_POSTGRESQL = (Path(__file__).parent / "schema-postgresql.sql").read_text()
 SMTP, POP3, IMAP = 1, 3, 5
 SEEN, DELETED, FLAGGED, ANSWERED, DRAFT = 1, 2, 4, 8, 16
 PASSWORDS = {
@@ -105,9 +106,9 @@ def build(data_dir: Path, ports: dict[str, int]) -> Installation:
     loopback = int(ipaddress.IPv4Address("127.0.0.1"))
     inst.rows("hm_settings").extend(
         [
-            {"settingname": "hostname", "settingstring": "mail.example.test", "settingnumber": 0},
-            {"settingname": "usegreylisting", "settingstring": "", "settingnumber": 1},
-            {"settingname": "maxmessagesize", "settingstring": "", "settingnumber": 40960},  # KB
+            {"settingname": "hostname", "settingstring": "mail.example.test", "settinginteger": 0},
+            {"settingname": "usegreylisting", "settingstring": "", "settinginteger": 1},
+            {"settingname": "maxmessagesize", "settingstring": "", "settinginteger": 40960},  # KB
         ]
     )
     inst.rows("hm_tcpipports").extend(

@@ -5,7 +5,7 @@ CREATE TABLE hm_settings (
   settingid int NOT NULL AUTO_INCREMENT PRIMARY KEY,
   settingname varchar(30) NOT NULL DEFAULT '',
   settingstring varchar(4000) NOT NULL DEFAULT '',
-  settingnumber int NOT NULL DEFAULT 0,
+  settinginteger int NOT NULL DEFAULT 0,
   UNIQUE KEY settingname (settingname)
 );
 CREATE TABLE hm_tcpipports (
