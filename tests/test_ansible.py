@@ -113,8 +113,9 @@ class ProvisionedHost:
     def certificate(self) -> Path:
         return self.prefix / "etc/appliance/tls/cert.pem"
 
-    def host_vars(self, users: list[dict[str, str]] = USERS, extra_accounts: str = "") -> None:
-        """What this test changes in the inventory: paths, addresses, ports, users, accounts."""
+    def host_vars(self, users: list[dict[str, str]] = USERS, extra_accounts: str = "", **extra: str) -> None:
+        """What this test changes in the inventory: paths, addresses, ports, users, accounts, and
+        any other role variable (`extra`)."""
         values: dict[str, Any] = {
             "testenv_prefix": str(self.prefix),
             "testenv_listeners": {name: f"127.0.0.1:{port}" for name, port in self.ports.items()},
@@ -127,6 +128,7 @@ class ProvisionedHost:
             # Each protocol is checked by its own test below; a listener this version lacks
             # must not stop the environment from coming up for the others.
             "appliance_allow_listener_errors": False,
+            **extra,
         }
         path = self.inventory / "host_vars" / "localhost.yml"
         path.parent.mkdir(exist_ok=True)
@@ -473,3 +475,68 @@ def test_new_account_in_the_inventory_is_applied_by_a_reload_without_restart(
     subject = _unique_subject()
     _send(provisioned, "zoe@example.test", "Zoe!Passw0rd1", "zoe@example.test", subject)
     _wait_for_file(provisioned.data_dir / "mail/example.test/zoe/new", subject.encode())
+
+
+SIEVE_FILING = """require ["fileinto", "mailbox"];
+if header :contains "subject" "report" {
+    fileinto :create "Reports";
+}
+"""
+SIEVE_BROKEN = """require ["fileinto"];
+if header :contains "subject" "report" {
+    fileinto :bogus "Elsewhere";
+}
+"""
+
+
+def _deliver(env: ProvisionedHost, recipient: str, subject: str) -> None:
+    """Inbound mail over plain SMTP, as another server would send it."""
+    with smtplib.SMTP("127.0.0.1", env.ports["smtp"], timeout=30) as client:
+        message = f"From: alice@remote.test\r\nTo: {recipient}\r\nSubject: {subject}\r\n\r\nfor a rule\r\n"
+        assert client.sendmail("alice@remote.test", [recipient], message.encode()) == {}
+
+
+@pytest.mark.needs_root
+def test_sieve_scripts_in_git_are_deployed_beside_the_manifest_and_a_broken_one_stops_at_validate(
+    provisioned: ProvisionedHost,
+) -> None:
+    scripts = provisioned.prefix / "git-sieve"
+    scripts.mkdir()
+    (scripts / "john.sieve").write_text(SIEVE_FILING)
+    account = '"john" = { sieve = "sieve/john.sieve" }'
+    provisioned.host_vars(extra_accounts=account, appliance_sieve_src=str(scripts))
+    run = provisioned.play(packages=False)
+    assert run.returncode == 0, run.output[-6000:]
+    changed = run.changed_tasks()
+    assert "appliance : Deploy the Sieve scripts beside the manifest" in changed, changed
+    deployed = provisioned.manifest.parent / "sieve" / "john.sieve"
+    assert deployed.read_text() == SIEVE_FILING
+    assert oct(deployed.stat().st_mode & 0o777) == "0o640"
+    status = provisioned.status()
+    assert status["revision"] == _sha256(provisioned.manifest)
+    subject = f"monthly report {uuid.uuid4().hex[:12]}"
+    _deliver(provisioned, "john@example.test", subject)
+    john = provisioned.data_dir / "mail/example.test/john"
+    _wait_for_file(john / ".Reports/new", subject.encode())
+
+    # A broken script in Git: the play stops at validate, showing where; nothing on the host changes.
+    revision, manifest = status["revision"], provisioned.manifest.read_bytes()
+    (scripts / "john.sieve").write_text(SIEVE_BROKEN)
+    provisioned.host_vars(
+        extra_accounts=account + '\n"broken" = { display_name = "never deployed" }',
+        appliance_sieve_src=str(scripts),
+    )
+    try:
+        run = provisioned.play(packages=False)
+    finally:
+        provisioned.host_vars()
+    assert run.returncode != 0, run.output[-6000:]
+    failed = run.output.split("fatal:", 1)[0].rsplit("TASK [", 1)[1]
+    assert failed.startswith("appliance : Validate the staged manifest with its Sieve scripts]"), failed
+    assert "sieve/john.sieve:3:" in run.output, run.output[-6000:]
+    assert deployed.read_text() == SIEVE_FILING
+    assert provisioned.manifest.read_bytes() == manifest
+    assert provisioned.status()["revision"] == revision
+    subject = f"weekly report {uuid.uuid4().hex[:12]}"
+    _deliver(provisioned, "john@example.test", subject)
+    _wait_for_file(john / ".Reports/new", subject.encode())

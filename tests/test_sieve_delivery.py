@@ -118,6 +118,50 @@ def test_mail_lands_in_the_folder_the_script_names_with_its_flags(
         client.logout()
 
 
+UNICODE_FOLDERS = """require ["fileinto", "mailbox"];
+if header :contains "subject" "invoice" { fileinto :create "Büro"; stop; }
+if header :contains "subject" "summer" { fileinto "Été"; stop; }
+if header :contains "subject" "research" { fileinto :create "R&D"; stop; }
+"""
+
+
+def test_fileinto_a_non_ascii_folder_files_into_the_folder_imap_names_in_modified_utf7(
+    appliance: ApplianceFactory, relay: Peer
+) -> None:
+    server = start(appliance, relay, UNICODE_FOLDERS)
+    client = imaplib.IMAP4_SSL(
+        "127.0.0.1", server.ports["imaps"], ssl_context=client_context(server), timeout=10
+    )
+    try:
+        client.login("john@example.test", PASSWORD)
+        # A folder the user made in a mail client ("Été", RFC 3501 §5.1.3): fileinto without
+        # :create finds it by its Unicode name.
+        assert client.create('"&AMk-t&AOk-"')[0] == "OK"
+        for subject in ("invoice 42", "summer plans", "research notes"):
+            send(
+                server,
+                "alice@remote.test",
+                ["john@example.test"],
+                message("alice@remote.test", "john@example.test", subject),
+            )
+        _, listed = client.list()
+        names = b"\n".join(line for line in listed if isinstance(line, bytes))
+        for folder, subject in (
+            ("B&APw-ro", "invoice 42"),
+            ("&AMk-t&AOk-", "summer plans"),
+            ("R&-D", "research notes"),
+        ):
+            assert f'"{folder}"'.encode() in names or f" {folder}".encode() in names, names
+            typ, data = client.select(f'"{folder}"', readonly=True)
+            assert (typ, data) == ("OK", [b"1"]), (folder, typ, data)
+            _, fetched = client.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            assert subject.encode() in fetched[0][1]  # type: ignore[index]
+        assert client.select("INBOX", readonly=True) == ("OK", [b"0"])
+    finally:
+        client.logout()
+    assert files(maildir(server)) == []
+
+
 def vacation_replies(relay: Peer, count: int) -> list[str]:
     """The recipients of the first `count` mails the relay got, once it has that many."""
     got = relay.wait_for(count)

@@ -21,7 +21,6 @@ UID list and that ledger name them.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import datetime
 import itertools
@@ -42,6 +41,7 @@ from appliance.imap.uidlist import (
 from appliance.importer.plan import Mailbox, Note
 from appliance.importer.source import Row, Tables, as_int, as_text, as_time
 from appliance.store.durable import fsync_directory, replace_file, write_all
+from appliance.store.folders import encode_folder_name
 from appliance.store.maildir import INFO_SEPARATOR, Maildir, to_lf, wire_size
 
 LEDGER = "appliance-hmailserver-imported"
@@ -64,27 +64,6 @@ class MailResult:
 
 def flag_letters(flags: int) -> str:
     return "".join(letter for bit, letter in _FLAG_LETTERS if flags & bit)
-
-
-def encode_folder_name(name: str) -> str:
-    """RFC 3501 §5.1.3 modified UTF-7."""
-    out: list[str] = []
-    pending: list[str] = []
-
-    def flush() -> None:
-        if pending:
-            data = "".join(pending).encode("utf-16-be")
-            out.append("&" + base64.b64encode(data).decode("ascii").rstrip("=").replace("/", ",") + "-")
-            pending.clear()
-
-    for char in name:
-        if " " <= char <= "~":
-            flush()
-            out.append("&-" if char == "&" else char)
-        else:
-            pending.append(char)
-    flush()
-    return "".join(out)
 
 
 def copy_mail(

@@ -21,7 +21,7 @@ from appliance.queue.bounce import Failure, report
 from appliance.sieve import Envelope, Outcome, Vacation, run
 from appliance.sieve.vacation import refusal, reply
 from appliance.snapshot import AccountEntry, Snapshot
-from appliance.store.folders import folder_directory_fits
+from appliance.store.folders import encode_folder_name, folder_directory_fits
 from appliance.store.mailstore import MailStore, Placement
 from appliance.store.userscripts import UserScripts
 
@@ -44,23 +44,24 @@ class Plan:
 
 
 def _folder(name: str) -> str | None:
-    """The Maildir++ folder for a Sieve mailbox name (None: INBOX or a name it cannot hold)."""
+    """The Maildir++ folder for a Sieve mailbox name (None: INBOX or a name it cannot hold).
+    Sieve names are Unicode (RFC 5228 §2.4.2); the folder is named as IMAP names it, in modified
+    UTF-7 (RFC 3501 §5.1.3), so that "Büro" is the folder an IMAP client shows as "Büro"."""
     if name.upper() == "INBOX":
         return None
     if name.upper().startswith("INBOX."):
         name = name[6:]
     if (
         not name
-        or not name.isascii()
         or not name.isprintable()
         or "/" in name
         or name.startswith(".")
         or name.endswith(".")
         or ".." in name
-        or not folder_directory_fits(name)
     ):
         return None
-    return name
+    encoded = encode_folder_name(name)
+    return encoded if folder_directory_fits(encoded) else None
 
 
 def _recipient(entry: AccountEntry, recipients: Sequence[str], delimiter: str) -> str:

@@ -7,6 +7,7 @@ a deletion is one atomic rename out of sight before the files go. The IMAP folde
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
 import shutil
@@ -23,6 +24,29 @@ def folder_directory_fits(name: str) -> bool:
     """True when the Maildir++ directory of folder `name` ("." + the whole hierarchical name, as
     bytes) fits in one directory entry."""
     return len(os.fsencode(f".{name}")) <= NAME_MAX
+
+
+def encode_folder_name(name: str) -> str:
+    """A folder name (Unicode) as IMAP names it, RFC 3501 §5.1.3 modified UTF-7: printable
+    US-ASCII as itself ("&" as "&-"), anything else as "&" + modified BASE64 of its UTF-16 + "-".
+    The Maildir++ directory is "." + this name; hmailserver import and Sieve `fileinto` use it."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            data = "".join(pending).encode("utf-16-be")
+            out.append("&" + base64.b64encode(data).decode("ascii").rstrip("=").replace("/", ",") + "-")
+            pending.clear()
+
+    for char in name:
+        if " " <= char <= "~":
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            pending.append(char)
+    flush()
+    return "".join(out)
 
 
 def create_folders(paths: list[Path]) -> None:
