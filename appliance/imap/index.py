@@ -32,6 +32,7 @@ from appliance.store.maildir import (
 
 if TYPE_CHECKING:
     from appliance.imap.mailboxes import Mailboxes
+    from appliance.imap.ordering import Summary
     from appliance.imap.view import FolderView
 
 SETTLE_NS = 1_000_000_000  # a directory changed less than this before our listing is listed again
@@ -108,6 +109,8 @@ class FolderIndex:
         # SearchBatch.fields holds them. A message's bytes never change under its key, so nothing
         # here goes stale; it lives as long as the index.
         self.fields: dict[str, dict[str, str | None]] = {}
+        # What SORT and THREAD took out of each message's header, by Maildir key (as `fields`).
+        self.summaries: dict[str, Summary] = {}
 
     # -- reading the disk (lock held) ------------------------------------------------------------
     def maybe_changed(self) -> bool:
