@@ -18,6 +18,7 @@ from appliance.imap.index import MessageInfo
 from appliance.imap.ordering import SortError, Summary, parse_sort_criteria, sort_order
 from appliance.imap.responses import Bad
 from appliance.imap.selected import HEADER_BATCH, SEARCH_ON_LOOP, matching
+from appliance.imap.threads import ALGORITHMS, ordered_subject, references, thread_list
 from appliance.imap.tokens import Atom, Token, as_text
 
 if TYPE_CHECKING:
@@ -98,6 +99,21 @@ async def sort(session: Session, tag: str, args: list[Token], uid: bool) -> str:
     else:
         session.send(_esort(tag, uid, numbers, returns))
     return "SORT completed"
+
+
+@command("THREAD", SELECTED, uid=True, holds_expunges=True)
+async def thread(session: Session, tag: str, args: list[Token], uid: bool) -> str:
+    """RFC 5256 §3: THREAD algorithm charset search-keys; answered with one THREAD response."""
+    algorithm = args[0].upper() if args and isinstance(args[0], Atom) else ""
+    if algorithm not in ALGORITHMS:
+        raise Bad("Unknown THREAD algorithm")
+    seqs, infos, summaries = await _chosen(session, args[1:], "THREAD")
+    build = ordered_subject if algorithm == "ORDEREDSUBJECT" else references
+    numbers = [info.uid for info in infos] if uid else seqs
+    roots = await _compute(session, len(seqs) * 4, build, summaries, [info.internaldate for info in infos])
+    # RFC 5256 §4: thread-data = "THREAD" [SP 1*thread-list]
+    session.send(b"* THREAD" + (b" " + thread_list(roots, numbers) if roots else b"") + b"\r\n")
+    return "THREAD completed"
 
 
 def _return_options(tokens: list[Token]) -> frozenset[str]:
