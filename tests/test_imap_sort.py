@@ -301,4 +301,11 @@ def test_thread_answers_are_dovecots_on_conversations(server: RunningAppliance, 
     load(raw, threaded_corpus(3))
     raw.ok("SELECT INBOX")
     compare(server, user, raw, THREADS, b"* THREAD")
+    # The threads of a folder that changed are threaded again, not taken from the last THREAD.
+    raw.ok("STORE 4 +FLAGS.SILENT (\\Deleted)")
+    raw.ok("EXPUNGE")
+    reply = b"Subject: Re: plans\r\nReferences: <t0.3@example.org> <t1.3@example.org>\r\n\r\nreply\r\n"
+    raw.ok(b"APPEND INBOX {%d+}\r\n" % len(reply) + reply)
+    raw.ok("NOOP")
+    compare(server, user, raw, THREADS, b"* THREAD")
     raw.close()

@@ -110,7 +110,16 @@ async def thread(session: Session, tag: str, args: list[Token], uid: bool) -> st
     seqs, infos, summaries = await _chosen(session, args[1:], "THREAD")
     build = ordered_subject if algorithm == "ORDEREDSUBJECT" else references
     numbers = [info.uid for info in infos] if uid else seqs
-    roots = await _compute(session, len(seqs) * 4, build, summaries, [info.internaldate for info in infos])
+    cache = _view(session).threads
+    keys = tuple(info.key for info in infos)
+    cached = cache.get(algorithm)
+    if cached is not None and cached[0] == keys:  # the same messages: the same threads
+        roots = cached[1]
+    else:
+        roots = await _compute(
+            session, len(seqs) * 4, build, summaries, [info.internaldate for info in infos]
+        )
+        cache[algorithm] = (keys, roots)
     # RFC 5256 §4: thread-data = "THREAD" [SP 1*thread-list]
     session.send(b"* THREAD" + (b" " + thread_list(roots, numbers) if roots else b"") + b"\r\n")
     return "THREAD completed"

@@ -15,25 +15,25 @@ from appliance.imap.ordering import Summary
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 
 
-class _Node:
+class Container:
     """A container (RFC 5256 §3 REFERENCES): a message (position) or a dummy (-1)."""
 
     __slots__ = ("children", "key", "parent", "position")
 
     def __init__(self, position: int = -1) -> None:
         self.position = position
-        self.parent: _Node | None = None
-        self.children: list[_Node] = []
+        self.parent: Container | None = None
+        self.children: list[Container] = []
         self.key: tuple[float, int] = (0.0, 0)  # (date, position) it sorts by among its siblings
 
-    def adopt(self, child: _Node) -> None:
+    def adopt(self, child: Container) -> None:
         if child.parent is not None:
             child.parent.children.remove(child)
         child.parent = self
         self.children.append(child)
 
-    def is_ancestor_of(self, other: _Node) -> bool:
-        node: _Node | None = other
+    def is_ancestor_of(self, other: Container) -> bool:
+        node: Container | None = other
         while node is not None:
             if node is self:
                 return True
@@ -47,34 +47,34 @@ def _dates(summaries: Sequence[Summary], internaldates: Sequence[float]) -> list
     ]
 
 
-def ordered_subject(summaries: Sequence[Summary], internaldates: Sequence[float]) -> list[_Node]:
+def ordered_subject(summaries: Sequence[Summary], internaldates: Sequence[float]) -> list[Container]:
     """RFC 5256 §3 ORDEREDSUBJECT: messages sorted by base subject, then date; each run of one
     subject is a thread whose first message is the parent of the others; threads by the date of
     their first message."""
     dates = _dates(summaries, internaldates)
     order = sorted(range(len(summaries)), key=lambda i: (summaries[i].subject, dates[i], i))
-    roots: list[_Node] = []
+    roots: list[Container] = []
     for i in order:
         if roots and summaries[roots[-1].position].subject == summaries[i].subject:
-            roots[-1].adopt(_Node(i))
+            roots[-1].adopt(Container(i))
         else:
-            root = _Node(i)
+            root = Container(i)
             root.key = (dates[i], i)
             roots.append(root)
     roots.sort(key=lambda node: node.key)
     return roots
 
 
-def references(summaries: Sequence[Summary], internaldates: Sequence[float]) -> list[_Node]:
+def references(summaries: Sequence[Summary], internaldates: Sequence[float]) -> list[Container]:
     """RFC 5256 §3 REFERENCES, steps (1) to (6)."""
     dates = _dates(summaries, internaldates)
-    by_id: dict[str, _Node] = {}
-    messages: list[_Node] = []
+    by_id: dict[str, Container] = {}
+    messages: list[Container] = []
     for i, summary in enumerate(summaries):
         # (1)(A) the message's own container: a duplicate or missing Message-ID gets a fresh one
         node = by_id.get(summary.message_id) if summary.message_id is not None else None
         if node is None or node.position >= 0:
-            node = _Node(i)
+            node = Container(i)
             if summary.message_id is not None and summary.message_id not in by_id:
                 by_id[summary.message_id] = node
         else:
@@ -83,11 +83,11 @@ def references(summaries: Sequence[Summary], internaldates: Sequence[float]) -> 
         refs = list(summary.references)
         if not refs and summary.in_reply_to is not None:
             refs = [summary.in_reply_to]
-        parent: _Node | None = None
+        parent: Container | None = None
         for ref in refs:  # link the references in order; existing links and loops left alone
             container = by_id.get(ref)
             if container is None:
-                container = by_id[ref] = _Node()
+                container = by_id[ref] = Container()
             if parent is not None and container.parent is None and not container.is_ancestor_of(parent):
                 parent.adopt(container)
             parent = container
@@ -112,7 +112,7 @@ def references(summaries: Sequence[Summary], internaldates: Sequence[float]) -> 
     return roots
 
 
-def _walk(roots: list[_Node]) -> Iterator[_Node]:
+def _walk(roots: list[Container]) -> Iterator[Container]:
     """Every node below `roots` (and they), parents before children."""
     stack = list(reversed(roots))
     while stack:
@@ -121,11 +121,11 @@ def _walk(roots: list[_Node]) -> Iterator[_Node]:
         stack.extend(reversed(node.children))
 
 
-def _prune(roots: list[_Node]) -> list[_Node]:
+def _prune(roots: list[Container]) -> list[Container]:
     """(4) Dummies without children go; a dummy's children take its place, except at the root
     where a dummy with more than one child stays."""
     for node in reversed(list(_walk(roots))):  # children before their parents
-        kept: list[_Node] = []
+        kept: list[Container] = []
         for child in node.children:
             if child.position >= 0:
                 kept.append(child)
@@ -134,7 +134,7 @@ def _prune(roots: list[_Node]) -> list[_Node]:
                 grandchild.parent = node
             kept += child.children
         node.children = kept
-    out: list[_Node] = []
+    out: list[Container] = []
     for root in roots:
         if root.position < 0 and len(root.children) <= 1:
             for child in root.children:
@@ -145,7 +145,7 @@ def _prune(roots: list[_Node]) -> list[_Node]:
     return out
 
 
-def _sort(roots: list[_Node], dates: Sequence[float]) -> None:
+def _sort(roots: list[Container], dates: Sequence[float]) -> None:
     """(6) Siblings by date, children sorted before their parents; a dummy sorts as its first
     child does."""
     for node in reversed(list(_walk(roots))):
@@ -157,17 +157,17 @@ def _sort(roots: list[_Node], dates: Sequence[float]) -> None:
     roots.sort(key=lambda node: node.key)
 
 
-def _merge_subjects(roots: list[_Node], summaries: Sequence[Summary]) -> list[_Node]:
+def _merge_subjects(roots: list[Container], summaries: Sequence[Summary]) -> list[Container]:
     """(5) Threads at the root with the same base subject gathered under one."""
 
-    def subject_of(node: _Node) -> str:
+    def subject_of(node: Container) -> str:
         target = node if node.position >= 0 else node.children[0]
         return summaries[target.position].subject
 
-    def is_reply(node: _Node) -> bool:
+    def is_reply(node: Container) -> bool:
         return node.position >= 0 and summaries[node.position].reply
 
-    table: dict[str, _Node] = {}
+    table: dict[str, Container] = {}
     for node in roots:  # (B)
         subject = subject_of(node)
         if not subject:
@@ -177,7 +177,7 @@ def _merge_subjects(roots: list[_Node], summaries: Sequence[Summary]) -> list[_N
             held.position >= 0 and (node.position < 0 or (is_reply(held) and not is_reply(node)))
         ):
             table[subject] = node
-    out: list[_Node] = []
+    out: list[Container] = []
     for node in roots:  # (C)
         subject = subject_of(node)
         held = table.get(subject) if subject else None
@@ -190,7 +190,7 @@ def _merge_subjects(roots: list[_Node], summaries: Sequence[Summary]) -> list[_N
         elif held.position < 0 or (is_reply(node) and not is_reply(held)):
             held.adopt(node)
         else:
-            dummy = _Node()
+            dummy = Container()
             position = out.index(held) if held in out else -1
             dummy.adopt(held)
             dummy.adopt(node)
@@ -202,32 +202,35 @@ def _merge_subjects(roots: list[_Node], summaries: Sequence[Summary]) -> list[_N
     return out
 
 
-def thread_list(roots: list[_Node], numbers: Sequence[int]) -> bytes:
+def thread_list(roots: list[Container], numbers: Sequence[int]) -> bytes:
     """RFC 5256 §4 thread-list: "(" members ")" per thread; a chain "a b c", siblings each in
     parentheses, a dummy as an empty member. `numbers`: what each position is called."""
-    out: list[bytes] = []
-    # Stack items: a node to write, or bytes to write as they are.
-    stack: list[_Node | bytes] = []
+    out: list[str] = []
+    # Stack items: a node to write, or text to write as it is.
+    stack: list[Container | str] = []
     for root in reversed(roots):
-        stack += [b")", root, b"("]
+        stack += [")", root, "("]
     while stack:
         item = stack.pop()
-        if isinstance(item, bytes):
+        if isinstance(item, str):
             out.append(item)
             continue
-        node: _Node | None = item
+        if not item.children:  # a message without replies: most of them
+            out.append(str(numbers[item.position]))
+            continue
+        node: Container | None = item
         first = True
         while node is not None:
             if node.position >= 0:
-                out.append(b"%d" % numbers[node.position] if first else b" %d" % numbers[node.position])
+                out.append(str(numbers[node.position]) if first else f" {numbers[node.position]}")
                 first = False
             if len(node.children) == 1:
                 node = node.children[0]
                 continue
             if node.children:
                 if not first:
-                    out.append(b" ")
+                    out.append(" ")
                 for child in reversed(node.children):
-                    stack += [b")", child, b"("]
+                    stack += [")", child, "("]
             node = None
-    return b"".join(out)
+    return "".join(out).encode()

@@ -28,6 +28,7 @@ from appliance.store.maildir import read_crlf, read_header
 
 if TYPE_CHECKING:
     from appliance.imap.mailboxes import AccountMailboxes
+    from appliance.imap.threads import Container
 
 POLL_INTERVAL = 0.5  # seconds between looks at the disk while a session idles
 MAX_CACHED_FIELDS = 200_000  # header values cached per field and folder
@@ -312,6 +313,11 @@ class FolderView:
                 if summary is not None and len(cache) < MAX_CACHED_FIELDS:
                     cache[infos[position].key] = summary
         return found
+
+    @property
+    def threads(self) -> dict[str, tuple[tuple[str, ...], list[Container]]]:
+        """The folder's last THREAD trees, shared by its sessions (FolderIndex.threads)."""
+        return self._folder.threads
 
     async def read(self, infos: Sequence[MessageInfo]) -> list[bytes | None]:
         folder = self._folder
