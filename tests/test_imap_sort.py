@@ -309,3 +309,27 @@ def test_thread_answers_are_dovecots_on_conversations(server: RunningAppliance, 
     raw.ok("NOOP")
     compare(server, user, raw, THREADS, b"* THREAD")
     raw.close()
+
+
+def test_a_reply_chain_longer_than_pythons_recursion_limit_is_one_thread(
+    server: RunningAppliance, user: str
+) -> None:
+    """1,500 messages each replying to the one before (References holding only the parent, as
+    some clients truncate it), delivered straight into the Maildir as an MDA does: one chain,
+    written without recursion. Dovecot is asked about the first 900 only: deeper than about
+    1,000 it hangs the rest of a chain under the thread's first message (its own limit, not
+    RFC 5256's)."""
+    raw = RawClient(server)
+    raw.login(user, PASSWORD)  # the first login makes the Maildir
+    new = maildir(server, user) / "new"
+    for n in range(1500):
+        refs = f"References: <c{n - 1}@example.org>\r\n" if n else ""
+        body = f"Subject: {'Re: ' if n else ''}chain\r\nMessage-ID: <c{n}@example.org>\r\n{refs}\r\nx\r\n"
+        (new / f"{1765000000 + n}.M{n}P1.sort-test").write_bytes(body.encode())
+    raw.ok("SELECT INBOX")
+    chain = " ".join(str(n) for n in range(1, 1501))
+    assert raw.ok("THREAD REFERENCES UTF-8 ALL") == [f"* THREAD ({chain})".encode()]
+    compare(
+        server, user, raw, ["THREAD REFERENCES UTF-8 1:900", "UID THREAD REFERENCES UTF-8 1:900"], b"* THREAD"
+    )
+    raw.close()
