@@ -168,13 +168,16 @@ SORTS = [
     "SORT (SUBJECT) US-ASCII 20:90 NOT FROM alice",
     "UID SORT (REVERSE DATE) UTF-8 ALL",
     "UID SORT (SUBJECT) UTF-8 UID 100:*",
+    "SORT (DISPLAYFROM) UTF-8 ALL",
+    "SORT (REVERSE DISPLAYTO) UTF-8 ALL",
+    "SORT (DISPLAYFROM DATE) UTF-8 ALL",
 ]
 
 
 def test_sort_answers_are_dovecots_on_an_odd_corpus(server: RunningAppliance, user: str) -> None:
     raw = RawClient(server)
     raw.login(user, PASSWORD)
-    assert b" SORT ESORT" in raw.ok("CAPABILITY")[0]
+    assert b" SORT ESORT SORT=DISPLAY" in raw.ok("CAPABILITY")[0]
     load(raw, corpus(5256))
     raw.ok("SELECT INBOX")
     compare(server, user, raw, SORTS, b"* SORT")

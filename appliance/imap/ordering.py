@@ -18,7 +18,8 @@ from appliance.imap.headers import decode_header_value, parse_addresses
 from appliance.imap.message import ParsedMessage, sent_date
 from appliance.imap.tokens import Atom, Token
 
-SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO")  # RFC 5256 §3
+# RFC 5256 §3, and RFC 5957 §3's DISPLAYFROM and DISPLAYTO
+SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
 MAX_SORT_KEYS = 16
 _WHITESPACE = re.compile(r"[ \t\r\n]+")
 _ASCII_LOWER = str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -37,6 +38,8 @@ class Summary(NamedTuple):
     from_: str
     to: str
     cc: str
+    display_from: str  # RFC 5957 §2: the first From address's display name, else its addr-spec
+    display_to: str
     message_id: str | None
     in_reply_to: str | None
     references: tuple[str, ...]
@@ -159,6 +162,24 @@ def _first_mailbox(message: ParsedMessage, name: str) -> str:
     return ""
 
 
+def _display_name(message: ParsedMessage, name: str) -> str:
+    """RFC 5957 §2: the first address's display name (encoded words decoded), or its addr-spec
+    when it has none; a group's name when the field starts with a group (as Dovecot sorts it);
+    "" for no field. ASCII upper-cased (i;ascii-casemap)."""
+    values = message.root.values(name)
+    if not values:
+        return ""
+    for display, _, mailbox, host in parse_addresses(values[0].decode("latin-1")):
+        if display:
+            decoded = decode_header_value(display.encode("latin-1", "replace"))
+            if decoded:
+                return casemap(decoded)
+        if mailbox is None:
+            return ""
+        return casemap(mailbox if host is None else f"{mailbox}@{host}")  # a group: its name, as Dovecot
+    return ""
+
+
 _MSG_ID = re.compile(r"<([^<>@\s]+@[^<>\s]+)>")
 
 
@@ -188,6 +209,8 @@ def summarize(header: bytes) -> Summary:
         _first_mailbox(message, "from"),
         _first_mailbox(message, "to"),
         _first_mailbox(message, "cc"),
+        _display_name(message, "from"),
+        _display_name(message, "to"),
         message_ids[0] if message_ids else None,
         in_reply_to[0] if in_reply_to else None,
         tuple(_ids(message, "references")),
@@ -216,6 +239,8 @@ def sort_order(
         "SIZE": lambda i: sizes[i],
         "SUBJECT": lambda i: summaries[i].subject,
         "TO": lambda i: summaries[i].to,
+        "DISPLAYFROM": lambda i: summaries[i].display_from,
+        "DISPLAYTO": lambda i: summaries[i].display_to,
     }
     for key, reverse in reversed(criteria):
         order.sort(key=columns[key], reverse=reverse)
