@@ -191,6 +191,8 @@ ESORTS = [
     "UID SORT RETURN (COUNT ALL MIN) (FROM) UTF-8 ALL",
     "SORT RETURN (MIN MAX ALL COUNT) (SIZE) UTF-8 SUBJECT nothing-matches-this",
     "SORT RETURN (COUNT) (DATE) UTF-8 1:10",
+    "SORT RETURN (ALL) (REVERSE ARRIVAL) UTF-8 61:*",  # a descending run
+    "UID SORT RETURN (ALL MIN MAX) (ARRIVAL) UTF-8 59:*",
 ]
 
 
@@ -200,6 +202,7 @@ def test_esort_answers_are_dovecots(server: RunningAppliance, user: str) -> None
     raw = RawClient(server)
     raw.login(user, PASSWORD)
     load(raw, corpus(5267, 60))
+    load(raw, [(b"Subject: later %d\r\n\r\nx\r\n" % n, f"04-Dec-2026 10:00:0{n} +0000") for n in range(6)])
     raw.ok("SELECT INBOX")
     compare(server, user, raw, ESORTS, b"* ESEARCH")
     raw.close()
