@@ -208,7 +208,7 @@ def test_esort_answers_are_dovecots(server: RunningAppliance, user: str) -> None
     raw.close()
 
 
-def test_sort_criteria_that_cannot_be_used_are_bad_and_change_nothing(
+def test_sort_and_thread_arguments_that_cannot_be_used_are_bad_and_change_nothing(
     server: RunningAppliance, user: str
 ) -> None:
     raw = RawClient(server)
@@ -224,12 +224,18 @@ def test_sort_criteria_that_cannot_be_used_are_bad_and_change_nothing(
         "SORT DATE UTF-8 ALL",
         "SORT (DATE) UTF-8",
         "SORT RETURN (BOGUS) (DATE) UTF-8 ALL",
+        "THREAD BOGUS UTF-8 ALL",
+        "THREAD REFERENCES UTF-8",
+        "THREAD (REFERENCES) UTF-8 ALL",
+        "UID THREAD ORDEREDSUBJECT UTF-8 NOSUCHKEY",
     ):
         untagged, done = raw.command(text)
         assert done.split(b" ")[1] == b"BAD", (text, done)
         assert untagged == []
-    untagged, done = raw.command("SORT (DATE) KOI8-R ALL")
-    assert done.split(b" ", 2)[1:] == [b"NO", b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset KOI8-R"]
+    for text in ("SORT (DATE) KOI8-R ALL", "THREAD REFERENCES KOI8-R ALL"):
+        untagged, done = raw.command(text)
+        assert done.split(b" ", 2)[1:] == [b"NO", b"[BADCHARSET (US-ASCII UTF-8)] Unsupported charset KOI8-R"]
+        assert untagged == []
     assert raw.ok("SORT (ARRIVAL) UTF-8 ALL") == before
     raw.close()
 
