@@ -12,13 +12,15 @@ server, times these commands on that mailbox with one client and with `--clients
     SEARCH FROM "alice"              an address header search over every message
     SEARCH SINCE <date>              an internal-date search (the last quarter of the mailbox)
     UID FETCH 1:* (FLAGS)            the full flag resync a client does when it reconnects
+    SORT (REVERSE DATE)              every message, newest sent first (RFC 5256), a webmail folder view
+    THREAD REFERENCES                every message in conversations (RFC 5256)
 
 Every answer is checked against what was written (message count, octets with CRLF, search hits,
-\\Seen flags); a wrong answer is printed and makes the exit status 1. Clients are OS processes with
-a raw socket each (no imaplib: its parsing would cost more than the servers; literals are skipped by
-count, and runs of lines without literals, such as the 10,000 lines of a flag resync, are counted
-in one go rather than line by line, which took the client longer than either server took to
-send them). They log in, wait at a
+\\Seen flags, every message once in SORT and THREAD); a wrong answer is printed and makes the exit
+status 1. Clients are OS processes with a raw socket each (no imaplib: its parsing would cost more
+than the servers; literals are skipped by count, and runs of lines without literals, such as the
+10,000 lines of a flag resync, are counted in one go rather than line by line, which took the client
+longer than either server took to send them). They log in, wait at a
 barrier, and run each command together; a command's time is from the first client's start to the
 last client's tagged OK. Logins are not timed (the appliance verifies argon2id, Dovecot a PLAIN
 passwd-file).
@@ -341,7 +343,7 @@ class Answer:
     fetches: int = 0
     octets: int = 0  # literal octets
     exists: int = -1
-    hits: int = -1  # numbers in * SEARCH
+    hits: int = -1  # numbers in * SEARCH, * SORT or * THREAD
     seen: int = 0  # \Seen in FETCH lines
 
 
@@ -417,7 +419,8 @@ class Wire:
         block = bytes(self.buffer[start : end + 2])
         tagged = (b"\r\n" + block).find(b"\r\n" + tag + b" ")  # where its line starts in block
         untagged = block if tagged < 0 else block[:tagged]
-        if b"* SEARCH" in untagged or b" EXISTS\r\n" in untagged:  # rare lines: one by one
+        if any(word in untagged for word in (b"* SEARCH", b"* SORT", b"* THREAD", b" EXISTS\r\n")):
+            # rare lines: one by one
             for line in untagged[:-2].split(b"\r\n"):
                 self._count(line, tag, answer)
         else:
@@ -439,8 +442,10 @@ class Wire:
         if line.startswith(b"* ") and b" FETCH " in line:
             answer.fetches += 1
             answer.seen += b"\\Seen" in line
-        elif line.startswith(b"* SEARCH"):
+        elif line.startswith((b"* SEARCH", b"* SORT")):
             answer.hits = len(line.split()) - 2
+        elif line.startswith(b"* THREAD"):  # "(1 (2)(3 4))(5)": every number is a message
+            answer.hits = len(line[8:].replace(b"(", b" ").replace(b")", b" ").split())
         elif line.startswith(b"* ") and line.endswith(b" EXISTS"):
             answer.exists = int(line.split()[1])
         return False
@@ -460,6 +465,8 @@ def operations(expected: Expected) -> list[Operation]:
         Operation(f'SEARCH FROM "{FROM_WORD}"', f'SEARCH FROM "{FROM_WORD}"'),
         Operation(f"SEARCH SINCE {expected.since}", f"SEARCH SINCE {expected.since}"),
         Operation("UID FETCH 1:* (FLAGS)", "UID FETCH 1:* (FLAGS)"),
+        Operation("SORT (REVERSE DATE)", "SORT (REVERSE DATE) UTF-8 ALL"),
+        Operation("THREAD REFERENCES", "THREAD REFERENCES UTF-8 ALL"),
     ]
 
 
@@ -477,6 +484,8 @@ def wrong(operation: Operation, answer: Answer, expected: Expected) -> str | Non
         got, want = (answer.hits,), (expected.from_hits,)
     elif label.startswith("SEARCH SINCE"):
         got, want = (answer.hits,), (expected.since_hits,)
+    elif label.startswith(("SORT", "THREAD")):
+        got, want = (answer.hits,), (expected.messages,)
     else:
         got, want = (answer.fetches, answer.seen), (expected.messages, expected.seen)
     return None if got == want else f"{label}: got {got}, expected {want}"

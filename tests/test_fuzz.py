@@ -651,6 +651,23 @@ UID_COMMANDS = st.one_of(
         lambda verb, s, box: join(verb, s, box), st.sampled_from([b"COPY", b"MOVE"]), SEQUENCES, MAILBOXES
     ),
     st.builds(lambda s: join(b"EXPUNGE", s), SEQUENCES),
+    st.builds(
+        lambda returns, criteria, charset, keys: join(b"SORT", *returns, criteria, charset, keys),
+        st.lists(
+            st.sampled_from([b"RETURN (MIN MAX ALL COUNT)", b"RETURN ()", b"RETURN (BOGUS)"]), max_size=1
+        ),
+        st.sampled_from(
+            [b"(DATE)", b"(REVERSE SUBJECT FROM)", b"(DISPLAYTO SIZE)", b"(REVERSE)", b"()", b"DATE", b"(X)"]
+        ),
+        st.sampled_from([b"UTF-8", b"US-ASCII", b"KOI8-R"]),
+        SEARCH_KEYS,
+    ),
+    st.builds(
+        lambda algorithm, charset, keys: join(b"THREAD", algorithm, charset, keys),
+        st.sampled_from([b"REFERENCES", b"ORDEREDSUBJECT", b"REFS", b"(REFERENCES)"]),
+        st.sampled_from([b"UTF-8", b"KOI8-R"]),
+        SEARCH_KEYS,
+    ),
 )
 IMAP_ARGUMENTS: st.SearchStrategy[Parts] = st.one_of(
     st.sampled_from(

@@ -32,6 +32,8 @@ from appliance.store.maildir import (
 
 if TYPE_CHECKING:
     from appliance.imap.mailboxes import Mailboxes
+    from appliance.imap.ordering import Summary
+    from appliance.imap.threads import Container
     from appliance.imap.view import FolderView
 
 SETTLE_NS = 1_000_000_000  # a directory changed less than this before our listing is listed again
@@ -108,6 +110,11 @@ class FolderIndex:
         # SearchBatch.fields holds them. A message's bytes never change under its key, so nothing
         # here goes stale; it lives as long as the index.
         self.fields: dict[str, dict[str, str | None]] = {}
+        # What SORT and THREAD took out of each message's header, by Maildir key (as `fields`).
+        self.summaries: dict[str, Summary] = {}
+        # The last THREAD of each algorithm: the Maildir keys it threaded (in sequence order) and
+        # its trees. The same messages thread the same way, so an unchanged folder reuses them.
+        self.threads: dict[str, tuple[tuple[str, ...], list[Container]]] = {}
 
     # -- reading the disk (lock held) ------------------------------------------------------------
     def maybe_changed(self) -> bool:

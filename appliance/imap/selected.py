@@ -171,6 +171,21 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
         args = args[2:]
     if not args:
         raise Bad("SEARCH needs search keys")
+    found = await matching(session, view, args, charset)
+    if uid:
+        messages = view.messages
+        found = [messages[seq - 1].uid for seq in found]
+    if returns is None:
+        session.send(b"* SEARCH" + b"".join(b" %d" % number for number in found) + b"\r\n")
+    else:
+        session.send(_esearch(tag, uid, found, returns))
+    return "SEARCH completed"
+
+
+async def matching(session: Session, view: FolderView, args: list[Token], charset: str | None) -> list[int]:
+    """The sequence numbers (ascending) of the messages that match the search keys `args`;
+    BAD for keys that cannot be used, NO [BADCHARSET] for a charset this server does not know.
+    SEARCH, SORT and THREAD (RFC 5256) select their messages with it."""
     messages = view.messages
     try:
         compiled = compile_search(
@@ -212,12 +227,8 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
             )
         else:
             matched = compiled.select(batch, candidates)
-        found += [infos[i].uid for i in matched] if uid else [seqs[i] for i in matched]
-    if returns is None:
-        session.send(b"* SEARCH" + b"".join(b" %d" % number for number in found) + b"\r\n")
-    else:
-        session.send(_esearch(tag, uid, found, returns))
-    return "SEARCH completed"
+        found += [seqs[i] for i in matched]
+    return found
 
 
 _RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")  # RFC 4731 §3.1, in the order answered (as Dovecot)

@@ -12,7 +12,7 @@ from appliance.connection import Listener, listen
 from appliance.context import ListenerSpec, Services
 
 # The command modules register their handlers in the command table when imported.
-from appliance.imap import folders, idle, quota, selected  # noqa: F401
+from appliance.imap import folders, idle, quota, selected, sorting  # noqa: F401
 from appliance.imap.mailboxes import Mailboxes
 from appliance.imap.sender import Senders
 from appliance.imap.session import Session

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal
 
 from appliance.imap.index import Entry, FolderIndex, MailboxError, MessageInfo
 from appliance.imap.message import ParsedMessage
+from appliance.imap.ordering import Summary, summarize
 from appliance.imap.search import folded_fields
 from appliance.imap.uidlist import MAX_KEYWORDS
 from appliance.imap.updates import Exists, Expunged, FlagsChanged, NewFlags, Recent, Update
@@ -27,6 +28,7 @@ from appliance.store.maildir import read_crlf, read_header
 
 if TYPE_CHECKING:
     from appliance.imap.mailboxes import AccountMailboxes
+    from appliance.imap.threads import Container
 
 POLL_INTERVAL = 0.5  # seconds between looks at the disk while a session idles
 MAX_CACHED_FIELDS = 200_000  # header values cached per field and folder
@@ -295,6 +297,28 @@ class FolderView:
                         cache[key] = value
         return columns, gone
 
+    async def summaries(self, infos: Sequence[MessageInfo]) -> list[Summary | None]:
+        """What SORT and THREAD use of each message (ordering.summarize), None for one that
+        vanished: from the folder's cache, else from the header alone, read and summarized where
+        message reads are done."""
+        cache = self._folder.summaries
+        found: list[Summary | None] = [cache.get(info.key) for info in infos]
+        missing = [position for position, summary in enumerate(found) if summary is None]
+        if missing:
+            folder = self._folder
+            places = [(folder.file_path(infos[position].key), infos[position].key) for position in missing]
+            read = await self._account.read_files(_summarize_all, folder.path, places)
+            for position, summary in zip(missing, read, strict=True):
+                found[position] = summary
+                if summary is not None and len(cache) < MAX_CACHED_FIELDS:
+                    cache[infos[position].key] = summary
+        return found
+
+    @property
+    def threads(self) -> dict[str, tuple[tuple[str, ...], list[Container]]]:
+        """The folder's last THREAD trees, shared by its sessions (FolderIndex.threads)."""
+        return self._folder.threads
+
     async def read(self, infos: Sequence[MessageInfo]) -> list[bytes | None]:
         folder = self._folder
         places = [(folder.file_path(info.key), info.key, info.size) for info in infos]
@@ -328,6 +352,14 @@ class FolderView:
 
 def _read_all(folder: Path, places: list[tuple[str, str, int]]) -> list[bytes | None]:
     return [read_crlf(path, folder, key, size) for path, key, size in places]
+
+
+def _summarize_all(folder: Path, places: list[tuple[str, str]]) -> list[Summary | None]:
+    found: list[Summary | None] = []
+    for path, key in places:
+        header = read_header(path, folder, key)
+        found.append(None if header is None else summarize(header))
+    return found
 
 
 def _read_headers(

@@ -45,7 +45,7 @@ def dovecot_session(maildir: Path, commands: list[bytes]) -> bytes:
             source = maildir / sub
             if sub != "tmp" and source.is_dir():
                 for path in sorted(source.iterdir()):
-                    shutil.copyfile(path, copy / sub / path.name)
+                    shutil.copy2(path, copy / sub / path.name)  # the mtime is the internal date
         uids = _uidlist(maildir)
         if uids:
             (copy / "dovecot-uidlist").write_text(uids)
