@@ -110,6 +110,10 @@ class ProvisionedHost:
         return self.prefix / "var/lib/appliance"
 
     @property
+    def unit(self) -> Path:
+        return self.prefix / "etc/systemd/system/appliance.service"
+
+    @property
     def certificate(self) -> Path:
         return self.prefix / "etc/appliance/tls/cert.pem"
 

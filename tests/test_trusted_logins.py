@@ -144,7 +144,7 @@ def test_plan_shows_a_trusted_login_added_and_changed(tmp_path: Path) -> None:
     old.write_text(server + body().split("[trusted_logins.roundcube]")[0])
     new.write_text(server + body())
     newer.write_text(server + body('["127.0.0.1/32", "192.0.2.10/32"]'))
-    assert run_cli("plan", str(old), str(new)).stdout.splitlines()[0] == "+ trusted_login roundcube"
+    assert run_cli("plan", str(old), str(new)).stdout.splitlines()[0] == "+ trusted_login roundcube  [live]"
     assert (
         run_cli("plan", str(new), str(newer))
         .stdout.splitlines()[0]
