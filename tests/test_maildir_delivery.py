@@ -71,3 +71,33 @@ def test_a_failure_after_the_write_leaves_nothing_behind(store: MailStore, tmp_p
         store.deliver_now(DATA, [root])
     assert raised.value.errno == errno.ENOTDIR
     assert os.listdir(root / "tmp") == []
+
+
+@pytest.mark.parametrize("reader", ["reads it", "expunges it"])
+def test_a_reader_of_the_first_mailbox_moving_the_file_does_not_fail_the_others(
+    store: MailStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: str
+) -> None:
+    """The first mailbox's copy is the one the others are linked to; an IMAP client of that
+    mailbox may move it (new/ to cur/) or expunge it in between: the others still get it."""
+    roots = [tmp_path / "mail" / "example.test" / name for name in ("john", "mary", "ann")]
+    sync = store.writer._syncs.sync
+    moved: list[Path] = []
+
+    def sync_then_read(directory: Path) -> None:
+        sync(directory)
+        if directory == roots[0] / "new" and not moved:
+            [name] = os.listdir(directory)
+            if reader == "reads it":
+                (roots[0] / "cur").mkdir(exist_ok=True)
+                os.rename(directory / name, roots[0] / "cur" / f"{name}:2,S")
+            else:
+                os.unlink(directory / name)
+            moved.append(directory / name)
+
+    monkeypatch.setattr(store.writer._syncs, "sync", sync_then_read)
+    placed = store.deliver_now(DATA, roots)
+    assert moved and [path.parent for path in placed] == [root / "new" for root in roots]
+    for path in placed[1:]:
+        assert path.read_bytes() == DATA
+    for root in roots:
+        assert os.listdir(root / "tmp") == []

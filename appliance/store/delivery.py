@@ -205,7 +205,8 @@ class MaildirWriter:
         `unique` is the Maildir unique name to use (made here when None): the file is named
         `delivered_name(unique, data)` in every new/, so whoever asked can `withdraw` it. The
         first mailbox gets the file written (write_message), the others hard links to it (a
-        copy when a link is impossible). Each new/ is fsynced (shared between concurrent
+        copy when a link is impossible, the bytes written again when a reader of the first
+        mailbox moved the file meanwhile). Each new/ is fsynced (shared between concurrent
         deliveries) before this returns. On any failure every file already placed is removed
         again and DeliveryError is raised.
         """
@@ -217,7 +218,14 @@ class MaildirWriter:
                     name = write_message(root, unique, data, crlf=False, sync=self._syncs.sync)
                     placed.append(root / "new" / name)
                 else:
-                    placed.append(link_message(placed[0], root, placed[0].name, sync=self._syncs.sync))
+                    try:
+                        placed.append(link_message(placed[0], root, placed[0].name, sync=self._syncs.sync))
+                    except FileNotFoundError:
+                        # The first copy moved on before it was linked (a client of that mailbox
+                        # already saw it: new/ to cur/, or expunged): write this one afresh,
+                        # under the same name, so withdraw still finds it.
+                        name = write_message(root, unique, data, crlf=False, sync=self._syncs.sync)
+                        placed.append(root / "new" / name)
         except OSError as error:
             for path in placed:
                 try:
