@@ -163,7 +163,7 @@ async def search(session: Session, tag: str, args: list[Token], uid: bool) -> st
         and args[0].upper() == "RETURN"
         and isinstance(args[1], list)
     ):
-        returns = _return_options(args[1])  # RFC 4731 §3.1: RETURN comes before CHARSET
+        returns = return_options(args[1])  # RFC 4731 §3.1: RETURN comes before CHARSET
         args = args[2:]
     charset = None
     if len(args) >= 2 and isinstance(args[0], Atom) and args[0].upper() == "CHARSET":
@@ -234,13 +234,14 @@ async def matching(session: Session, view: FolderView, args: list[Token], charse
 _RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")  # RFC 4731 §3.1, in the order answered (as Dovecot)
 
 
-def _return_options(tokens: list[Token]) -> frozenset[str]:
-    """RFC 4731 §3.1: RETURN () is RETURN (ALL); an option this server does not know is BAD."""
+def return_options(tokens: list[Token], command: str = "SEARCH") -> frozenset[str]:
+    """RFC 4731 §3.1 (and RFC 5267 §3.2 for SORT): RETURN () is RETURN (ALL); an option this
+    server does not know is BAD."""
     options = set()
     for token in tokens:
         word = token.upper() if isinstance(token, Atom) else ""
         if word not in _RETURN_OPTIONS:
-            raise Bad("Unknown SEARCH return option")
+            raise Bad(f"Unknown {command} return option")
         options.add(word)
     return frozenset(options or {"ALL"})
 

@@ -17,7 +17,7 @@ from appliance.imap.commands import SELECTED, command
 from appliance.imap.index import MessageInfo
 from appliance.imap.ordering import SortError, Summary, parse_sort_criteria, sort_order
 from appliance.imap.responses import Bad
-from appliance.imap.selected import HEADER_BATCH, SEARCH_ON_LOOP, matching
+from appliance.imap.selected import HEADER_BATCH, SEARCH_ON_LOOP, matching, return_options
 from appliance.imap.threads import ALGORITHMS, ordered_subject, references, thread_list
 from appliance.imap.tokens import Atom, Token, as_text
 
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from appliance.imap.view import FolderView
 
 _T = TypeVar("_T")
-_RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")  # RFC 5267 §3.2 (those of RFC 4731 §3.1)
 
 
 def _view(session: Session) -> FolderView:
@@ -75,7 +74,7 @@ async def sort(session: Session, tag: str, args: list[Token], uid: bool) -> str:
         and args[0].upper() == "RETURN"
         and isinstance(args[1], list)
     ):
-        returns = _return_options(args[1])  # RFC 5267 §3.2: SORT RETURN (...) criteria charset keys
+        returns = return_options(args[1], "SORT")  # RFC 5267 §3.2: SORT RETURN (...) criteria charset keys
         args = args[2:]
     if not args or not isinstance(args[0], list):
         raise Bad("SORT needs sort criteria in parentheses")
@@ -123,17 +122,6 @@ async def thread(session: Session, tag: str, args: list[Token], uid: bool) -> st
     # RFC 5256 §4: thread-data = "THREAD" [SP 1*thread-list]
     session.send(b"* THREAD" + (b" " + thread_list(roots, numbers) if roots else b"") + b"\r\n")
     return "THREAD completed"
-
-
-def _return_options(tokens: list[Token]) -> frozenset[str]:
-    """RFC 4731 §3.1 as RFC 5267 §3.2 takes it over: RETURN () is RETURN (ALL)."""
-    options = set()
-    for token in tokens:
-        word = token.upper() if isinstance(token, Atom) else ""
-        if word not in _RETURN_OPTIONS:
-            raise Bad("Unknown SORT return option")
-        options.add(word)
-    return frozenset(options or {"ALL"})
 
 
 def _sorted_set(numbers: Sequence[int]) -> bytes:
