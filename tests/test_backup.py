@@ -70,19 +70,24 @@ def mailboxes(server: RunningAppliance) -> dict[tuple[str, str], tuple[int, dict
 
 def backup(data_dir: Path, target: Path) -> None:
     """The README's commands, word for word (Operations: Backup). rsync exits 24 when a file
-    vanished between its listing and its copy: a message moved or renamed meanwhile, which the
-    next command picks up."""
+    vanished between its listing and its copy: a message moved or renamed meanwhile. The
+    `--delete` pass runs again until it ends with 0: in a pass that exited 24, a message renamed
+    after the listing had its old name deleted and its new one not copied."""
     target.mkdir(parents=True)
     mail = ["rsync", "-a", "--exclude=tmp/", f"{data_dir}/mail/", f"{target}/mail/"]
     uid_files = ["--include=*/", "--include=appliance-uidlist", "--include=dovecot-keywords", "--exclude=*"]
-    for command in (
-        mail,
-        [*mail[:2], "--delete", *mail[2:]],
-        ["rsync", "-a", *uid_files, f"{data_dir}/mail/", f"{target}/mail/"],
-        ["rsync", "-a", f"{data_dir}/queue/", f"{target}/queue/"],
-    ):
+
+    def run(command: list[str]) -> int:
         done = subprocess.run(command, timeout=120, capture_output=True, text=True, check=False)
         assert done.returncode in (0, 24), done.stderr
+        return done.returncode
+
+    run(mail)
+    for _ in range(5):
+        if run([*mail[:2], "--delete", *mail[2:]]) == 0:
+            break
+    run(["rsync", "-a", *uid_files, f"{data_dir}/mail/", f"{target}/mail/"])
+    run(["rsync", "-a", f"{data_dir}/queue/", f"{target}/queue/"])
 
 
 def test_a_copy_made_while_serving_restores_every_message_with_its_uid(
